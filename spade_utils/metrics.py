@@ -1,0 +1,3 @@
+"""Quantitative checks of saliency maps: insertion/deletion AUC, Trojan AUC, pointing game."""
+
+from __future__ import annotations

@@ -1,0 +1,105 @@
+"""House style for figures and the one place that saves figures and tables into results/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def results_dir() -> Path:
+    """``$SPADE_RESULTS_DIR`` if set (the tests point it at a temporary folder), else ``results/``."""
+    return Path(os.environ.get("SPADE_RESULTS_DIR", REPO_ROOT / "results"))
+
+
+def set_style() -> None:
+    """Clean, readable defaults shared by every notebook."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "savefig.bbox": "tight",
+            "axes.titlesize": 11,
+            "axes.titleweight": "bold",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "image.interpolation": "nearest",
+        }
+    )
+
+
+def save_figure(fig: plt.Figure, name: str) -> Path:
+    """Save ``fig`` as ``results/figures/<name>.png`` and return the path."""
+    path = results_dir() / "figures" / f"{Path(name).stem}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def save_table(table, name: str) -> Path:
+    """Save a pandas DataFrame as ``results/tables/<name>.csv`` and return the path."""
+    path = results_dir() / "tables" / f"{Path(name).stem}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+def to_display(image) -> np.ndarray:
+    """A CxHxW / 1xCxHxW tensor (ImageNet-normalised or in [0, 1]) or HxW(xC) array -> HxWxC floats in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        x = image.detach().float().cpu()
+        if x.dim() == 4:
+            x = x[0]
+        if x.dim() == 3 and x.shape[0] in (1, 3):
+            if x.min() < 0 or x.max() > 1:  # normalised: undo it
+                from .data import denormalize
+
+                x = denormalize(x) if x.shape[0] == 3 else (x - x.min()) / (x.max() - x.min() + 1e-12)
+            x = x.permute(1, 2, 0)
+        return x.clamp(0, 1).numpy()
+    return np.asarray(image)
+
+
+def image_grid(
+    images,
+    *,
+    titles=None,
+    row_labels=None,
+    ncols: int | None = None,
+    size: float = 2.2,
+    cmap=None,
+):
+    """Show a list (or list of rows) of images without axes; returns the figure."""
+    rows = images if images and isinstance(images[0], (list, tuple)) else None
+    if rows is None:
+        ncols = ncols or len(images)
+        rows = [list(images[i : i + ncols]) for i in range(0, len(images), ncols)]
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols, size * len(rows)), squeeze=False)
+    flat_titles = list(titles) if titles is not None else None
+    k = 0
+    for i, row in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(row) and row[j] is not None:
+                ax.imshow(to_display(row[j]), cmap=cmap)
+                if flat_titles is not None and k < len(flat_titles):
+                    ax.set_title(flat_titles[k], fontsize=9)
+            k += 1
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(row_labels[i], fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,309 @@
+"""Layer-wise pruning solvers: magnitude, SparseGPT and exact OBC/OBS.
+
+Every solver solves the same problem: given a layer's weights ``W`` (rows x cols) and the
+Gram matrix of its inputs ``H = (2/n) X X^T`` (cols x cols), find ``W'`` with the requested
+fraction of zeros that keeps ``||W X - W' X||^2`` small. They share one calling convention::
+
+    W_sparse, loss = solve(W, H, sparsity, method="sparsegpt")
+
+``loss`` is ``tr((W - W') H (W - W')^T) / 2``, i.e. the mean squared reconstruction error per
+input column. A leading batch dimension (``W``: G x rows x cols, ``H``: G x cols x cols) solves
+G independent problems at once (the groups of a depthwise convolution, or several samples);
+``loss`` then has shape (G,). Everything runs on whatever device ``W`` and ``H`` live on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SOLVERS = ("magnitude", "sparsegpt", "obc")
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------------------------
+def _check(W: torch.Tensor, H: torch.Tensor, sparsity: float) -> None:
+    if not isinstance(W, torch.Tensor) or not isinstance(H, torch.Tensor):
+        raise TypeError("W and H must be torch tensors")
+    if not isinstance(sparsity, (float, int)) or isinstance(sparsity, bool):
+        raise TypeError(f"sparsity must be a float in [0, 1), got {type(sparsity).__name__}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if W.dim() not in (2, 3):
+        raise ValueError(f"W must be 2-D (rows, cols) or 3-D (groups, rows, cols), got shape {tuple(W.shape)}")
+    cols = W.shape[-1]
+    if H.shape[-2:] != (cols, cols) or H.dim() != W.dim() or (W.dim() == 3 and H.shape[0] != W.shape[0]):
+        raise ValueError(f"H must have shape {(*W.shape[:-2], cols, cols)} to match W {tuple(W.shape)}, got {tuple(H.shape)}")
+
+
+def reconstruction_loss(W: torch.Tensor, W_sparse: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``tr(dW H dW^T) / 2`` per problem: the mean of ``||(W - W') x||^2`` over the inputs behind H."""
+    dW = (W - W_sparse).to(H.dtype)
+    return 0.5 * ((dW @ H) * dW).sum(dim=(-2, -1))
+
+
+def relative_error(W: torch.Tensor, W_sparse: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``||W X - W' X||^2 / ||W X||^2`` computed from H alone."""
+    dense = reconstruction_loss(W, torch.zeros_like(W), H)
+    return reconstruction_loss(W, W_sparse, H) / dense.clamp_min(torch.finfo(H.dtype).tiny)
+
+
+def _prepare(W: torch.Tensor, H: torch.Tensor, percdamp: float):
+    """Float copies with dead inputs zeroed and relative dampening ``percdamp * mean(diag H)``."""
+    W = W.detach().to(torch.float32 if W.dtype in (torch.float16, torch.bfloat16) else W.dtype).clone()
+    H = H.detach().to(W.dtype).clone()
+    diag = torch.diagonal(H, dim1=-2, dim2=-1)
+    dead = diag <= 0
+    # a dead input never fires on the calibration data: its weights are free to prune
+    W.masked_fill_(dead.unsqueeze(-2), 0.0)
+    diag.masked_fill_(dead, 1.0)  # writes through the view into H
+    damp = percdamp * diag.mean(dim=-1, keepdim=True)
+    diag.add_(damp)
+    return W, H, dead
+
+
+def _cholesky_adaptive(H: torch.Tensor, upper: bool = False, max_tries: int = 8) -> torch.Tensor:
+    """Cholesky factor, adding 10x more dampening to each matrix whose factorisation fails."""
+    L, info = torch.linalg.cholesky_ex(H, upper=upper)
+    failed = info > 0
+    if not bool(failed.any()):
+        return L
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(dim=-1).abs().clamp_min(1e-12)
+    extra = 1e-4
+    H = H.clone()
+    for _ in range(max_tries):
+        fix = failed.reshape(-1) if H.dim() == 3 else failed.reshape(1)
+        Hb = H.reshape(-1, *H.shape[-2:])
+        sb = scale.reshape(-1)
+        Hb[fix] = Hb[fix] + extra * sb[fix, None, None] * eye
+        L, info = torch.linalg.cholesky_ex(H, upper=upper)
+        failed = info > 0
+        if not bool(failed.any()):
+            return L
+        extra *= 10.0
+    raise torch.linalg.LinAlgError("Hessian is not positive definite even after heavy dampening")
+
+
+def _upper_cholesky_of_inverse(H: torch.Tensor) -> torch.Tensor:
+    """Upper-triangular U with U^T U = H^-1, without ever forming H^-1.
+
+    With J the index reversal, chol(J H J) = L gives H^-1 = (J L^-1 J)^T (J L^-1 J), and
+    J L^-1 J is upper triangular: one Cholesky and one triangular solve.
+    """
+    Hf = H.flip(-1, -2)
+    L = _cholesky_adaptive(Hf)
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device).expand_as(H)
+    Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+    return Linv.flip(-1, -2)
+
+
+def _as_batched(W: torch.Tensor, H: torch.Tensor):
+    batched = W.dim() == 3
+    return (W if batched else W.unsqueeze(0)), (H if batched else H.unsqueeze(0)), batched
+
+
+# --------------------------------------------------------------------------------------------
+# magnitude
+# --------------------------------------------------------------------------------------------
+def magnitude_prune(W: torch.Tensor, H: torch.Tensor | None = None, sparsity: float = 0.5) -> torch.Tensor:
+    """Zero the ``sparsity`` fraction of smallest-magnitude weights of each (group's) matrix."""
+    Wb = W if W.dim() == 3 else W.unsqueeze(0)
+    flat = Wb.reshape(Wb.shape[0], -1)
+    k = int(round(float(sparsity) * flat.shape[1]))
+    out = flat.clone()
+    if k > 0:
+        idx = flat.abs().argsort(dim=1, stable=True)[:, :k]
+        out.scatter_(1, idx, 0.0)
+    out = out.reshape(Wb.shape)
+    return out if W.dim() == 3 else out[0]
+
+
+# --------------------------------------------------------------------------------------------
+# SparseGPT
+# --------------------------------------------------------------------------------------------
+def sparsegpt_prune(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    prune_n: int = 0,
+    prune_m: int = 0,
+) -> torch.Tensor:
+    """SparseGPT (Frantar & Alistarh, 2023): one pass over column blocks with lazy OBS updates.
+
+    Inside a block of ``blocksize`` columns the mask is chosen once from the OBS score
+    ``w^2 / [U]_jj^2`` (U the upper Cholesky factor of H^-1) over all rows and block columns;
+    then columns are eliminated left to right, each error spread over the block's remaining
+    columns (``W[:, j:] -= e_j U[j, j:]``) and, once per block, over all later columns.
+    ``prune_n``/``prune_m`` > 0 choose an N:M pattern (N zeros in every M consecutive inputs).
+    """
+    Wb, Hb, batched = _as_batched(W, H)
+    Wf, Hf, _ = _prepare(Wb, Hb, percdamp)
+    U = _upper_cholesky_of_inverse(Hf)  # (G, d, d)
+    G, rows, cols = Wf.shape
+    nm = prune_n > 0 and prune_m > 0
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = Wf[:, :, i1:i2].clone()
+        U1 = U[:, i1:i2, i1:i2]
+        d1 = torch.diagonal(U1, dim1=-2, dim2=-1)  # (G, count)
+        Err1 = torch.zeros_like(W1)
+        if nm:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        else:
+            score = W1.pow(2) / d1.pow(2).unsqueeze(1)
+            k = int(float(sparsity) * rows * count)
+            mask1 = torch.zeros(G, rows * count, dtype=torch.bool, device=W1.device)
+            if k > 0:
+                idx = score.reshape(G, -1).topk(k, dim=1, largest=False).indices
+                mask1.scatter_(1, idx, True)
+            mask1 = mask1.reshape(G, rows, count)
+        for i in range(count):
+            w = W1[:, :, i]
+            d = d1[:, i].unsqueeze(1)
+            if nm and i % prune_m == 0:
+                span = min(prune_m, count - i)
+                tmp = W1[:, :, i : i + span].pow(2) / d1[:, None, i : i + span].pow(2)
+                idx = tmp.topk(min(prune_n, span), dim=2, largest=False).indices
+                mask1[:, :, i : i + span].scatter_(2, idx, True)
+            q = w.masked_fill(mask1[:, :, i], 0.0)
+            err = (w - q) / d
+            W1[:, :, i:] -= err.unsqueeze(2) * U1[:, i, i:].unsqueeze(1)
+            W1[:, :, i] = q
+            Err1[:, :, i] = err
+        Wf[:, :, i1:i2] = W1
+        if i2 < cols:
+            Wf[:, :, i2:] -= Err1 @ U[:, i1:i2, i2:]
+    out = Wf.to(W.dtype)
+    return out if batched else out[0]
+
+
+# --------------------------------------------------------------------------------------------
+# exact OBC / OBS
+# --------------------------------------------------------------------------------------------
+def obc_prune(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    *,
+    percdamp: float = 0.01,
+    max_chunk_bytes: int = 256 * 2**20,
+) -> torch.Tensor:
+    """Exact greedy OBS per row (Optimal Brain Compression, Frantar & Alistarh, 2022).
+
+    Each row removes ``round(sparsity * cols)`` weights one at a time, always the one with the
+    smallest OBS loss ``w_j^2 / [H^-1]_jj``, compensating the rest by ``-w_j / [H^-1]_jj H^-1_{:,j}``
+    and down-dating its own inverse Hessian (``H^-1 -= H^-1_{:,j} H^-1_{j,:} / [H^-1]_jj``).
+    Rows are processed together in chunks (one d x d inverse per row); the active set is
+    compacted as weights leave, so a row costs about d^3/3 rather than k d^2.
+    """
+    Wb, Hb, batched = _as_batched(W, H)
+    Wf, Hf, dead = _prepare(Wb, Hb, percdamp)
+    G, rows, cols = Wf.shape
+    k_total = int(round(float(sparsity) * cols))
+    L = _cholesky_adaptive(Hf)
+    Hinv = torch.cholesky_inverse(L)  # (G, d, d): OBC needs the full inverse per row
+    out = torch.empty_like(Wf)
+    per_row = cols * cols * Wf.element_size()
+    chunk = max(1, int(max_chunk_bytes // per_row))
+    flatW = Wf.reshape(G * rows, cols)
+    flat_dead = dead.unsqueeze(1).expand(G, rows, cols).reshape(G * rows, cols)
+    group_of_row = torch.arange(G, device=W.device).repeat_interleave(rows)
+    flat_out = out.reshape(G * rows, cols)
+    for r1 in range(0, G * rows, chunk):
+        r2 = min(r1 + chunk, G * rows)
+        flat_out[r1:r2] = _obc_rows(flatW[r1:r2], Hinv[group_of_row[r1:r2]], flat_dead[r1:r2], k_total)
+    res = out.to(W.dtype)
+    return res if batched else res[0]
+
+
+def _obc_rows(w: torch.Tensor, Hinv: torch.Tensor, dead: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy OBS on a chunk of rows: w (B, d), Hinv (B, d, d) is overwritten."""
+    B, d = w.shape
+    w = w.clone()
+    Hinv = Hinv.clone()
+    # dead inputs are already zero; they are pruned first, at no cost
+    pruned = torch.zeros(B, d, dtype=torch.bool, device=w.device)
+    # indices of active coordinates, compacted from time to time
+    active = torch.arange(d, device=w.device).expand(B, d).clone()
+    ar = torch.arange(B, device=w.device)
+    done = torch.zeros(B, dtype=torch.long, device=w.device)
+    step = 0
+    compact_every = max(8, d // 16)
+    while bool((done < k).any()):
+        diag = torch.diagonal(Hinv, dim1=-2, dim2=-1)
+        wa = torch.gather(w, 1, active)
+        pa = torch.gather(pruned, 1, active)
+        da = torch.gather(dead, 1, active)
+        score = wa.pow(2) / diag
+        # dead inputs first (score -1), already pruned never again (inf)
+        score = torch.where(da & ~pa, torch.full_like(score, -1.0), score)
+        score = score.masked_fill(pa, float("inf"))
+        j = score.argmin(dim=1)  # (B,) index into the active set
+        go = done < k
+        hcol = Hinv[ar, :, j]  # (B, a)
+        hjj = hcol[ar, j].clamp_min(torch.finfo(w.dtype).tiny)
+        wj = wa[ar, j]
+        coef = torch.where(go, wj / hjj, torch.zeros_like(wj))
+        wa = wa - coef.unsqueeze(1) * hcol
+        wa[ar[go], j[go]] = 0.0
+        w.scatter_(1, active, wa)
+        down = torch.where(go, 1.0 / hjj, torch.zeros_like(hjj))
+        Hinv -= (hcol * down.unsqueeze(1)).unsqueeze(2) * hcol.unsqueeze(1)
+        pruned[ar[go], active[ar[go], j[go]]] = True
+        done += go.long()
+        step += 1
+        if step % compact_every == 0 and active.shape[1] > 1:
+            # every row has pruned as many weights, so all keep the same active width
+            pa = torch.gather(pruned, 1, active)
+            n_keep = int((~pa).sum(dim=1).max().item())
+            if n_keep < active.shape[1]:
+                order = pa.float().argsort(dim=1, stable=True)[:, :n_keep]
+                active = torch.gather(active, 1, order)
+                Hinv = torch.gather(Hinv, 1, order.unsqueeze(2).expand(B, n_keep, Hinv.shape[2]))
+                Hinv = torch.gather(Hinv, 2, order.unsqueeze(1).expand(B, n_keep, n_keep))
+    return w
+
+
+# --------------------------------------------------------------------------------------------
+# one entry point
+# --------------------------------------------------------------------------------------------
+def solve(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    method: str = "sparsegpt",
+    **options,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune ``W`` to ``sparsity`` with ``method`` in {'magnitude', 'sparsegpt', 'obc'}.
+
+    Returns ``(W_sparse, loss)`` with ``loss = tr((W - W') H (W - W')^T) / 2`` computed on the
+    undamped H (shape () or (G,) for batched input). Extra keyword options go to the solver.
+    """
+    _check(W, H, sparsity)
+    if method not in SOLVERS:
+        raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
+    if float(sparsity) == 0.0:
+        W_sparse = W.detach().clone()
+    elif method == "magnitude":
+        W_sparse = magnitude_prune(W, H, sparsity)
+    elif method == "sparsegpt":
+        W_sparse = sparsegpt_prune(W, H, sparsity, **options)
+    else:
+        W_sparse = obc_prune(W, H, sparsity, **options)
+    return W_sparse, reconstruction_loss(W, W_sparse, H.to(torch.promote_types(H.dtype, torch.float32)))
+
+
+def expected_zeros(shape: tuple[int, ...], sparsity: float, method: str) -> int:
+    """How many zeros ``method`` aims for in a weight of ``shape`` (rows x cols or G x rows x cols)."""
+    *lead, rows, cols = shape
+    groups = math.prod(lead) if lead else 1
+    if method == "obc":
+        return groups * rows * int(round(sparsity * cols))
+    return int(round(sparsity * groups * rows * cols))
