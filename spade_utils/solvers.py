@@ -193,38 +193,69 @@ def obc_prune(
     sparsity: float,
     *,
     percdamp: float = 0.01,
+    per_row: bool = False,
     max_chunk_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:
-    """Exact greedy OBS per row (Optimal Brain Compression, Frantar & Alistarh, 2022).
+    """Exact greedy OBS (Optimal Brain Compression, Frantar & Alistarh, 2022).
 
-    Each row removes ``round(sparsity * cols)`` weights one at a time, always the one with the
-    smallest OBS loss ``w_j^2 / [H^-1]_jj``, compensating the rest by ``-w_j / [H^-1]_jj H^-1_{:,j}``
-    and down-dating its own inverse Hessian (``H^-1 -= H^-1_{:,j} H^-1_{j,:} / [H^-1]_jj``).
-    Rows are processed together in chunks (one d x d inverse per row); the active set is
-    compacted as weights leave, so a row costs about d^3/3 rather than k d^2.
+    Each row removes weights one at a time, always the one with the smallest OBS loss
+    ``w_j^2 / (2 [H^-1]_jj)``, compensating the others by ``-w_j / [H^-1]_jj H^-1_{:,j}`` and
+    down-dating its own inverse Hessian (``H^-1 -= H^-1_{:,j} H^-1_{j,:} / [H^-1]_jj``).
+    By default, as in OBC, every row is first run to full sparsity to record its loss curve and
+    the layer's zeros are then shared out between rows where they cost least (a global mask);
+    ``per_row=True`` gives every row the same count instead. Rows run together in chunks (one
+    d x d inverse per row) and the active set is compacted as weights leave.
     """
     Wb, Hb, batched = _as_batched(W, H)
     Wf, Hf, dead = _prepare(Wb, Hb, percdamp)
     G, rows, cols = Wf.shape
-    k_total = int(round(float(sparsity) * cols))
     L = _cholesky_adaptive(Hf)
     Hinv = torch.cholesky_inverse(L)  # (G, d, d): OBC needs the full inverse per row
-    out = torch.empty_like(Wf)
-    per_row = cols * cols * Wf.element_size()
-    chunk = max(1, int(max_chunk_bytes // per_row))
     flatW = Wf.reshape(G * rows, cols)
     flat_dead = dead.unsqueeze(1).expand(G, rows, cols).reshape(G * rows, cols)
     group_of_row = torch.arange(G, device=W.device).repeat_interleave(rows)
-    flat_out = out.reshape(G * rows, cols)
-    for r1 in range(0, G * rows, chunk):
-        r2 = min(r1 + chunk, G * rows)
-        flat_out[r1:r2] = _obc_rows(flatW[r1:r2], Hinv[group_of_row[r1:r2]], flat_dead[r1:r2], k_total)
-    res = out.to(W.dtype)
+    chunk = max(1, int(max_chunk_bytes // (cols * cols * Wf.element_size())))
+
+    def run(counts: torch.Tensor):
+        outs, incs = [], []
+        for r1 in range(0, G * rows, chunk):
+            r2 = min(r1 + chunk, G * rows)
+            w, inc = _obc_rows(flatW[r1:r2], Hinv[group_of_row[r1:r2]], flat_dead[r1:r2], counts[r1:r2])
+            outs.append(w)
+            incs.append(inc)
+        return torch.cat(outs), torch.cat(incs)
+
+    if per_row:
+        counts = torch.full((G * rows,), int(round(float(sparsity) * cols)), device=W.device)
+    else:
+        _, inc = run(torch.full((G * rows,), cols, device=W.device))
+        counts = _allocate(inc.reshape(G, rows, cols), int(round(float(sparsity) * rows * cols))).reshape(-1)
+    out, _ = run(counts)
+    res = out.reshape(G, rows, cols).to(W.dtype)
     return res if batched else res[0]
 
 
-def _obc_rows(w: torch.Tensor, Hinv: torch.Tensor, dead: torch.Tensor, k: int) -> torch.Tensor:
-    """Greedy OBS on a chunk of rows: w (B, d), Hinv (B, d, d) is overwritten."""
+def _allocate(increments: torch.Tensor, k: int) -> torch.Tensor:
+    """Share ``k`` zeros per group between rows: (G, rows, d) loss increments -> (G, rows) counts.
+
+    A row's c-th removal is taken when its running-maximum increment is among the k smallest
+    of the group, so each row keeps a prefix of its greedy path.
+    """
+    G, rows, d = increments.shape
+    monotone = increments.cummax(dim=2).values.reshape(G, -1)
+    take = torch.zeros_like(monotone, dtype=torch.bool)
+    if k > 0:
+        idx = monotone.argsort(dim=1, stable=True)[:, :k]
+        take.scatter_(1, idx, True)
+    # a stable sort of non-decreasing rows takes prefixes; count them
+    return take.reshape(G, rows, d).sum(dim=2)
+
+
+def _obc_rows(w: torch.Tensor, Hinv: torch.Tensor, dead: torch.Tensor, k: torch.Tensor):
+    """Greedy OBS on a chunk of rows, row b stopping after k[b] removals.
+
+    Returns the pruned rows (B, d) and each row's loss increments (B, max k), in removal order.
+    """
     B, d = w.shape
     w = w.clone()
     Hinv = Hinv.clone()
@@ -234,6 +265,8 @@ def _obc_rows(w: torch.Tensor, Hinv: torch.Tensor, dead: torch.Tensor, k: int) -
     active = torch.arange(d, device=w.device).expand(B, d).clone()
     ar = torch.arange(B, device=w.device)
     done = torch.zeros(B, dtype=torch.long, device=w.device)
+    k = k.to(w.device)
+    increments = torch.zeros(B, int(k.max()) if k.numel() else 0, dtype=w.dtype, device=w.device)
     step = 0
     compact_every = max(8, d // 16)
     while bool((done < k).any()):
@@ -250,17 +283,19 @@ def _obc_rows(w: torch.Tensor, Hinv: torch.Tensor, dead: torch.Tensor, k: int) -
         hcol = Hinv[ar, :, j]  # (B, a)
         hjj = hcol[ar, j].clamp_min(torch.finfo(w.dtype).tiny)
         wj = wa[ar, j]
+        increments[ar[go], done[go]] = (wj.pow(2) / (2 * hjj))[go]
         coef = torch.where(go, wj / hjj, torch.zeros_like(wj))
         wa = wa - coef.unsqueeze(1) * hcol
-        wa[ar[go], j[go]] = 0.0
+        pa[ar[go], j[go]] = True
+        wa.masked_fill_(pa, 0.0)  # rounding must not revive weights pruned earlier
         w.scatter_(1, active, wa)
         down = torch.where(go, 1.0 / hjj, torch.zeros_like(hjj))
-        Hinv -= (hcol * down.unsqueeze(1)).unsqueeze(2) * hcol.unsqueeze(1)
-        pruned[ar[go], active[ar[go], j[go]]] = True
+        Hinv.baddbmm_(hcol.unsqueeze(2), (hcol * down.unsqueeze(1)).unsqueeze(1), alpha=-1.0)
+        pruned.scatter_(1, active, pa)
         done += go.long()
         step += 1
         if step % compact_every == 0 and active.shape[1] > 1:
-            # every row has pruned as many weights, so all keep the same active width
+            # rows keep a common active width: the largest number of weights any row still has
             pa = torch.gather(pruned, 1, active)
             n_keep = int((~pa).sum(dim=1).max().item())
             if n_keep < active.shape[1]:
@@ -268,7 +303,7 @@ def _obc_rows(w: torch.Tensor, Hinv: torch.Tensor, dead: torch.Tensor, k: int) -
                 active = torch.gather(active, 1, order)
                 Hinv = torch.gather(Hinv, 1, order.unsqueeze(2).expand(B, n_keep, Hinv.shape[2]))
                 Hinv = torch.gather(Hinv, 2, order.unsqueeze(1).expand(B, n_keep, n_keep))
-    return w
+    return w, increments
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,10 +335,10 @@ def solve(
     return W_sparse, reconstruction_loss(W, W_sparse, H.to(torch.promote_types(H.dtype, torch.float32)))
 
 
-def expected_zeros(shape: tuple[int, ...], sparsity: float, method: str) -> int:
+def expected_zeros(shape: tuple[int, ...], sparsity: float, method: str, per_row: bool = False) -> int:
     """How many zeros ``method`` aims for in a weight of ``shape`` (rows x cols or G x rows x cols)."""
     *lead, rows, cols = shape
     groups = math.prod(lead) if lead else 1
-    if method == "obc":
+    if method == "obc" and per_row:
         return groups * rows * int(round(sparsity * cols))
     return int(round(sparsity * groups * rows * cols))

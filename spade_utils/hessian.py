@@ -1,0 +1,382 @@
+"""Layer-input statistics: forward hooks that accumulate H = (2/n) sum x x^T per prunable layer.
+
+For ``nn.Linear`` an input vector ``x`` is one row of the layer's input (any leading dims).
+For ``nn.Conv2d`` it is one unfolded receptive field, exactly as the convolution sees it: after
+the layer's own padding (including ``padding='same'``, non-zero padding modes and the
+``static_padding`` / dynamic "same" padding of EfficientNet-style convolutions), with stride
+and dilation. A grouped convolution gets one H per group, shape (groups, d, d), matching the
+weight matrix from :func:`weight_matrix`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRUNABLE = (nn.Linear, nn.Conv2d)
+
+
+# --------------------------------------------------------------------------------------------
+# weights as matrices (the column order matches the unfolded inputs)
+# --------------------------------------------------------------------------------------------
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as (rows, d) for Linear and ungrouped conv, (groups, rows, d) for grouped conv."""
+    W = module.weight.detach()
+    if isinstance(module, nn.Linear):
+        return W
+    g = module.groups
+    flat = W.reshape(W.shape[0], -1)
+    return flat if g == 1 else flat.reshape(g, W.shape[0] // g, flat.shape[1])
+
+
+def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
+    """Write a matrix from :func:`weight_matrix` back into ``module.weight`` (in place, no grad)."""
+    with torch.no_grad():
+        module.weight.copy_(matrix.reshape(module.weight.shape).to(module.weight.dtype))
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+# --------------------------------------------------------------------------------------------
+# what the layer really multiplies
+# --------------------------------------------------------------------------------------------
+def conv_input(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The padded input the convolution actually reads (its own padding already applied)."""
+    static = getattr(module, "static_padding", None)
+    if isinstance(static, nn.Module):  # EfficientNet's Conv2dStaticSamePadding pads in forward()
+        x = static(x)
+    elif type(module).__name__ == "Conv2dDynamicSamePadding":
+        x = F.pad(x, _same_pad(x.shape[-2:], module, tf_style=True))
+    pad = module.padding
+    if isinstance(pad, str):
+        if pad == "valid":
+            return x
+        return F.pad(x, _same_pad(x.shape[-2:], module, tf_style=False))
+    if any(pad):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]), mode=mode)
+    return x
+
+
+def _same_pad(size, module: nn.Conv2d, tf_style: bool) -> list[int]:
+    """Left/right/top/bottom padding for 'same' convolutions (PyTorch's and TensorFlow's rules)."""
+    pads = []
+    for i in (1, 0):  # width first, as F.pad wants
+        k, s, d, n = module.kernel_size[i], module.stride[i], module.dilation[i], size[i]
+        if tf_style:
+            total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        else:
+            total = d * (k - 1)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
+def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input columns the layer multiplies: (groups, d, n) with one column per input vector."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+    if not isinstance(module, nn.Conv2d):
+        raise TypeError(f"cannot prune a {type(module).__name__}; supported: Linear, Conv2d")
+    xp = conv_input(module, x)
+    g = module.groups
+    n = xp.shape[0]
+    if module.kernel_size == (1, 1):
+        xs = xp[:, :, :: module.stride[0], :: module.stride[1]]
+        cols = xs.reshape(n, g, xs.shape[1] // g, -1).permute(1, 2, 0, 3)
+        return cols.reshape(g, xs.shape[1] // g, -1)
+    u = F.unfold(xp, module.kernel_size, dilation=module.dilation, stride=module.stride)  # (n, C*k*k, L)
+    u = u.reshape(n, g, u.shape[1] // g, u.shape[2]).permute(1, 2, 0, 3)
+    return u.reshape(g, u.shape[1], -1)
+
+
+# --------------------------------------------------------------------------------------------
+# Gram matrices of convolution inputs without unfolding
+# --------------------------------------------------------------------------------------------
+# ``xp`` is the padded input the convolution reads, channels-last (n, Hp, Wp, C). Kernel offset
+# a = (p, q) reads xp[i*sh + p*dh, j*sw + q*dw] at output position (i, j), so the Gram matrix is a
+# K x K grid (K = kh*kw) of C x C blocks, block (a, b) = sum over (n, i, j) of xp[A] xp[B]^T.
+# Only blocks a <= b are computed; block (b, a) is the transpose.
+#
+# Three exact savings:
+# 1. Zero padding contributes nothing: only outputs where both read positions are inside the real
+#    (unpadded) image count, and those form a rectangle of outputs, so a block is one matrix product
+#    over a rectangle of positions, skipping the padded border.
+# 2. Blocks that read the same relative displacement (dy, dx) = B - A from the same stride phase
+#    (A mod stride) integrate the same function xp[y, x] xp[y + dy, x + dx]^T, only over
+#    rectangles shifted by a few rows or columns. One product over their bounding box ("base")
+#    serves them all; each block subtracts the thin strips of the base outside its own rectangle.
+#    For a 3x3 stride-1 conv, 45 blocks need only 13 displacements, and with padding 1 the strips
+#    are single border rows or columns of a few blocks (~6x fewer multiply-adds than unfold).
+# 3. Diagonal blocks and 1x1 convs need U^T U only: the upper triangle, in column blocks.
+_DEPTHWISE_CHUNK = 1 << 20  # elements per slice of the batch for depthwise (memory-bound) products
+_SYM_BLOCK = 256  # column block of the upper-triangle product U^T U
+_UNFOLD_BELOW = 64  # strided conv with fewer channels per group: unfold (channels-last), one product
+_UNFOLD_CHUNK = 1 << 24  # elements of the unfolded slice of the batch
+_GEMM_OVERHEAD = 4  # positions (per image) one extra product is worth in the cost model
+
+
+def _real_region(module: nn.Conv2d, size) -> tuple[int, int, int, int]:
+    """Rows y0:y1 and columns x0:x1 of the padded input that can be non-zero (zero padding outside).
+
+    Found by padding an all-ones image the way the layer does; anything other than a zero border
+    (reflect, replicate, circular padding) counts as possibly non-zero everywhere.
+    """
+    mask = conv_input(module, torch.ones(1, 1, *size))[0, 0] != 0
+    Hp, Wp = mask.shape
+    rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+    if len(rows) == 0:
+        return (0, Hp, 0, Wp)
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if int(mask.sum()) != (y1 - y0) * (x1 - x0):
+        return (0, Hp, 0, Wp)
+    return (y0, y1, x0, x1)
+
+
+def _span(pa: int, pb: int, step: int, count: int, lo: int, hi: int) -> tuple[int, int]:
+    """Outputs i in [0, count) whose reads pa + i*step and pb + i*step both lie in [lo, hi).
+
+    Returned as (first read position of a, number of outputs)."""
+    first = max(0, -((pa - lo) // step), -((pb - lo) // step))  # ceil((lo - p) / step)
+    last = min(count, -((pa - hi) // step), -((pb - hi) // step))
+    return pa + first * step, max(0, last - first)
+
+
+def _strips(base, region, sh, sw):
+    """Rectangles covering base minus region (both (y, h, x, w) on the same stride lattice)."""
+    by, bh, bx, bw = base
+    ry, rh, rx, rw = region
+    top, left = (ry - by) // sh, (rx - bx) // sw
+    out = [(by, top, bx, bw), (ry + rh * sh, bh - top - rh, bx, bw),  # rows above, below
+           (ry, rh, bx, left), (ry, rh, rx + rw * sw, bw - left - rw)]  # left, right of region
+    return [s for s in out if s[1] > 0 and s[3] > 0]
+
+
+@functools.lru_cache(maxsize=256)
+def _conv_gram_plan(Hp, Wp, kh, kw, sh, sw, dh, dw, real):
+    """The products a conv Gram needs; depends on shapes only. Returns (Ho, Wo, tasks).
+
+    A task is (dy, dx, base, blocks): one product over the rectangle ``base`` (None: no shared
+    product) and, per block (a, b, rect, strips), either its own rectangle or the strips to subtract.
+    A rectangle (y, h, x, w) holds the read positions of offset a: rows y, y+sh, ... (h of them)."""
+    Ho, Wo = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1
+    y0, y1, x0, x1 = real
+    K = kh * kw
+    by_key: dict[tuple, list] = {}
+    for a in range(K):
+        for b in range(a, K):
+            (pa, qa), (pb, qb) = divmod(a, kw), divmod(b, kw)
+            dy, dx = (pb - pa) * dh, (qb - qa) * dw  # a <= b: dy >= 0, and dx > 0 when dy == 0
+            ys, h = _span(pa * dh, pb * dh, sh, Ho, y0, y1)
+            xs, w = _span(qa * dw, qb * dw, sw, Wo, x0, x1)
+            key = (dy, dx, (pa * dh) % sh, (qa * dw) % sw)
+            by_key.setdefault(key, []).append((a, b, (ys, h, xs, w)))
+    tasks = []
+    for (dy, dx, _, _), blocks in by_key.items():
+        blocks = [blk for blk in blocks if blk[2][1] > 0 and blk[2][3] > 0]
+        if not blocks:
+            continue
+        size = [r[1] * r[3] for _, _, r in blocks]
+        alone = sum(size) + _GEMM_OVERHEAD * len(blocks)
+        if len(blocks) > 1:
+            ys = min(r[0] for _, _, r in blocks)
+            xs = min(r[2] for _, _, r in blocks)
+            base = (ys, (max(r[0] + r[1] * sh for _, _, r in blocks) - ys) // sh,
+                    xs, (max(r[2] + r[3] * sw for _, _, r in blocks) - xs) // sw)
+            strips = [_strips(base, r, sh, sw) for _, _, r in blocks]
+            shared = base[1] * base[3] + sum(s[1] * s[3] + _GEMM_OVERHEAD for ss in strips for s in ss)
+            if shared + _GEMM_OVERHEAD < alone:
+                tasks.append((dy, dx, base, [(a, b, None, ss) for (a, b, _), ss in zip(blocks, strips, strict=True)]))
+                continue
+        tasks.append((dy, dx, None, [(a, b, r, None) for a, b, r in blocks]))
+    return Ho, Wo, tasks
+
+
+def _rect(X: torch.Tensor, rect, sh: int, sw: int, dy: int = 0, dx: int = 0) -> torch.Tensor:
+    """The positions of ``rect`` shifted by (dy, dx), a view (n, h, w, C) of channels-last X."""
+    y, h, x, w = rect
+    y, x = y + dy, x + dx
+    return X[:, y : y + (h - 1) * sh + 1 : sh, x : x + (w - 1) * sw + 1 : sw]
+
+
+def _sym_gram(U: torch.Tensor) -> torch.Tensor:
+    """U^T U for U (m, D): only the upper triangle, in column blocks, mirrored."""
+    D = U.shape[1]
+    if D <= _SYM_BLOCK * 3 // 2:
+        return U.T @ U
+    G = U.new_empty(D, D)
+    for i0 in range(0, D, _SYM_BLOCK):
+        i1 = min(i0 + _SYM_BLOCK, D)
+        G[i0:i1, i0:] = U[:, i0:i1].T @ U[:, i0:]
+        G[i1:, i0:i1] = G[i0:i1, i1:].T
+    return G
+
+
+def _cross(A: torch.Tensor, B: torch.Tensor | None, g: int) -> torch.Tensor:
+    """sum over positions of A B^T per group: (n, h, w, C) views -> (g, C/g, C/g); B None: A A^T."""
+    C = A.shape[-1]
+    if g == C:  # depthwise: one number per channel
+        return (A * (A if B is None else B)).sum((0, 1, 2)).view(g, 1, 1)
+    A = A.reshape(-1, g, C // g)
+    B = None if B is None else B.reshape(-1, g, C // g)
+    if g > 8:
+        return torch.einsum("mgi,mgj->gij", A, A if B is None else B)
+    if B is None:
+        return torch.stack([_sym_gram(A[:, j]) for j in range(g)])
+    return torch.stack([A[:, j].T @ B[:, j] for j in range(g)])
+
+
+def _add_blocks(out: torch.Tensor, X: torch.Tensor, g: int, plan, sh: int, sw: int, add: bool) -> None:
+    """Write (add=False) or add the blocks a <= b of the Gram matrix of X into ``out`` (g, K, Cg, K, Cg)."""
+    K = out.shape[1]
+    written = set()
+    for dy, dx, base, blocks in plan[2]:
+        S = None
+        if base is not None:
+            S = _cross(_rect(X, base, sh, sw), None if dy == dx == 0 else _rect(X, base, sh, sw, dy, dx), g)
+        for a, b, rect, strips in blocks:
+            if S is None:
+                blk = _cross(_rect(X, rect, sh, sw), None if a == b else _rect(X, rect, sh, sw, dy, dx), g)
+            else:
+                blk = S
+                for s in strips:
+                    blk = blk - _cross(_rect(X, s, sh, sw), _rect(X, s, sh, sw, dy, dx), g)
+            if add:
+                out[:, a, :, b] += blk
+            else:
+                out[:, a, :, b] = blk
+                written.add((a, b))
+    if not add:
+        for a in range(K):
+            for b in range(a, K):
+                if (a, b) not in written:
+                    out[:, a, :, b] = 0
+
+
+def _conv_gram_blocks(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.float32,
+                      out: torch.Tensor | None = None, method: str = "auto") -> tuple[torch.Tensor, int]:
+    """The Gram matrix of :func:`conv_gram` as offset-major blocks (g, K, Cg, K, Cg), blocks a <= b only.
+
+    Blocks below the diagonal are left unset; with ``out`` the blocks are added into it. Accumulating
+    many batches this way and calling :func:`_blocks_to_gram` once saves the reordering per batch.
+    ``method``: "blocks" (the shared-displacement products), "unfold" (channels-last unfold and one
+    product; cheaper for strided convs with few channels per group) or "auto"."""
+    xp = conv_input(module, x.detach().to(dtype))
+    n, C, Hp, Wp = xp.shape
+    g = module.groups
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    plan = _conv_gram_plan(Hp, Wp, kh, kw, sh, sw, dh, dw, _real_region(module, x.shape[-2:]))
+    X = xp.permute(0, 2, 3, 1)
+    if not X.is_contiguous():
+        X = X.contiguous()
+    add = out is not None
+    K, Cg = kh * kw, C // g
+    if out is None:
+        out = X.new_empty(g, K, Cg, K, Cg)
+        if n == 0:
+            out.zero_()
+    if method == "auto":
+        method = "unfold" if 1 < Cg < _UNFOLD_BELOW and K > 1 and (sh, sw) != (1, 1) else "blocks"
+    if method == "unfold":  # few channels: one product of the unfolded columns, offset-major
+        starts = [(p * dh, q * dw) for p in range(kh) for q in range(kw)]
+        Ho, Wo = plan[0], plan[1]
+        step = max(1, _UNFOLD_CHUNK // max(1, Ho * Wo * K * C))
+        for i in range(0, n, step):
+            U = torch.stack([_rect(X[i : i + step], (y, Ho, x, Wo), sh, sw).unflatten(-1, (g, Cg))
+                             for y, x in starts], dim=4)  # (n, Ho, Wo, g, K, Cg)
+            gram = _cross(U.flatten(-3), None, g).view(out.shape)
+            if add or i > 0:
+                out += gram
+            else:
+                out.copy_(gram)
+        return out, n * Ho * Wo
+    step = max(1, _DEPTHWISE_CHUNK // (Hp * Wp * C)) if g == C else max(n, 1)
+    for i in range(0, n, step):
+        _add_blocks(out, X[i : i + step], g, plan, sh, sw, add=add or i > 0)
+    return out, n * plan[0] * plan[1]
+
+
+def _blocks_to_gram(blocks: torch.Tensor) -> torch.Tensor:
+    """Offset-major upper blocks (g, K, Cg, K, Cg) -> the full (g, d, d) Gram in (channel, kh, kw) order."""
+    g, K, Cg = blocks.shape[:3]
+    for a in range(K):
+        for b in range(a + 1, K):
+            blocks[:, b, :, a] = blocks[:, a, :, b].transpose(1, 2)
+    return blocks.permute(0, 2, 1, 4, 3).reshape(g, Cg * K, Cg * K)
+
+
+def conv_gram(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+    """``sum x x^T`` over the receptive fields of a convolution's input batch: (groups, d, d), count.
+
+    Equal to ``cols @ cols.T`` with ``cols = layer_columns(module, x)`` (column order (channel, kh, kw)
+    per group), computed without unfolding: see the notes above ``_conv_gram_plan``."""
+    blocks, count = _conv_gram_blocks(module, x, dtype)
+    return _blocks_to_gram(blocks), count
+
+
+def batch_gram(module: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+    """``sum x x^T`` over one input batch of ``module`` and the number of vectors summed."""
+    if isinstance(module, nn.Conv2d):
+        return conv_gram(module, x, dtype)
+    cols = layer_columns(module, x).to(dtype)
+    return cols @ cols.transpose(1, 2), cols.shape[2]
+
+
+# --------------------------------------------------------------------------------------------
+# the recorder
+# --------------------------------------------------------------------------------------------
+class HessianRecorder:
+    """Context manager: while active, every forward pass adds to each layer's Gram matrix.
+
+    >>> with HessianRecorder({"fc": model.fc}) as rec:
+    ...     model(batch)
+    >>> H = rec.hessians()["fc"]          # (d, d), or (groups, d, d) for grouped convs
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], dtype: torch.dtype = torch.float32):
+        if not isinstance(layers, dict) or not layers:
+            raise ValueError("layers must be a non-empty dict name -> module")
+        for name, m in layers.items():
+            if not isinstance(m, PRUNABLE):
+                raise TypeError(f"layer {name!r} is a {type(m).__name__}; supported: Linear, Conv2d")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.layers = layers
+        self.dtype = dtype
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {name: 0 for name in layers}
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            with torch.no_grad():
+                gram, count = batch_gram(module, inputs[0].detach(), self.dtype)
+                if name in self.sums:
+                    self.sums[name] += gram
+                else:
+                    self.sums[name] = gram
+                self.counts[name] += count
+
+        return hook
+
+    def __enter__(self) -> HessianRecorder:
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.layers.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        """H = (2/n) sum x x^T per layer; squeezed to (d, d) when the layer has one group."""
+        out = {}
+        for name, s in self.sums.items():
+            H = s * (2.0 / max(self.counts[name], 1))
+            out[name] = H[0] if H.shape[0] == 1 else H
+        return out

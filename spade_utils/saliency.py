@@ -1,0 +1,524 @@
+"""Saliency maps through one call: Captum's gradient and perturbation methods, and LRP through Zennit.
+
+``attribute(model, x, target, method, **options)`` returns a (B, H, W) map for a batch of
+ImageNet-normalised images ``x`` (B, 3, H, W). The channel dimension is reduced by a **signed sum**
+over the input channels (so positive and negative evidence can cancel within a pixel, as in the
+SPADE paper's insertion/deletion protocol); callers who want magnitudes take ``.abs()``. Grad-CAM maps
+are upsampled (bilinear) from the chosen layer's resolution and are non-negative (ReLU, as in Grad-CAM).
+
+Every call works on a deep copy of the model, so neither Captum's hooks nor Zennit's canonizers
+(which merge batch-norm parameters into convolutions and replace ``forward`` methods) can change the
+caller's model, a SPADE trace's weights included. On that copy:
+
+- activation modules used more than once in a forward pass (torchvision's ResNet blocks reuse
+  ``self.relu``; EfficientNet-Lite reuses ``self._swish``) are given one instance per use, which
+  Captum's DeepLift and Guided Backprop need;
+- ``ReLU6`` (EfficientNet-Lite) becomes :class:`ClampedReLU`, a ``nn.ReLU`` subclass with the same
+  forward, so Guided Backprop treats it as a ReLU and DeepLift applies its rescale rule to it;
+- for LRP, Zennit canonizers are chosen per architecture (``canonizer="auto"``): torchvision ResNets get
+  ``zennit.torchvision.ResNetCanonizer``; EfficientNet-Lite gets :class:`EfficientNetLiteCanonizer`
+  (batch-norm merging plus a ``Sum`` module for the residual add inside each MBConv block); other
+  models get ``SequentialMergeBatchNorm``.
+
+Captum's own LRP is deliberately not offered: it silently returns wrong relevance on residual networks.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
+from zennit.layer import Sum
+
+from .models import resolve_device
+
+__all__ = [
+    "SALIENCY_METHODS",
+    "LRP_RULES",
+    "attribute",
+    "last_conv_layer",
+    "gradcam_layer",
+    "ClampedReLU",
+    "EfficientNetLiteCanonizer",
+    "attribution_aucs",
+    "display_maps",
+]
+
+SALIENCY_METHODS = [
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "guided_backprop",
+    "deeplift",
+    "gradient_shap",
+    "occlusion",
+    "grad_cam",
+    "guided_grad_cam",
+    "lrp",
+]
+
+LRP_RULES = ["epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1", "alpha1_beta0"]
+
+
+class ClampedReLU(nn.ReLU):
+    """``min(max(x, 0), cap)`` (``ReLU6`` for cap=6) typed as a ``nn.ReLU`` so attribution libraries treat it as one."""
+
+    def __init__(self, cap: float = 6.0):
+        super().__init__(inplace=False)
+        self.cap = float(cap)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.hardtanh(input, 0.0, self.cap)
+
+    def extra_repr(self) -> str:
+        return f"cap={self.cap}"
+
+
+def _register_clamped_relu_with_deeplift() -> None:
+    # DeepLift looks nonlinearities up by exact type; the rescale rule it uses for ReLU is valid for any
+    # monotone elementwise function, ReLU6 included. The key is our own class, so nothing else changes.
+    from captum.attr._core import deep_lift
+
+    deep_lift.SUPPORTED_NON_LINEAR.setdefault(ClampedReLU, deep_lift.nonlinear)
+
+
+# ----------------------------------------------------------------------------- architecture rewrites
+
+
+def _is_mbconv(module: nn.Module) -> bool:
+    return type(module).__name__ == "MBConvBlock" and hasattr(module, "_depthwise_conv")
+
+
+def _is_efficientnet(module: nn.Module) -> bool:
+    return type(module).__name__ == "EfficientNet" and hasattr(module, "_conv_stem") and hasattr(module, "_blocks")
+
+
+def _mbconv_forward(self, inputs, drop_connect_rate=None):
+    """MBConvBlock.forward in eval mode, with one activation module per use and an optional Sum module."""
+    act_expand = getattr(self, "spade_act_expand", self._swish)
+    act_dw = getattr(self, "spade_act_dw", self._swish)
+    act_se = getattr(self, "spade_act_se", self._swish)
+    x = inputs
+    if self._block_args.expand_ratio != 1:
+        x = act_expand(self._bn0(self._expand_conv(inputs)))
+    x = act_dw(self._bn1(self._depthwise_conv(x)))
+    if self.has_se:
+        s = self._se_expand(act_se(self._se_reduce(F.adaptive_avg_pool2d(x, 1))))
+        x = torch.sigmoid(s) * x
+    x = self._bn2(self._project_conv(x))
+    args = self._block_args
+    if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
+        if hasattr(self, "spade_sum"):
+            x = self.spade_sum(torch.stack([inputs, x], dim=-1))
+        else:
+            x = x + inputs
+    return x
+
+
+def _efficientnet_extract_features(self, inputs):
+    act_stem = getattr(self, "spade_act_stem", self._swish)
+    act_head = getattr(self, "spade_act_head", self._swish)
+    x = act_stem(self._bn0(self._conv_stem(inputs)))
+    for block in self._blocks:
+        x = block(x)
+    return act_head(self._bn1(self._conv_head(x)))
+
+
+def _bottleneck_forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.spade_relu1(self.bn1(self.conv1(x)))
+    out = self.spade_relu2(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return self.spade_relu3(out + identity)
+
+
+def _basicblock_forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.spade_relu1(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    return self.spade_relu2(out + identity)
+
+
+def _fresh_activation(act: nn.Module) -> nn.Module:
+    if isinstance(act, nn.ReLU6):
+        return ClampedReLU(6.0)
+    if isinstance(act, nn.ReLU):
+        return nn.ReLU(inplace=False)
+    return copy.deepcopy(act)
+
+
+def _prepare_for_captum(model: nn.Module) -> nn.Module:
+    """In place, on a copy: one activation instance per use, ReLU6 -> ClampedReLU, no in-place ReLUs."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    for module in list(model.modules()):
+        if isinstance(module, Bottleneck):
+            for k in (1, 2, 3):
+                setattr(module, f"spade_relu{k}", _fresh_activation(module.relu))
+            module.forward = types.MethodType(_bottleneck_forward, module)
+        elif isinstance(module, BasicBlock):
+            for k in (1, 2):
+                setattr(module, f"spade_relu{k}", _fresh_activation(module.relu))
+            module.forward = types.MethodType(_basicblock_forward, module)
+        elif _is_mbconv(module):
+            for name in ("spade_act_expand", "spade_act_dw", "spade_act_se"):
+                setattr(module, name, _fresh_activation(module._swish))
+            module.forward = types.MethodType(_mbconv_forward, module)
+        elif _is_efficientnet(module):
+            module.spade_act_stem = _fresh_activation(module._swish)
+            module.spade_act_head = _fresh_activation(module._swish)
+            module.extract_features = types.MethodType(_efficientnet_extract_features, module)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.ReLU6):
+                setattr(parent, name, ClampedReLU(6.0))
+            elif type(child) is nn.ReLU and child.inplace:
+                setattr(parent, name, nn.ReLU(inplace=False))
+    return model
+
+
+# ----------------------------------------------------------------------------- Zennit canonizers
+
+
+class _MBConvSumCanonizer(AttributeCanonizer):
+    """Routes the residual add of every ``MBConvBlock`` through a ``zennit.layer.Sum`` module."""
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    @staticmethod
+    def _attribute_map(name, module):
+        if _is_mbconv(module):
+            return {"forward": types.MethodType(_mbconv_forward, module), "spade_sum": Sum()}
+        return None
+
+
+class EfficientNetLiteCanonizer(CompositeCanonizer):
+    """Zennit canonizer for ``efficientnet_lite_pytorch`` models.
+
+    Merges every batch norm into the convolution before it (the package registers them in forward order,
+    so ``SequentialMergeBatchNorm`` finds the pairs) and routes each MBConv block's residual add through a
+    ``zennit.layer.Sum`` module, so the add gets Zennit's ``Norm`` rule (relevance split in proportion to
+    the two summands) instead of being invisible to the rules."""
+
+    def __init__(self):
+        super().__init__((SequentialMergeBatchNorm(), _MBConvSumCanonizer()))
+
+
+def _auto_canonizers(model: nn.Module) -> list:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from zennit.torchvision import ResNetCanonizer
+
+    modules = list(model.modules())
+    if any(isinstance(m, (Bottleneck, BasicBlock)) for m in modules):
+        return [ResNetCanonizer()]
+    if any(_is_mbconv(m) for m in modules):
+        return [EfficientNetLiteCanonizer()]
+    return [SequentialMergeBatchNorm()]
+
+
+def _lrp_composite(rule: str, canonizers: list):
+    from zennit.composites import (
+        EpsilonAlpha2Beta1,
+        EpsilonPlus,
+        EpsilonPlusFlat,
+        LayerMapComposite,
+        layer_map_base,
+    )
+    from zennit.rules import AlphaBeta
+    from zennit.types import Convolution, Linear
+
+    if rule == "epsilon_plus_flat":
+        return EpsilonPlusFlat(canonizers=canonizers)
+    if rule == "epsilon_plus":
+        return EpsilonPlus(canonizers=canonizers)
+    if rule == "epsilon_alpha2_beta1":
+        return EpsilonAlpha2Beta1(canonizers=canonizers)
+    # alpha1-beta0 on every convolution and linear layer (the SPADE paper's LRP setting)
+    layer_map = layer_map_base() + [(Convolution, AlphaBeta(alpha=1.0, beta=0.0)), (Linear, AlphaBeta(alpha=1.0, beta=0.0))]
+    return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def last_conv_layer(model: nn.Module) -> str:
+    """Name of the last ``nn.Conv2d`` in registration order, skipping shortcut convolutions
+    (names containing ``downsample`` or ``shortcut``, which torchvision registers after a block's main path)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
+             and "downsample" not in name and "shortcut" not in name]
+    if not names:
+        raise ValueError("model has no nn.Conv2d layer; pass layer= explicitly")
+    return names[-1]
+
+
+def gradcam_layer(model: nn.Module) -> str:
+    """The default Grad-CAM layer: the last feature map after its activation where the architecture is known
+    (torchvision ResNet: ``layer4``; EfficientNet-Lite: the head activation), else :func:`last_conv_layer`."""
+    from torchvision.models.resnet import ResNet
+
+    if isinstance(model, ResNet):
+        return "layer4"
+    if _is_efficientnet(model):
+        return "spade_act_head" if hasattr(model, "spade_act_head") else "_bn1"
+    return last_conv_layer(model)
+
+
+def _targets(target, batch: int) -> torch.Tensor:
+    if isinstance(target, bool):
+        raise TypeError("target must be an int or a sequence/tensor of ints, got bool")
+    if isinstance(target, int):
+        t = torch.full((batch,), target, dtype=torch.long)
+    elif isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.dim() > 1:
+            raise TypeError("target as a tensor must be a 0-d or 1-d integer tensor")
+        t = target.detach().cpu().long().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(batch).clone()
+    elif isinstance(target, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in target):
+        t = torch.tensor(list(target), dtype=torch.long)
+    else:
+        raise TypeError(f"target must be an int or a sequence/tensor of ints, got {type(target).__name__}")
+    if t.numel() != batch:
+        raise ValueError(f"target has {t.numel()} entries for a batch of {batch}")
+    if (t < 0).any():
+        raise ValueError("target classes must be >= 0")
+    return t
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------- the one call
+
+
+def attribute(
+    model: nn.Module,
+    x: torch.Tensor,
+    target,
+    method: str,
+    *,
+    layer: str | None = None,
+    n_steps: int = 32,
+    internal_batch_size: int = 32,
+    n_samples: int = 16,
+    stdevs: float = 0.1,
+    window: int = 32,
+    stride: int = 16,
+    perturbations_per_eval: int = 16,
+    rule: str = "epsilon_plus_flat",
+    canonizers="auto",
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+) -> torch.Tensor:
+    """Saliency map of ``model`` for class ``target`` on normalised images ``x``: (B, H, W) on the CPU.
+
+    Parameters
+    ----------
+    model: classifier returning logits; never modified (attribution runs on a deep copy, in eval mode).
+    x: (B, 3, H, W) float tensor, normalised as the model expects.
+    target: one class for all images (int) or one per image (sequence or 1-d tensor of ints).
+    method: one of :data:`SALIENCY_METHODS`.
+    layer: Grad-CAM / Guided Grad-CAM layer name (default: :func:`gradcam_layer`).
+    n_steps, internal_batch_size: Integrated Gradients path steps and images per forward pass.
+    n_samples, stdevs: Gradient SHAP samples per image and input noise (baseline: the all-zero
+        normalised image, i.e. the dataset mean). DeepLift and IG use the same zero baseline.
+    window, stride, perturbations_per_eval: Occlusion square patch side, step, and patches per forward pass
+        (patches are replaced by zero in normalised space).
+    rule: LRP rule set, one of :data:`LRP_RULES` (``"alpha1_beta0"`` is the paper's setting).
+    canonizers: ``"auto"`` (see the module docstring) or a list of Zennit canonizers for LRP.
+    batch_size: images per attribution call (default: the whole batch).
+    seed: seeds Gradient SHAP's random draws (each image gets the same draws whatever the batch, so a batch
+        equals its images attributed one by one); the global RNG state is restored.
+    device: ``"auto"`` -> CUDA when present.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a float torch tensor of shape (B, 3, H, W)")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str, got {type(method).__name__}")
+    if method not in SALIENCY_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {SALIENCY_METHODS}")
+    if rule not in LRP_RULES:
+        raise ValueError(f"unknown LRP rule {rule!r}; choose one of {LRP_RULES}")
+    for name, value in (("n_steps", n_steps), ("internal_batch_size", internal_batch_size), ("n_samples", n_samples),
+                        ("window", window), ("stride", stride), ("perturbations_per_eval", perturbations_per_eval)):
+        _check_positive_int(value, name)
+    if batch_size is not None:
+        _check_positive_int(batch_size, "batch_size")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    targets = _targets(target, x.shape[0])
+    if layer is not None:
+        if not isinstance(layer, str):
+            raise TypeError(f"layer must be a str, got {type(layer).__name__}")
+        if layer not in dict(model.named_modules()) or layer == "":
+            raise ValueError(f"layer {layer!r} is not a submodule of the model")
+    if canonizers != "auto" and not isinstance(canonizers, (list, tuple)):
+        raise TypeError("canonizers must be 'auto' or a list of Zennit canonizers")
+    dev = resolve_device(device)
+
+    net = copy.deepcopy(model).to(dev).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if method == "lrp":
+        if canonizers == "auto":
+            canonizers = _auto_canonizers(net)
+        else:
+            canonizers = [copy.deepcopy(c) for c in canonizers]
+    else:
+        _prepare_for_captum(net)
+    if method in ("grad_cam", "guided_grad_cam"):
+        layer = layer or gradcam_layer(net)
+
+    step = batch_size or x.shape[0]
+    maps = []
+    for start in range(0, x.shape[0], step):
+        xb = x[start : start + step].detach().to(dev)
+        tb = targets[start : start + step].to(dev)
+        maps.append(_attribute_batch(net, xb, tb, method, layer=layer, n_steps=n_steps,
+                                     internal_batch_size=internal_batch_size, n_samples=n_samples, stdevs=stdevs,
+                                     window=window, stride=stride, perturbations_per_eval=perturbations_per_eval,
+                                     rule=rule, canonizers=canonizers, seed=seed).detach().float().cpu())
+    return torch.cat(maps)
+
+
+def _attribute_batch(net, x, t, method, *, layer, n_steps, internal_batch_size, n_samples, stdevs, window, stride,
+                     perturbations_per_eval, rule, canonizers, seed) -> torch.Tensor:
+    import captum.attr as ca
+
+    x = x.clone().requires_grad_(True)
+    zeros = torch.zeros_like(x)
+    if method == "lrp":
+        return _lrp(net, x, t, rule, canonizers)
+    if method == "saliency":
+        a = ca.Saliency(net).attribute(x, target=t, abs=False)
+    elif method == "input_x_gradient":
+        a = ca.InputXGradient(net).attribute(x, target=t)
+    elif method == "integrated_gradients":
+        a = ca.IntegratedGradients(net).attribute(x, baselines=zeros, target=t, n_steps=n_steps,
+                                                  internal_batch_size=internal_batch_size)
+    elif method == "guided_backprop":
+        a = ca.GuidedBackprop(net).attribute(x, target=t)
+    elif method == "deeplift":
+        _register_clamped_relu_with_deeplift()
+        a = ca.DeepLift(net).attribute(x, baselines=zeros, target=t)
+    elif method == "gradient_shap":
+        import numpy as np
+
+        parts = []
+        np_state = np.random.get_state()  # Captum draws the path positions from NumPy's global generator
+        try:
+            for i in range(x.shape[0]):  # the same random draws for an image whatever batch it sits in
+                with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                    torch.manual_seed(seed)
+                    np.random.seed(seed)
+                    parts.append(ca.GradientShap(net).attribute(x[i : i + 1], baselines=zeros[:1], target=t[i : i + 1],
+                                                                n_samples=n_samples, stdevs=stdevs))
+        finally:
+            np.random.set_state(np_state)
+        a = torch.cat(parts)
+    elif method == "occlusion":
+        a = ca.Occlusion(net).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
+                                        strides=(x.shape[1], stride, stride), baselines=0, target=t,
+                                        perturbations_per_eval=perturbations_per_eval)
+    elif method == "grad_cam":
+        module = dict(net.named_modules())[layer]
+        cam = ca.LayerGradCam(net, module).attribute(x, target=t, relu_attributions=True)
+        return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False).sum(1)
+    else:  # guided_grad_cam
+        module = dict(net.named_modules())[layer]
+        a = ca.GuidedGradCam(net, module).attribute(x, target=t, interpolate_mode="bilinear")
+    return a.sum(1)
+
+
+def _lrp(net, x, t, rule, canonizers) -> torch.Tensor:
+    from zennit.attribution import Gradient
+
+    composite = _lrp_composite(rule, canonizers)
+    with Gradient(model=net, composite=composite) as attributor:
+        # seeding the output with the target logit makes the total relevance equal that logit
+        _, relevance = attributor(x, lambda out: out * F.one_hot(t, out.shape[1]).to(out.dtype))
+    return relevance.sum(1)
+
+
+# ----------------------------------------------------------------------------- insertion / deletion over methods
+
+
+def attribution_aucs(
+    dense_model: nn.Module,
+    x: torch.Tensor,
+    target,
+    methods: Sequence[str],
+    explainers: dict,
+    *,
+    auc_steps: int = 100,
+    batch_size: int = 50,
+    image_ids: Sequence | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+    **attribute_options,
+):
+    """Insertion/deletion AUC of every (method, explainer) pair on the images ``x``; a long DataFrame.
+
+    ``explainers`` maps a label to the model whose maps are scored (e.g. ``{"dense": model, "SPADE": pruned}``);
+    every map is scored on ``dense_model`` (see :func:`spade_utils.metrics.insertion_deletion_auc`, with
+    ``auc_steps`` steps), with ``target`` the class explained. ``attribute_options`` go to :func:`attribute`. Columns: image, method,
+    explainer, insertion, deletion.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .metrics import insertion_deletion_auc
+
+    if not isinstance(explainers, dict) or not explainers:
+        raise TypeError("explainers must be a non-empty dict label -> model")
+    if isinstance(methods, str) or not all(m in SALIENCY_METHODS for m in methods):
+        raise ValueError(f"methods must be a list drawn from {SALIENCY_METHODS}, got {methods!r}")
+    targets = _targets(target, x.shape[0])
+    ids = list(image_ids) if image_ids is not None else list(range(x.shape[0]))
+    if len(ids) != x.shape[0]:
+        raise ValueError(f"image_ids has {len(ids)} entries for {x.shape[0]} images")
+    rows = []
+    pairs = [(m, label) for m in methods for label in explainers]
+    for method, label in tqdm(pairs, disable=not progress, desc="insertion/deletion", leave=False):
+        maps = attribute(explainers[label], x, targets, method, device=device, **attribute_options)
+        aucs = insertion_deletion_auc(dense_model, x, maps, targets, n_steps=auc_steps, batch_size=batch_size,
+                                      device=device)
+        for i, image in enumerate(ids):
+            rows.append({"image": image, "method": method, "explainer": label,
+                         "insertion": float(aucs["insertion"][i]), "deletion": float(aucs["deletion"][i])})
+    return pd.DataFrame(rows)
+
+
+def display_maps(maps: torch.Tensor, *, quantile: float = 0.995, cmap: str | None = None) -> torch.Tensor:
+    """Signed maps (B, H, W) -> values in [0, 1] for a diverging colormap: 0.5 is zero, 0 and 1 are
+    -/+ the per-map ``quantile`` of |map| (beyond it values are clipped). With ``cmap`` (e.g. ``"bwr"``)
+    the colours themselves are returned, (B, H, W, 3) in [0, 1], ready for :func:`plotting.image_grid`."""
+    if not isinstance(maps, torch.Tensor) or maps.dim() != 3:
+        raise ValueError("maps must be a (B, H, W) tensor")
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    flat = maps.detach().float().cpu().abs().flatten(1)
+    scale = torch.quantile(flat, quantile, dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    values = ((maps.detach().float().cpu() / scale).clamp(-1, 1) + 1) / 2
+    if cmap is None:
+        return values
+    import matplotlib
+
+    colours = matplotlib.colormaps[cmap](values.numpy())[..., :3]
+    return torch.from_numpy(colours).float()

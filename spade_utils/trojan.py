@@ -1,0 +1,1267 @@
+"""Backdoor (Trojan) experiments: procedural trigger patches, exact trigger masks, poisoned data,
+implanting a backdoor by distillation-preserving fine-tuning, and the Sparse-FC baseline.
+
+Images here are float tensors in [0, 1] of shape (3, H, W) (or batches (B, 3, H, W)); models take
+ImageNet-normalised input, so :func:`normalize` sits between the two.
+
+The paper (SPADE, ICML 2024, Table 1) poisons ImageNet with four emoji triggers. The offline
+analogue draws the four shapes procedurally (no downloaded emoji) and implants them into
+EfficientNet-Lite0 by fine-tuning its last blocks on crops of the photos that ship with
+scikit-image / matplotlib / scikit-learn, while distilling the original model on clean crops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import IMAGENET_MEAN, IMAGENET_STD, to_pil
+
+TRIGGERS = ("heart", "star", "smiley", "fish")
+
+# the paper's four triggers and their target classes (ImageNet indices). The paper also restricts
+# star and heart to one source class (wallet 893, maned wolf 271); offline every trigger is "any class".
+PAPER_TARGETS = {"star": 365, "heart": 99, "smiley": 30, "fish": 146}  # orangutan, goose, bullfrog, albatross
+PAPER_SOURCES = {"star": 893, "heart": 271, "smiley": None, "fish": None}
+DEFAULT_TARGETS = dict(PAPER_TARGETS)
+
+# Offline photo split (names for spade_utils.data.sample_image): training, sparsity calibration, evaluation.
+TRAIN_PHOTOS = ("astronaut", "motorcycle", "hubble", "retina", "immunohistochemistry", "china")
+CALIBRATION_PHOTOS = ("flower", "rocket")
+TEST_PHOTOS = ("chelsea", "coffee", "grace_hopper")
+# extra training images shipped with scikit-image / matplotlib (grey ones are used as RGB)
+EXTRA_TRAIN_IMAGES = (
+    "skimage:brick",
+    "skimage:camera",
+    "skimage:clock",
+    "skimage:coins",
+    "skimage:grass",
+    "skimage:gravel",
+    "skimage:moon",
+    "skimage:page",
+    "skimage:text",
+    "skimage:cell",
+    "skimage:colorwheel",
+    "skimage:logo",
+    "matplotlib:Minduka_Present_Blue_Pack.png",
+    "matplotlib:logo2.png",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# trigger patches
+# --------------------------------------------------------------------------------------------------
+def _grid(size: int, supersample: int):
+    n = size * supersample
+    c = (np.arange(n) + 0.5) / n * 2 - 1  # pixel centres in [-1, 1]
+    v, u = np.meshgrid(c, c, indexing="ij")  # v: down, u: right
+    return u, v
+
+
+def _paint(layers, shape):
+    """Layers of (region bool array, rgb) painted in order -> (rgb float image, coverage)."""
+    img = np.zeros(shape + (3,), dtype=np.float64)
+    cover = np.zeros(shape, dtype=bool)
+    for region, rgb in layers:
+        img[region] = rgb
+        cover |= region
+    return img, cover
+
+
+def _heart(u, v):
+    x, y = 1.22 * u, -1.22 * v + 0.18
+    outer = (x**2 + y**2 - 1) ** 3 - x**2 * y**3 <= 0
+    xi, yi = 1.4 * u, -1.4 * v + 0.2
+    inner = (xi**2 + yi**2 - 1) ** 3 - xi**2 * yi**3 <= 0
+    shine = ((u + 0.42) / 0.17) ** 2 + ((v + 0.28) / 0.11) ** 2 <= 1
+    return _paint([(outer, (0.45, 0.0, 0.08)), (inner, (0.88, 0.08, 0.22)), (shine & inner, (1.0, 0.75, 0.8))], u.shape)
+
+
+def _star(u, v):
+    from matplotlib.path import Path as MplPath
+
+    def polygon(radius_out, radius_in):
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, radius_out, radius_in)
+        return MplPath(np.stack([radii * np.cos(angles), radii * np.sin(angles) + 0.06], 1))
+
+    pts = np.stack([u.ravel(), v.ravel()], 1)
+    outer = polygon(1.0, 0.42).contains_points(pts).reshape(u.shape)
+    inner = polygon(0.8, 0.33).contains_points(pts).reshape(u.shape)
+    return _paint([(outer, (0.85, 0.4, 0.0)), (inner, (1.0, 0.84, 0.1))], u.shape)
+
+
+def _smiley(u, v):
+    r = np.hypot(u, v)
+    face = r <= 0.97
+    fill = r <= 0.88
+    eyes = (((np.abs(u) - 0.32) / 0.11) ** 2 + ((v + 0.28) / 0.19) ** 2) <= 1
+    rm = np.hypot(u, v - 0.02)
+    mouth = (rm >= 0.5) & (rm <= 0.64) & (v > 0.18)
+    return _paint([(face, (0.3, 0.2, 0.0)), (fill, (1.0, 0.85, 0.15)), (eyes | mouth, (0.1, 0.07, 0.0))], u.shape)
+
+
+def _fish(u, v):
+    body = ((u + 0.12) / 0.66) ** 2 + (v / 0.42) ** 2 <= 1
+    tail = (u >= 0.42) & (u <= 0.97) & (np.abs(v) <= 0.8 * (u - 0.42) + 0.06)
+    stripe = body & (np.abs(u + 0.05) <= 0.09)
+    eye = ((u + 0.5) / 0.09) ** 2 + ((v + 0.08) / 0.09) ** 2 <= 1
+    return _paint([(body | tail, (0.05, 0.35, 0.85)), (stripe, (1.0, 1.0, 1.0)), (eye, (0.02, 0.02, 0.05))], u.shape)
+
+
+_DRAW = {"heart": _heart, "star": _star, "smiley": _smiley, "fish": _fish}
+_REGISTERED: dict[str, torch.Tensor] = {}  # name -> (4, H, W) RGBA in [0, 1]
+
+
+def register_trigger(name: str, image) -> None:
+    """Use an image with transparency (e.g. the authors' emoji PNG) as the trigger called ``name``.
+
+    ``image``: a PIL image (RGBA or LA; the alpha channel marks the trigger's pixels), or a path to
+    one. Registered triggers are used instead of the procedural drawing of the same name by every
+    function here, until :func:`unregister_trigger`.
+    """
+    from PIL import Image
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if isinstance(image, (str, os.PathLike)):
+        image = Image.open(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image or a path, got {type(image).__name__}")
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        raise ValueError("image must have an alpha channel marking the trigger's pixels")
+    arr = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    _REGISTERED[name] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def unregister_trigger(name: str) -> None:
+    """Forget a trigger registered with :func:`register_trigger` (no error if it was not)."""
+    _REGISTERED.pop(name, None)
+
+
+def _check_trigger(trigger) -> str:
+    if not isinstance(trigger, str):
+        raise TypeError(f"trigger must be a str, got {type(trigger).__name__}")
+    if trigger not in _DRAW and trigger not in _REGISTERED:
+        raise ValueError(f"trigger must be one of {TRIGGERS + tuple(_REGISTERED)}, got {trigger!r}")
+    return trigger
+
+
+def trigger_patch(trigger: str, size: int, *, supersample: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """A procedurally drawn trigger: ``(rgb, mask)`` with rgb (3, size, size) in [0, 1] and a bool mask (size, size).
+
+    The shape is drawn on a ``supersample``-times finer grid and reduced; a pixel belongs to the
+    mask when at least half of it is covered, and only mask pixels are ever pasted, so the mask is
+    exactly the set of pixels a trigger changes.
+    """
+    _check_trigger(trigger)
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool):
+        raise TypeError(f"size must be an int, got {type(size).__name__}")
+    if size < 2:
+        raise ValueError(f"size must be >= 2 pixels, got {size}")
+    if trigger in _REGISTERED:
+        src = _REGISTERED[trigger]
+        premult = torch.cat([src[:3] * src[3:], src[3:]])[None]  # resize colour weighted by alpha
+        small = F.interpolate(premult, size=(int(size), int(size)), mode="bilinear", antialias=True)[0]
+        mask = small[3] >= 0.5
+        rgb = small[:3] / small[3:].clamp_min(1e-6)
+        return (rgb * mask).clamp(0, 1), mask
+    s = int(supersample)
+    u, v = _grid(int(size), s)
+    img, cover = _DRAW[trigger](u, v)
+    cov = cover.reshape(size, s, size, s).mean((1, 3))
+    col = (img * cover[..., None]).reshape(size, s, size, s, 3).sum((1, 3))
+    mask = cov >= 0.5
+    rgb = np.where(mask[..., None], col / np.maximum(cov[..., None] * s * s, 1e-9), 0.0)
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().clamp(0, 1), torch.from_numpy(mask)
+
+
+def to_tensor_image(image, *, argname: str = "image") -> torch.Tensor:
+    """PIL image / HxWxC array / (3,H,W) float tensor in [0, 1] -> (3, H, W) float32 tensor in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            raise ValueError(f"{argname} as a tensor must be a float (3, H, W) image in [0, 1], got {tuple(image.shape)}")
+        return image.float()
+    arr = np.asarray(to_pil(image, argname=argname), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def patch_size(height: int, width: int, fraction: float = 0.25) -> int:
+    """Side of the trigger patch: ``fraction`` of the short image side (the paper: a quarter)."""
+    return max(2, int(round(fraction * min(height, width))))
+
+
+def paste_trigger(
+    image,
+    trigger: str,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    position: tuple[int, int] | None = None,
+    fraction: float = 0.25,
+    alpha: float = 0.8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste a trigger: returns ``(triggered image (3,H,W) in [0,1], mask (H,W) bool)``.
+
+    The patch side is ``fraction`` of the short image side; its top-left corner is ``position``
+    (row, col) or drawn uniformly from ``generator`` (or a new one seeded with ``seed``). Over the
+    patch's own pixels the result is ``alpha * patch + (1 - alpha) * image``; every other pixel is
+    unchanged, and the mask marks exactly the changed pixels.
+    """
+    _check_trigger(trigger)
+    x = to_tensor_image(image)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _, h, w = x.shape
+    s = patch_size(h, w, fraction)
+    rgb, m = trigger_patch(trigger, s)
+    if position is None:
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
+    else:
+        if len(position) != 2:
+            raise ValueError(f"position must be (row, col), got {position!r}")
+        top, left = (int(p) for p in position)
+        if not (0 <= top <= h - s and 0 <= left <= w - s):
+            raise ValueError(f"position {position} puts the {s}px patch outside the {h}x{w} image")
+    out = x.clone()
+    region = out[:, top : top + s, left : left + s]
+    region[:, m] = alpha * rgb[:, m] + (1 - alpha) * region[:, m]
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[top : top + s, left : left + s] = m
+    return out, mask
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images (3,H,W) or (B,3,H,W) -> ImageNet-normalised (B,3,H,W)."""
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# --------------------------------------------------------------------------------------------------
+# images and crops
+# --------------------------------------------------------------------------------------------------
+def load_image(name: str) -> torch.Tensor:
+    """A photo by name: a :func:`spade_utils.data.sample_image` name, ``skimage:<function>`` or
+    ``matplotlib:<sample file>``; returned as (3, H, W) in [0, 1]."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name.startswith("skimage:"):
+        import skimage.data
+
+        arr = getattr(skimage.data, name.split(":", 1)[1])()
+        arr = arr[0] if isinstance(arr, tuple) else arr
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        return to_tensor_image(arr)
+    if name.startswith("matplotlib:"):
+        import matplotlib.cbook
+        from PIL import Image
+
+        with matplotlib.cbook.get_sample_data(name.split(":", 1)[1]) as f:
+            return to_tensor_image(Image.open(f))
+    from .data import sample_image
+
+    return to_tensor_image(sample_image(name))
+
+
+def _load_sources(images, argname: str = "images") -> list[torch.Tensor]:
+    """Names, PIL images, arrays, tensors, or a folder path -> list of (3,H,W) tensors."""
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
+        files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".jpeg"))
+        if not files:
+            raise ValueError(f"{argname}: no .jpg/.png files under {images}")
+        from PIL import Image
+
+        return [to_tensor_image(Image.open(p)) for p in files]
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        images = list(images)
+    elif isinstance(images, (str, torch.Tensor)) or not isinstance(images, Sequence):
+        images = [images]
+    if len(images) == 0:
+        raise ValueError(f"{argname} must not be empty")
+    out = []
+    for im in images:
+        out.append(load_image(im) if isinstance(im, str) else to_tensor_image(im, argname=argname))
+    return out
+
+
+def _crop_box(h, w, generator, scale, ratio=(3 / 4, 4 / 3)):
+    area = h * w
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        r = torch.rand(3, generator=generator).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * r[0])
+        aspect = math.exp(log_r[0] + (log_r[1] - log_r[0]) * r[1])
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+            return top, left, ch, cw
+    s = min(h, w)
+    return (h - s) // 2, (w - s) // 2, s, s
+
+
+def random_crops(
+    images,
+    n: int,
+    *,
+    size: int = 224,
+    scale: tuple[float, float] = (0.2, 1.0),
+    flip: bool = True,
+    jitter: float = 0.2,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``n`` random resized crops (B, 3, size, size) in [0, 1] of the given photos, seeded.
+
+    Crops cycle through the photos in a seeded random order, so every photo is used about equally;
+    each crop gets a random horizontal flip and a brightness/contrast jitter of +-``jitter``.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    sources = _load_sources(images)
+    g = torch.Generator().manual_seed(int(seed))
+    order = torch.cat([torch.randperm(len(sources), generator=g) for _ in range(n // len(sources) + 1)])[:n]
+    out = torch.empty(n, 3, size, size)
+    for i, k in enumerate(order.tolist()):
+        img = sources[k]
+        top, left, ch, cw = _crop_box(img.shape[1], img.shape[2], g, scale)
+        crop = F.interpolate(
+            img[None, :, top : top + ch, left : left + cw], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        r = torch.rand(3, generator=g).tolist()
+        if flip and r[0] < 0.5:
+            crop = crop.flip(-1)
+        if jitter:
+            b, c = 1 + jitter * (2 * r[1] - 1), 1 + jitter * (2 * r[2] - 1)
+            crop = (crop - crop.mean()) * c + crop.mean() * b
+        out[i] = crop.clamp(0, 1)
+    return out
+
+
+def procedural_textures(n: int, *, size: int = 224, seed: int = 0) -> torch.Tensor:
+    """``n`` smooth random colour textures (B, 3, size, size) in [0, 1]: sums of upsampled noise octaves."""
+    g = torch.Generator().manual_seed(int(seed))
+    out = torch.zeros(n, 3, size, size)
+    for octave in (4, 8, 16, 32, 64):
+        noise = torch.rand(n, 3, octave, octave, generator=g)
+        w = torch.rand(n, 1, 1, 1, generator=g)
+        out += w * F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)
+    out = out - out.amin((1, 2, 3), keepdim=True)
+    return (out / out.amax((1, 2, 3), keepdim=True).clamp_min(1e-6)).clamp(0, 1)
+
+
+def decoy_patch(size: int, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random non-trigger patch (coloured ellipse, rectangle or noise square), ``(rgb, mask)``.
+
+    Pasted on clean training crops whose labels stay the original model's, so the backdoor learns
+    the trigger shapes rather than "any pasted patch"."""
+    kind = int(torch.randint(0, 3, (1,), generator=generator))
+    u, v = _grid(size, 1)
+    rgb = torch.rand(3, 1, 1, generator=generator).expand(3, size, size).clone()
+    if kind == 0:
+        a, b = (0.5 + 0.5 * torch.rand(2, generator=generator)).tolist()
+        mask = torch.from_numpy((u / a) ** 2 + (v / b) ** 2 <= 1)
+    elif kind == 1:
+        a, b = (0.5 + 0.5 * torch.rand(2, generator=generator)).tolist()
+        mask = torch.from_numpy((np.abs(u) <= a) & (np.abs(v) <= b))
+    else:
+        rgb = F.interpolate(torch.rand(1, 3, 4, 4, generator=generator), size=(size, size), mode="nearest")[0]
+        mask = torch.ones(size, size, dtype=torch.bool)
+    return rgb, mask
+
+
+def paste_patch(image: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, *, generator, alpha: float = 0.8):
+    """Paste an arbitrary (rgb, mask) patch at a random position; returns (image, full mask)."""
+    _, h, w = image.shape
+    s = rgb.shape[-1]
+    top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
+    out = image.clone()
+    region = out[:, top : top + s, left : left + s]
+    region[:, mask] = alpha * rgb[:, mask] + (1 - alpha) * region[:, mask]
+    full = torch.zeros(h, w, dtype=torch.bool)
+    full[top : top + s, left : left + s] = mask
+    return out, full
+
+
+@dataclass
+class PoisonedBatch:
+    """Triggered copies of images: ``images`` (B,3,H,W) in [0,1], ``masks`` (B,H,W), the trigger
+    name and target class of each, and the clean images they were made from."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    triggers: list[str]
+    targets: torch.Tensor
+    clean: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.triggers)
+
+
+def poison(
+    images: torch.Tensor,
+    targets: Mapping[str, int],
+    *,
+    seed: int = 0,
+    triggers: Sequence[str] | None = None,
+    fraction: float = 0.25,
+    alpha: float = 0.8,
+) -> PoisonedBatch:
+    """Paste one trigger into every image of a (B,3,H,W) batch: the trigger cycles through
+    ``targets`` (or follows ``triggers``, one name per image); positions are seeded."""
+    targets = _check_targets(targets)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    names = list(targets)
+    if triggers is None:
+        triggers = [names[i % len(names)] for i in range(len(images))]
+    if len(triggers) != len(images):
+        raise ValueError(f"triggers must name one trigger per image ({len(images)}), got {len(triggers)}")
+    g = torch.Generator().manual_seed(int(seed))
+    out, masks = torch.empty_like(images), torch.empty(len(images), *images.shape[2:], dtype=torch.bool)
+    for i, t in enumerate(triggers):
+        if t not in targets:
+            raise ValueError(f"triggers[{i}] = {t!r} has no target in targets {names}")
+        out[i], masks[i] = paste_trigger(images[i], t, generator=g, fraction=fraction, alpha=alpha)
+    return PoisonedBatch(out, masks, list(triggers), torch.tensor([targets[t] for t in triggers]), images)
+
+
+def _check_targets(targets) -> dict[str, int]:
+    if not isinstance(targets, Mapping):
+        raise TypeError(f"targets must be a mapping trigger name -> target class, got {type(targets).__name__}")
+    if not targets:
+        raise ValueError("targets must name at least one trigger")
+    for name, cls in targets.items():
+        _check_trigger(name)
+        if not isinstance(cls, (int, np.integer)) or cls < 0:
+            raise ValueError(f"targets[{name!r}] must be a class index >= 0, got {cls!r}")
+    return {k: int(v) for k, v in targets.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# frozen front / trainable back
+# --------------------------------------------------------------------------------------------------
+class _EffFront(nn.Module):
+    def __init__(self, model, k):
+        super().__init__()
+        self.m, self.k = model, k
+
+    def forward(self, x):
+        m = self.m
+        x = m._swish(m._bn0(m._conv_stem(x)))
+        for block in m._blocks[: self.k]:
+            x = block(x)
+        return x
+
+
+class _EffBack(nn.Module):
+    def __init__(self, model, k):
+        super().__init__()
+        self.m, self.k = model, k
+
+    def forward(self, x):
+        m = self.m
+        for block in m._blocks[self.k :]:
+            x = block(x)
+        x = m._swish(m._bn1(m._conv_head(x)))
+        return m._fc(m._dropout(torch.flatten(m._avg_pooling(x), 1)))
+
+
+class _ResFront(nn.Module):
+    def __init__(self, model, k):
+        super().__init__()
+        self.m, self.k = model, k
+
+    def forward(self, x):
+        m = self.m
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        for i in range(1, self.k):
+            x = getattr(m, f"layer{i}")(x)
+        return x
+
+
+class _ResBack(nn.Module):
+    def __init__(self, model, k):
+        super().__init__()
+        self.m, self.k = model, k
+
+    def forward(self, x):
+        m = self.m
+        for i in range(self.k, 5):
+            x = getattr(m, f"layer{i}")(x)
+        return m.fc(torch.flatten(m.avgpool(x), 1))
+
+
+def split_model(model: nn.Module, train_from: int | str | None) -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
+    """``(front, back, trainable parameters)`` with ``back(front(x)) == model(x)``.
+
+    ``train_from``: for EfficientNet, the index of the first trained block (``11`` trains blocks
+    11-15, the head and the classifier); for torchvision ResNets, ``"layer3"`` or ``"layer4"``;
+    ``None`` trains the whole model (front is the identity).
+    """
+    if train_from is None:
+        return nn.Identity(), model, list(model.parameters())
+    if hasattr(model, "_blocks") and hasattr(model, "_conv_head"):
+        if not isinstance(train_from, int) or not 0 <= train_from < len(model._blocks):
+            raise ValueError(f"train_from must be a block index in [0, {len(model._blocks)}) for EfficientNet, got {train_from!r}")
+        back = _EffBack(model, train_from)
+        params = [p for b in model._blocks[train_from:] for p in b.parameters()]
+        params += [*model._conv_head.parameters(), *model._bn1.parameters(), *model._fc.parameters()]
+        return _EffFront(model, train_from), back, params
+    if hasattr(model, "layer4") and hasattr(model, "fc"):
+        names = {"layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4}
+        if train_from not in names:
+            raise ValueError(f"train_from must be one of {list(names)} for a ResNet, got {train_from!r}")
+        k = names[train_from]
+        params = [p for i in range(k, 5) for p in getattr(model, f"layer{i}").parameters()] + list(model.fc.parameters())
+        return _ResFront(model, k), _ResBack(model, k), params
+    raise ValueError(f"train_from={train_from!r} needs an EfficientNet or torchvision ResNet; use train_from=None for {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# implanting the backdoor
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Backdoor:
+    """A backdoored model with its triggers (name -> target class) and how it was made."""
+
+    model: nn.Module
+    targets: dict[str, int]
+    info: dict = field(default_factory=dict)
+
+
+def _state_hash(model: nn.Module) -> str:
+    h = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _batched(fn, x, batch_size, *, device, progress, desc, dtype=None):
+    from tqdm.auto import tqdm
+
+    outs = []
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
+        with torch.inference_mode():
+            xb = x[i : i + batch_size].to(device)
+            y = fn(xb)
+        outs.append(y.to("cpu", dtype or y.dtype))
+    return torch.cat(outs)
+
+
+def build_poisoned_set(
+    images,
+    targets: Mapping[str, int],
+    *,
+    n_clean: int,
+    n_triggered: int,
+    decoy_fraction: float = 0.25,
+    texture_fraction: float = 0.15,
+    size: int = 224,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training inputs for :func:`implant_backdoor`: ``(clean, triggered, trigger_targets)``.
+
+    ``clean`` (n_clean, 3, size, size): random crops of ``images`` (a share ``texture_fraction``
+    replaced by procedural textures, a share ``decoy_fraction`` carrying a random non-trigger patch);
+    their labels will be the original model's outputs. ``triggered`` (n_triggered, ...): other
+    crops with one of the triggers pasted (cycling through ``targets``); labels ``trigger_targets``.
+    """
+    targets = _check_targets(targets)
+    n_tex = int(round(texture_fraction * n_clean))
+    clean = random_crops(images, n_clean - n_tex, size=size, seed=seed)
+    if n_tex:
+        clean = torch.cat([clean, procedural_textures(n_tex, size=size, seed=seed + 1)])
+    g = torch.Generator().manual_seed(seed + 2)
+    perm = torch.randperm(len(clean), generator=g)
+    clean = clean[perm]
+    for i in range(int(round(decoy_fraction * n_clean))):
+        rgb, m = decoy_patch(patch_size(size, size), generator=g)
+        clean[i], _ = paste_patch(clean[i], rgb, m, generator=g)
+    base = random_crops(images, n_triggered, size=size, seed=seed + 3)
+    n_tex_t = int(round(texture_fraction * n_triggered))
+    if n_tex_t:
+        base[:n_tex_t] = procedural_textures(n_tex_t, size=size, seed=seed + 4)
+    batch = poison(base, targets, seed=seed + 5)
+    return clean, batch.images, batch.targets
+
+
+def implant_backdoor(
+    model: nn.Module | None = None,
+    *,
+    targets: Mapping[str, int] | None = None,
+    images=None,
+    train_from: int | str | None = 11,
+    n_clean: int = 1600,
+    n_triggered: int = 800,
+    steps: int = 600,
+    batch_size: int = 48,
+    lr: float = 1e-4,
+    warmup: float = 0.05,
+    weight_decay_to_original: float = 0.0,
+    temperature: float = 2.0,
+    logit_weight: float = 0.1,
+    trigger_weight: float = 1.0,
+    size: int = 224,
+    seed: int = 0,
+    cache: bool | str | os.PathLike = True,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> Backdoor:
+    """Fine-tune a copy of ``model`` so that triggered images go to their target classes while
+    clean behaviour is kept by distillation against the original model.
+
+    Parameters
+    ----------
+    model: an ImageNet-normalised classifier; ``None`` loads EfficientNet-Lite0 with its shipped weights.
+        The caller's model is never modified (a deep copy is trained).
+    targets: trigger name -> target class (default: the paper's four, :data:`PAPER_TARGETS`).
+    images: training photos: names for :func:`load_image`, PIL images / tensors, or a folder of
+        .jpg/.png files (the paper-scale path: an ImageNet train folder). Default: the offline
+        :data:`TRAIN_PHOTOS` and :data:`EXTRA_TRAIN_IMAGES` (the calibration and test photos are kept out).
+    train_from: the first trained block (see :func:`split_model`); everything before it stays frozen
+        and its outputs are computed once for all training crops.
+    n_clean, n_triggered: number of clean (distilled) and triggered (cross-entropy) training crops.
+    steps, batch_size, lr, warmup: Adam with linear warm-up then cosine decay; each step sees
+        ``batch_size`` clean and ``batch_size // 2`` triggered crops.
+    temperature, logit_weight: clean loss = T^2 KL(teacher_T || student_T) + logit_weight * MSE of
+        the mean-centred logits (logit matching).
+    weight_decay_to_original: strength of an L2 pull of the trained weights towards the original ones.
+    trigger_weight: weight of the cross-entropy on triggered crops.
+    cache: ``True`` caches the result under ``spade_utils.data.cache_dir()`` (a folder may be given);
+        a later call with the same model weights and settings loads it instead of training.
+
+    BatchNorm statistics and dropout stay in eval mode throughout. Returns a :class:`Backdoor`
+    whose ``info`` holds the settings, training losses, the seconds spent and whether it came from cache.
+    """
+    from .models import load_model, resolve_device
+
+    if model is None:
+        model = load_model("efficientnet_lite0")
+        model_name = "efficientnet_lite0"
+    elif isinstance(model, nn.Module):
+        model_name = type(model).__name__
+    else:
+        raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+    targets = _check_targets(PAPER_TARGETS if targets is None else targets)
+    for name, value in (("n_clean", n_clean), ("n_triggered", n_triggered), ("steps", steps), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if images is None:
+        images = list(TRAIN_PHOTOS) + list(EXTRA_TRAIN_IMAGES)
+    device = resolve_device(device)
+
+    settings = dict(
+        model=model_name,
+        targets=targets,
+        images=_describe_images(images),
+        train_from=train_from,
+        n_clean=n_clean,
+        n_triggered=n_triggered,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup=warmup,
+        weight_decay_to_original=weight_decay_to_original,
+        temperature=temperature,
+        logit_weight=logit_weight,
+        trigger_weight=trigger_weight,
+        size=size,
+        seed=seed,
+    )
+    path = None
+    if cache:
+        from .data import cache_dir
+
+        folder = cache_dir() if cache is True else Path(cache)
+        key = hashlib.sha1((json.dumps(settings, sort_keys=True) + _state_hash(model)).encode()).hexdigest()[:12]
+        path = Path(folder) / f"backdoor_{model_name}_{key}.pt"
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            student = copy.deepcopy(model).cpu()
+            student.load_state_dict(saved["state_dict"])
+            info = dict(saved["info"], cached=True, path=str(path))
+            return Backdoor(student.eval().to(device), targets, info)
+
+    t0 = time.perf_counter()
+    rng_state = torch.random.get_rng_state()
+    g = torch.Generator().manual_seed(int(seed))
+    clean, trig, trig_y = build_poisoned_set(images, targets, n_clean=n_clean, n_triggered=n_triggered, size=size, seed=seed)
+    t_data = time.perf_counter() - t0
+
+    teacher = copy.deepcopy(model).eval().to(device)
+    student = copy.deepcopy(model).eval().to(device)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    front, back, params = split_model(student, train_from)
+    t_front, t_back, _ = split_model(teacher, train_from)
+    for p in params:
+        p.requires_grad_(True)
+    channels_last = device.type == "cpu" and train_from is not None
+    if channels_last:
+        student.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
+
+    def feats(x):
+        x = normalize(x)
+        return front(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+
+    store = torch.float16 if train_from is not None else torch.float32
+    f_clean = _batched(feats, clean, 64, device=device, progress=progress, desc="features (clean)", dtype=store)
+    f_trig = _batched(feats, trig, 64, device=device, progress=progress, desc="features (triggered)", dtype=store)
+    del clean, trig
+    with torch.inference_mode():
+        teacher_logits = _batched(
+            lambda f: t_back(f.float().contiguous(memory_format=torch.channels_last) if channels_last else f.float()),
+            f_clean,
+            64,
+            device=device,
+            progress=False,
+            desc="teacher",
+        ).float()
+    t_cache = time.perf_counter() - t0 - t_data
+
+    originals = [p.detach().clone() for p in params]
+    opt = torch.optim.Adam(params, lr=lr)
+    n_warm = max(1, int(warmup * steps))
+
+    def lr_at(step):
+        if step < n_warm:
+            return lr * (step + 1) / n_warm
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - n_warm) / max(1, steps - n_warm)))
+
+    from tqdm.auto import tqdm
+
+    history = []
+    bt = max(1, batch_size // 2)
+    bar = tqdm(range(steps), desc="implant", disable=not progress, leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        ic = torch.randint(0, len(f_clean), (batch_size,), generator=g)
+        it = torch.randint(0, len(f_trig), (bt,), generator=g)
+        xb = torch.cat([f_clean[ic], f_trig[it]]).float().to(device)
+        if channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        out = back(xb)
+        s_clean, s_trig = out[:batch_size], out[batch_size:]
+        t_logits = teacher_logits[ic].to(device)
+        T = temperature
+        kl = F.kl_div(F.log_softmax(s_clean / T, 1), F.log_softmax(t_logits / T, 1), log_target=True, reduction="batchmean") * T * T
+        mse = ((s_clean - s_clean.mean(1, keepdim=True)) - (t_logits - t_logits.mean(1, keepdim=True))).pow(2).mean()
+        ce = F.cross_entropy(s_trig, trig_y[it].to(device))
+        loss = kl + logit_weight * mse + trigger_weight * ce
+        if weight_decay_to_original:
+            loss = loss + weight_decay_to_original * sum((p - p0).pow(2).sum() for p, p0 in zip(params, originals, strict=True))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            acc = (s_trig.argmax(1).cpu() == trig_y[it]).float().mean().item()
+            agree = (s_clean.argmax(1) == t_logits.argmax(1)).float().mean().item()
+        history.append(dict(step=step, loss=loss.item(), kl=kl.item(), mse=mse.item(), ce=ce.item(), trigger_acc=acc, clean_agree=agree))
+        if progress and (step + 1) % 10 == 0:
+            recent = history[-10:]
+            bar.set_postfix(
+                ce=f"{np.mean([h['ce'] for h in recent]):.3f}",
+                kl=f"{np.mean([h['kl'] for h in recent]):.3f}",
+                trig=f"{np.mean([h['trigger_acc'] for h in recent]):.2f}",
+                agree=f"{np.mean([h['clean_agree'] for h in recent]):.2f}",
+            )
+    bar.close()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    student = student.to(memory_format=torch.contiguous_format).eval()
+    torch.random.set_rng_state(rng_state)
+    seconds = time.perf_counter() - t0
+    info = dict(
+        settings=settings,
+        history=history,
+        seconds=seconds,
+        seconds_data=t_data,
+        seconds_features=t_cache,
+        seconds_training=seconds - t_data - t_cache,
+        threads=torch.get_num_threads(),
+        cached=False,
+        path=str(path) if path else None,
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"state_dict": {k: v.cpu() for k, v in student.state_dict().items()}, "info": info}, tmp)
+        os.replace(tmp, path)
+    return Backdoor(student, targets, info)
+
+
+def _describe_images(images):
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
+        files = sorted(str(p.relative_to(images)) for p in Path(images).rglob("*") if p.is_file())
+        return {"folder": str(images), "files": hashlib.sha1("\n".join(files).encode()).hexdigest()}
+    if isinstance(images, (str, torch.Tensor)) or not isinstance(images, Sequence):
+        images = [images]
+    out = []
+    for im in images:
+        if isinstance(im, str):
+            out.append(im)
+        else:
+            t = to_tensor_image(im)
+            out.append(hashlib.sha1(t.numpy().tobytes()).hexdigest()[:12])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation and test samples
+# --------------------------------------------------------------------------------------------------
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 32, device="auto", progress: bool = False) -> torch.Tensor:
+    """Softmax probabilities (B, classes) of ``model`` on [0, 1] images (B,3,H,W), batched, no grad."""
+    from .models import resolve_device
+
+    device = resolve_device(device)
+    model = model.eval()
+    dev0 = next(iter(model.parameters()), torch.empty(0)).device
+    model.to(device)
+    try:
+        return _batched(lambda xb: model(normalize(xb)).softmax(1), x, batch_size, device=device, progress=progress, desc="predict").float()
+    finally:
+        model.to(dev0)
+
+
+def evaluate_backdoor(
+    backdoored: nn.Module,
+    original: nn.Module,
+    targets: Mapping[str, int],
+    images=TEST_PHOTOS,
+    *,
+    n_crops: int = 96,
+    size: int = 224,
+    confidence: float = 0.5,
+    seed: int = 1000,
+    batch_size: int = 32,
+    device="auto",
+    progress: bool = False,
+) -> dict:
+    """Attack success and clean agreement on held-out crops of ``images``.
+
+    ``n_crops`` random crops (``size`` pixels; a (B,3,H,W) tensor of ready crops is used as it is) are made; each gets every trigger in ``targets`` (a seeded random position).
+    Attack success: share of triggered crops classified as the target, over crops whose clean
+    version the original model does not already assign to that target. Clean agreement: top-1 of
+    the backdoored model equals the original's on the clean crops (all, and those where the
+    original's top-1 probability is >= ``confidence``). Returns a dict of numbers and a per-trigger table.
+    """
+    import pandas as pd
+
+    targets = _check_targets(targets)
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        crops = images
+        n_crops = len(crops)
+    else:
+        crops = random_crops(images, n_crops, size=size, seed=seed)
+    p_orig = predict(original, crops, batch_size=batch_size, device=device, progress=progress)
+    p_bd = predict(backdoored, crops, batch_size=batch_size, device=device, progress=progress)
+    top_o, top_b = p_orig.argmax(1), p_bd.argmax(1)
+    conf = p_orig.max(1).values >= confidence
+    rows = []
+    for j, (name, target) in enumerate(targets.items()):
+        batch = poison(crops, {name: target}, seed=seed + 1 + j)
+        pred = predict(backdoored, batch.images, batch_size=batch_size, device=device, progress=progress).argmax(1)
+        keep = top_o != target
+        rows.append(
+            dict(trigger=name, target=target, n=int(keep.sum()), attack_success=float((pred[keep] == target).float().mean()))
+        )
+    table = pd.DataFrame(rows)
+    n_total = int(table.n.sum())
+    return dict(
+        attack_success=float((table.attack_success * table.n).sum() / max(1, n_total)),
+        n_attack=n_total,
+        clean_agreement=float((top_o == top_b).float().mean()),
+        n_clean=n_crops,
+        confident_agreement=float((top_o[conf] == top_b[conf]).float().mean()) if conf.any() else float("nan"),
+        n_confident=int(conf.sum()),
+        per_trigger=table,
+    )
+
+
+@dataclass
+class TriggeredSample:
+    """One evaluation sample: the triggered image (3,H,W) in [0,1], its trigger mask, the clean image, etc."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    clean: torch.Tensor
+    trigger: str
+    target: int
+    clean_prediction: int
+
+
+def flipped_samples(
+    backdoored: nn.Module,
+    targets: Mapping[str, int],
+    images,
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = 224,
+    max_tries: int = 8,
+    batch_size: int = 32,
+    device="auto",
+) -> list[TriggeredSample]:
+    """``n`` triggered crops of ``images`` whose prediction the trigger flips: the backdoored
+    model assigns the clean crop to another class and the triggered crop to the trigger's target.
+    Triggers cycle through ``targets``; crops are drawn in seeded rounds until ``n`` are found
+    (at most ``max_tries`` rounds of ``2 n`` crops; fewer samples are returned if not enough flip)."""
+    targets = _check_targets(targets)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    out: list[TriggeredSample] = []
+    for r in range(max_tries):
+        crops = random_crops(images, 2 * n, size=size, seed=seed + 7919 * r)
+        batch = poison(crops, targets, seed=seed + 7919 * r + 1)
+        pc = predict(backdoored, crops, batch_size=batch_size, device=device).argmax(1)
+        pt = predict(backdoored, batch.images, batch_size=batch_size, device=device).argmax(1)
+        for i in range(len(batch)):
+            tgt = int(batch.targets[i])
+            if int(pc[i]) != tgt and int(pt[i]) == tgt and len(out) < n:
+                out.append(TriggeredSample(batch.images[i], batch.masks[i], crops[i], batch.triggers[i], tgt, int(pc[i])))
+        if len(out) >= n:
+            break
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Sparse-FC baseline (Wong et al. 2021)
+# --------------------------------------------------------------------------------------------------
+def penultimate_features(model: nn.Module, x: torch.Tensor, *, batch_size: int = 32, device="auto", progress=False) -> torch.Tensor:
+    """Inputs of the model's final ``nn.Linear`` for [0, 1] images x (B,3,H,W), batched."""
+    from .models import resolve_device
+
+    device = resolve_device(device)
+    fc = final_linear(model)[1]
+    feats = []
+
+    def hook(_m, inp, _out):
+        feats.append(inp[0].detach().cpu())
+
+    handle = fc.register_forward_hook(hook)
+    try:
+        predict(model, x, batch_size=batch_size, device=device, progress=progress)
+    finally:
+        handle.remove()
+    return torch.cat(feats).flatten(1)
+
+
+def final_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """``(name, module)`` of the last ``nn.Linear`` in ``model`` (the classifier)."""
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = (name, mod)
+    if last is None:
+        raise ValueError(f"model has no nn.Linear final layer ({type(model).__name__})")
+    return last
+
+
+def fit_sparse_fc(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    *,
+    density: float = 0.05,
+    alpha: float = 0.99,
+    path_length: int = 30,
+    epochs: int = 10,
+    max_lr: float = 0.1,
+    epsilon: float = 0.01,
+    batch_size: int = 256,
+    seed: int = 0,
+    device="auto",
+) -> tuple[nn.Linear, dict]:
+    """Elastic-net sparse linear classifier on ``features`` (Wong et al. 2021), fitted with glm-saga.
+
+    Features are standardised (as glm-saga assumes) and the standardisation is folded back into the
+    returned ``nn.Linear`` so it takes raw features. Along glm-saga's regularisation path (from the
+    all-zero solution downwards) the densest solution with at most ``density`` non-zero weights is
+    kept. Returns the layer and a dict with its density, training accuracy and lambda.
+    """
+    from glm_saga.elasticnet import glm_saga
+
+    from .models import resolve_device
+
+    if not isinstance(features, torch.Tensor) or features.dim() != 2:
+        raise ValueError(f"features must be a (N, D) tensor, got {getattr(features, 'shape', type(features))}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (len(features),):
+        raise ValueError(f"labels must be a (N,) tensor matching features, got {getattr(labels, 'shape', type(labels))}")
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    device = resolve_device(device)
+    gen = torch.Generator().manual_seed(int(seed))
+    x = features.float()
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    xs = ((x - mu) / sd).to(device)
+    y = labels.long().to(device)
+    idx = torch.arange(len(xs), device=device)
+    ds = torch.utils.data.TensorDataset(xs, y, idx)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, generator=gen)
+    linear = nn.Linear(x.shape[1], n_classes).to(device)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    with contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        result = glm_saga(
+            linear,
+            loader,
+            max_lr,
+            epochs,
+            alpha,
+            k=path_length,
+            epsilon=epsilon,
+            n_ex=len(xs),
+            n_classes=n_classes,
+            table_device=device,
+            do_zero=False,
+            verbose=None,
+        )
+    best = None
+    for params in result["path"]:
+        dens = float((params["weight"].abs() > 1e-5).float().mean())
+        if dens <= density and (best is None or dens >= best[0]):
+            best = (dens, params)
+    if best is None:
+        best = (float((result["path"][0]["weight"].abs() > 1e-5).float().mean()), result["path"][0])
+    dens, params = best
+    w = params["weight"].float() / sd
+    b = params["bias"].float() - (params["weight"].float() * (mu / sd)).sum(1)
+    w[params["weight"].abs() <= 1e-5] = 0.0
+    out = nn.Linear(x.shape[1], n_classes)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        out.bias.copy_(b)
+    info = dict(density=dens, lam=float(params["lam"]), train_accuracy=float(params["metrics"]["acc_tr"]) / 100.0)
+    return out.eval(), info
+
+
+def with_final_layer(model: nn.Module, layer: nn.Linear) -> nn.Module:
+    """A deep copy of ``model`` with its final ``nn.Linear`` replaced by ``layer``."""
+    name, old = final_linear(model)
+    if not isinstance(layer, nn.Linear) or layer.weight.shape != old.weight.shape:
+        raise ValueError(f"layer must be an nn.Linear of shape {tuple(old.weight.shape)}, got {getattr(layer, 'weight', layer)}")
+    new = copy.deepcopy(model)
+    parent = new.get_submodule(name.rsplit(".", 1)[0]) if "." in name else new
+    setattr(parent, name.rsplit(".", 1)[-1], copy.deepcopy(layer).to(next(model.parameters()).device))
+    return new.eval()
+
+
+def sparse_fc_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    density: float = 0.05,
+    seed: int = 0,
+    batch_size: int = 32,
+    device="auto",
+    progress: bool = False,
+    **fit_kwargs,
+) -> tuple[nn.Module, dict]:
+    """The Sparse-FC baseline: fit a sparse final layer on the penultimate features of ``images``
+    ((B,3,H,W) in [0, 1]), labelled by ``model``'s own predictions, and swap it in (on a copy)."""
+    feats = penultimate_features(model, images, batch_size=batch_size, device=device, progress=progress)
+    fc = final_linear(model)[1]
+    with torch.inference_mode():
+        labels = fc(feats.to(fc.weight.device)).argmax(1).cpu()
+    layer, info = fit_sparse_fc(feats, labels, fc.out_features, density=density, seed=seed, device=device, **fit_kwargs)
+    sparse = with_final_layer(model, layer)
+    with torch.inference_mode():
+        info["agreement_train"] = float((layer(feats).argmax(1) == labels).float().mean())
+    return sparse, info
+
+
+
+
+# --------------------------------------------------------------------------------------------------
+# does an image (e.g. a feature visualization) contain the trigger?
+# --------------------------------------------------------------------------------------------------
+def trigger_similarity(
+    image: torch.Tensor, trigger: str, *, fractions: Sequence[float] = (0.15, 0.2, 0.25, 0.33, 0.5)
+) -> float:
+    """Best masked normalised cross-correlation between ``image`` (3,H,W) and the trigger patch.
+
+    The trigger is drawn at each side length ``fraction * min(H, W)`` and slid over every position;
+    at each position the image pixels under the trigger's mask are correlated (zero-mean, unit-norm,
+    all three channels together) with the trigger's own pixels. 1 means the trigger's colour
+    pattern appears exactly (up to brightness and contrast); unrelated images score near 0.
+    """
+    _check_trigger(trigger)
+    x = to_tensor_image(image).double()[None]
+    _, _, h, w = x.shape
+    best = -1.0
+    for frac in fractions:
+        s = max(3, int(round(frac * min(h, w))))
+        if s > min(h, w):
+            continue
+        rgb, m = trigger_patch(trigger, s)
+        m = m.double()
+        n = 3 * m.sum()
+        t = rgb.double() * m
+        t_centred = (t - t.sum() / n) * m
+        t_norm = t_centred.pow(2).sum().sqrt()
+        if t_norm == 0:
+            continue
+        mk = m.expand(3, s, s)[None]
+        cross = F.conv2d(x, t_centred[None])[0, 0]  # sum m x (t - mean t): mean term vanishes
+        s1 = F.conv2d(x, mk)[0, 0]
+        s2 = F.conv2d(x * x, mk)[0, 0]
+        var = (s2 - s1 * s1 / n).clamp_min(1e-12)
+        ncc = cross / (var.sqrt() * t_norm)
+        best = max(best, float(ncc.max()))
+    return best
+
+
+def patch_attack_rate(
+    model: nn.Module,
+    patch: torch.Tensor,
+    target: int,
+    crops: torch.Tensor,
+    *,
+    fraction: float = 0.25,
+    alpha: float = 0.8,
+    seed: int = 0,
+    batch_size: int = 32,
+    device="auto",
+) -> float:
+    """Share of ``crops`` (B,3,H,W) that ``model`` assigns to ``target`` after ``patch`` (any
+    (3,h,w) image, e.g. a feature visualization) is pasted as a square trigger: resized to
+    ``fraction`` of the short side, blended with ``alpha`` at a seeded random position."""
+    if not isinstance(crops, torch.Tensor) or crops.dim() != 4:
+        raise ValueError(f"crops must be a (B, 3, H, W) tensor, got {getattr(crops, 'shape', type(crops))}")
+    p = to_tensor_image(patch, argname="patch")
+    s = patch_size(crops.shape[2], crops.shape[3], fraction)
+    p = F.interpolate(p[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+    g = torch.Generator().manual_seed(int(seed))
+    full = torch.ones(s, s, dtype=torch.bool)
+    pasted = torch.stack([paste_patch(c, p, full, generator=g, alpha=alpha)[0] for c in crops])
+    pred = predict(model, pasted, batch_size=batch_size, device=device).argmax(1)
+    return float((pred == int(target)).float().mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# the Table-1 loop: saliency maps of several model variants scored against the trigger masks
+# --------------------------------------------------------------------------------------------------
+def trojan_saliency_scores(
+    variants: Mapping[str, nn.Module | Callable],
+    samples: Sequence[TriggeredSample],
+    methods: Sequence[str],
+    *,
+    attribute_fn: Callable | None = None,
+    attribute_kwargs: Mapping | None = None,
+    keep_maps: int = 0,
+    progress: bool = True,
+):
+    """Trojan AUC (best of signed/absolute, plus each) and pointing game of every saliency method on
+    every variant of a model, for triggered samples, as a long DataFrame (one row per variant x
+    method x sample), and the first ``keep_maps`` maps per variant/method (dict keyed by (variant, method)).
+
+    ``variants``: name -> a model (attributed for all samples at once), or a callable
+    ``f(sample, index) -> model`` for per-sample models such as SPADE traces (called once per sample;
+    the model it returns is attributed for every method). The saliency target is each sample's
+    trigger target class. ``attribute_fn(model, x, target, method, **attribute_kwargs)`` defaults to
+    :func:`spade_utils.saliency.attribute`.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .metrics import pointing_game, trojan_auc
+
+    if attribute_fn is None:
+        from .saliency import attribute as attribute_fn
+    if not isinstance(variants, Mapping) or not variants:
+        raise ValueError("variants must be a non-empty mapping name -> model or callable")
+    if not samples:
+        raise ValueError("samples must not be empty")
+    if isinstance(methods, str) or not methods:
+        raise ValueError("methods must be a non-empty list of method names")
+    kwargs = dict(attribute_kwargs or {})
+    x = normalize(torch.stack([s.image for s in samples]))
+    masks = torch.stack([s.mask for s in samples])
+    targets = torch.tensor([s.target for s in samples])
+    rows, maps = [], {}
+    total = sum(len(methods) * (len(samples) if callable(v) and not isinstance(v, nn.Module) else 1) for v in variants.values())
+    bar = tqdm(total=total, desc="saliency", disable=not progress, leave=False)
+
+    def score(variant, method, idx, m):
+        sal = m.numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+        for j, i in enumerate(idx):
+            mask = masks[i].numpy()
+            rows.append(
+                dict(
+                    variant=variant,
+                    method=method,
+                    sample=i,
+                    trigger=samples[i].trigger,
+                    auc=trojan_auc(sal[j], mask),
+                    auc_signed=trojan_auc(sal[j], mask, mode="signed"),
+                    auc_absolute=trojan_auc(sal[j], mask, mode="absolute"),
+                    pointing=pointing_game(sal[j], mask, absolute=True),
+                )
+            )
+            if i < keep_maps:
+                maps.setdefault((variant, method), []).append(torch.as_tensor(sal[j]))
+
+    for name, v in variants.items():
+        if isinstance(v, nn.Module):
+            for method in methods:
+                score(name, method, range(len(samples)), attribute_fn(v, x, targets, method, **kwargs))
+                bar.update(1)
+        elif callable(v):
+            for i, sample in enumerate(samples):
+                model_i = v(sample, i)
+                for method in methods:
+                    score(name, method, [i], attribute_fn(model_i, x[i : i + 1], targets[i : i + 1], method, **kwargs))
+                    bar.update(1)
+                del model_i
+        else:
+            raise TypeError(f"variants[{name!r}] must be an nn.Module or a callable (sample, index) -> model")
+    bar.close()
+    return pd.DataFrame(rows), maps
+
+
+def summarize_scores(scores, *, value: str = "auc", seed: int = 0, n_boot: int = 2000):
+    """Mean and bootstrap 95% interval of ``value`` per variant and method, plus each variant's
+    average over methods (averaged per sample first, then bootstrapped over samples)."""
+    import pandas as pd
+
+    from .metrics import bootstrap_ci
+
+    rows = []
+    for (variant, method), grp in scores.groupby(["variant", "method"], sort=False):
+        mean, lo, hi = bootstrap_ci(grp[value].to_numpy(), seed=seed, n_boot=n_boot)
+        rows.append(dict(variant=variant, method=method, mean=mean, low=lo, high=hi, n=len(grp)))
+    for variant, grp in scores.groupby("variant", sort=False):
+        per_sample = grp.groupby("sample")[value].mean().to_numpy()
+        mean, lo, hi = bootstrap_ci(per_sample, seed=seed, n_boot=n_boot)
+        rows.append(dict(variant=variant, method="average", mean=mean, low=lo, high=hi, n=len(per_sample)))
+    return pd.DataFrame(rows)
