@@ -61,7 +61,8 @@ def select_layers(model: nn.Module, layers: LayerSelection, *, skip_depthwise: b
                 if isinstance(module, PRUNABLE):
                     chosen[pattern] = module
                     continue
-                inside = {n: m for n, m in prunable.items() if n.startswith(pattern + ".") and keep(n, m)}
+                prefix = pattern + "." if pattern else ""
+                inside = {n: m for n, m in prunable.items() if n.startswith(prefix) and keep(n, m)}
                 if not inside:
                     raise TypeError(
                         f"layer {pattern!r} is a {type(module).__name__} with no Linear/Conv2d inside; "

@@ -172,8 +172,11 @@ class Rescale(nn.Module):
         return (x - (lo + hi) / 2) * (2 / (hi - lo))
 
 
-def make_mlp(hidden: Sequence[int] = (64, 64), seed: int = 0) -> nn.Sequential:
-    """``2 -> hidden... -> 1`` ReLU MLP with Linear layers named ``fc1``, ``fc2``, ..., ``out``."""
+def make_mlp(hidden: Sequence[int] = (64, 64), seed: int = 0, out_bias: bool = True) -> nn.Sequential:
+    """``2 -> hidden... -> 1`` ReLU MLP with Linear layers named ``fc1``, ``fc2``, ..., ``out``.
+
+    ``out_bias=False`` drops the output neuron's bias, so a positive logit needs an active unit.
+    """
     if not isinstance(hidden, Sequence) or not hidden:
         raise ValueError(f"hidden must be a non-empty sequence of widths, got {hidden!r}")
     for h in hidden:
@@ -186,7 +189,7 @@ def make_mlp(hidden: Sequence[int] = (64, 64), seed: int = 0) -> nn.Sequential:
         for i, h in enumerate(hidden, start=1):
             layers += [(f"fc{i}", nn.Linear(width, h)), (f"relu{i}", nn.ReLU())]
             width = h
-        layers.append(("out", nn.Linear(width, 1)))
+        layers.append(("out", nn.Linear(width, 1, bias=out_bias)))
         model = nn.Sequential(OrderedDict(layers))
     finally:
         torch.random.set_rng_state(torch_state)

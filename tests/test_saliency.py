@@ -187,3 +187,33 @@ def test_display_maps():
     rgb = display_maps(m, quantile=1.0, cmap="bwr")
     assert rgb.shape == (1, 2, 2, 3)
     assert torch.allclose(rgb[0, 0, 1], torch.ones(3), atol=0.01)  # zero is white in bwr
+
+
+class TinyBottleneckNet(nn.Module):
+    """Two torchvision Bottleneck blocks (ResNet-50's block type): three uses of one ReLU module each."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.resnet import Bottleneck
+
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        down = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+        self.layer1 = nn.Sequential(Bottleneck(16, 4), Bottleneck(16, 8, stride=2, downsample=down))
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.fc(self.layer1(self.conv1(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["deeplift", "guided_backprop", "lrp"])
+def test_bottleneck_blocks(method, x):
+    torch.manual_seed(0)
+    net = TinyBottleneckNet().eval()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    maps = attribute(net, x[:2], [1, 2], method, device="cpu")
+    assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all()
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    if method == "deeplift":  # completeness holds only if every ReLU use got its own rescale rule
+        with torch.no_grad():
+            delta = net(x[:2])[[0, 1], [1, 2]] - net(torch.zeros_like(x[:2]))[[0, 1], [1, 2]]
+        torch.testing.assert_close(maps.sum((1, 2)), delta, rtol=1e-3, atol=1e-4)
