@@ -97,6 +97,7 @@ class ImageAugmenter:
         brightness: float = 0.5,
         hue: float = 0.3,
         normalize: bool = True,
+        device: str | torch.device = "cpu",
     ):
         if not isinstance(size, int) or size < 8:
             raise ValueError(f"size must be an int >= 8, got {size!r}")
@@ -108,6 +109,7 @@ class ImageAugmenter:
             raise ValueError(f"brightness must be >= 0, got {brightness}")
         self.size, self.scale, self.ratio = size, scale, ratio
         self.flip, self.brightness, self.hue, self.normalize = flip, brightness, hue, normalize
+        self.device = torch.device(device)  # where the views are made; random draws stay on the CPU
 
     def __call__(self, image, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if isinstance(n, bool) or not isinstance(n, int):
@@ -115,20 +117,20 @@ class ImageAugmenter:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        src = image_tensor(image)
+        src = image_tensor(image).to(self.device)
         _, height, width = src.shape
-        views = torch.empty(n, 3, self.size, self.size)
+        views = torch.empty(n, 3, self.size, self.size, device=self.device)
         for i in range(n):
             top, left, h, w = _crop_box(height, width, self.scale, self.ratio, gen)
             views[i] = TF.resized_crop(src, top, left, h, w, [self.size, self.size], antialias=True)
         if self.flip:
-            flips = torch.rand(n, generator=gen) < 0.5
+            flips = (torch.rand(n, generator=gen) < 0.5).to(self.device)
             views[flips] = views[flips].flip(-1)
         if self.brightness > 0:
-            factor = 1 + self.brightness * (2 * torch.rand(n, generator=gen) - 1)
+            factor = (1 + self.brightness * (2 * torch.rand(n, generator=gen) - 1)).to(self.device)
             views = (views * factor.view(-1, 1, 1, 1)).clamp_(0, 1)
         if self.hue > 0:
-            views = shift_hue(views, self.hue * (2 * torch.rand(n, generator=gen) - 1))
+            views = shift_hue(views, (self.hue * (2 * torch.rand(n, generator=gen) - 1)).to(self.device))
         if self.normalize:
             views = TF.normalize(views, IMAGENET_MEAN, IMAGENET_STD)
         return views

@@ -133,6 +133,7 @@ def sparsegpt_prune(
     percdamp: float = 0.01,
     prune_n: int = 0,
     prune_m: int = 0,
+    sequential: bool | None = None,
 ) -> torch.Tensor:
     """SparseGPT (Frantar & Alistarh, 2023): one pass over column blocks with lazy OBS updates.
 
@@ -141,19 +142,25 @@ def sparsegpt_prune(
     then columns are eliminated left to right, each error spread over the block's remaining
     columns (``W[:, j:] -= e_j U[j, j:]``) and, once per block, over all later columns.
     ``prune_n``/``prune_m`` > 0 choose an N:M pattern (N zeros in every M consecutive inputs).
+
+    With the block's mask fixed, the column-by-column elimination is a triangular solve per
+    row, done for all rows at once (:func:`_eliminate_block`): few large kernels, which is what a
+    GPU wants. ``sequential=True`` runs the textbook column loop instead, which is faster on a
+    CPU; the default (None) picks the loop on CPU and the triangular solve elsewhere.
     """
     Wb, Hb, batched = _as_batched(W, H)
     Wf, Hf, _ = _prepare(Wb, Hb, percdamp)
     U = _upper_cholesky_of_inverse(Hf)  # (G, d, d)
     G, rows, cols = Wf.shape
     nm = prune_n > 0 and prune_m > 0
+    if sequential is None:
+        sequential = W.device.type == "cpu"
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         W1 = Wf[:, :, i1:i2].clone()
         U1 = U[:, i1:i2, i1:i2]
         d1 = torch.diagonal(U1, dim1=-2, dim2=-1)  # (G, count)
-        Err1 = torch.zeros_like(W1)
         if nm:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
@@ -164,25 +171,56 @@ def sparsegpt_prune(
                 idx = score.reshape(G, -1).topk(k, dim=1, largest=False).indices
                 mask1.scatter_(1, idx, True)
             mask1 = mask1.reshape(G, rows, count)
-        for i in range(count):
-            w = W1[:, :, i]
-            d = d1[:, i].unsqueeze(1)
-            if nm and i % prune_m == 0:
-                span = min(prune_m, count - i)
-                tmp = W1[:, :, i : i + span].pow(2) / d1[:, None, i : i + span].pow(2)
-                idx = tmp.topk(min(prune_n, span), dim=2, largest=False).indices
-                mask1[:, :, i : i + span].scatter_(2, idx, True)
-            q = w.masked_fill(mask1[:, :, i], 0.0)
-            err = (w - q) / d
-            W1[:, :, i:] -= err.unsqueeze(2) * U1[:, i, i:].unsqueeze(1)
-            W1[:, :, i] = q
-            Err1[:, :, i] = err
+        if nm:
+            W1, Err1 = _eliminate_columns(W1, U1, d1, mask1, prune_n, prune_m)
+        elif sequential:
+            W1, Err1 = _eliminate_columns(W1, U1, d1, mask1)
+        else:
+            W1, Err1 = _eliminate_block(W1, U1, mask1)
         Wf[:, :, i1:i2] = W1
         if i2 < cols:
             Wf[:, :, i2:] -= Err1 @ U[:, i1:i2, i2:]
     out = Wf.to(W.dtype)
     return out if batched else out[0]
 
+
+def _eliminate_columns(W1, U1, d1, mask1, prune_n=0, prune_m=0):
+    """Textbook SparseGPT inner loop: zero masked weights column by column, spreading each error.
+
+    With ``prune_n``/``prune_m`` the N:M mask of each group of M columns is chosen on the fly,
+    from the weights as updated so far.
+    """
+    Err1 = torch.zeros_like(W1)
+    count = W1.shape[2]
+    for i in range(count):
+        if prune_m and i % prune_m == 0:
+            span = min(prune_m, count - i)
+            tmp = W1[:, :, i : i + span].pow(2) / d1[:, None, i : i + span].pow(2)
+            idx = tmp.topk(min(prune_n, span), dim=2, largest=False).indices
+            mask1[:, :, i : i + span].scatter_(2, idx, True)
+        w = W1[:, :, i]
+        q = w.masked_fill(mask1[:, :, i], 0.0)
+        err = (w - q) / d1[:, i].unsqueeze(1)
+        W1[:, :, i:] -= err.unsqueeze(2) * U1[:, i, i:].unsqueeze(1)
+        W1[:, :, i] = q
+        Err1[:, :, i] = err
+    return W1, Err1
+
+
+def _eliminate_block(W1, U1, mask1):
+    """The same elimination in one batched triangular solve.
+
+    Column i's error is e_i = m_i (w_i - sum_{j<i} e_j U_ji) / U_ii, i.e. on each row's masked
+    set S: (U^T)_SS e_S = w_S. Building L_r = U^T * (m_r m_r^T) + diag(1 - m_r) per row r turns
+    that into one lower-triangular solve; the kept weights are then (W1 - E U1) off the mask.
+    """
+    G, rows, count = W1.shape
+    m = mask1.to(W1.dtype)
+    L = U1.transpose(1, 2).unsqueeze(1) * (m.unsqueeze(3) * m.unsqueeze(2))  # (G, rows, c, c)
+    L.diagonal(dim1=-2, dim2=-1).add_(1 - m)
+    Err1 = torch.linalg.solve_triangular(L, (W1 * m).unsqueeze(3), upper=False).squeeze(3)
+    W1 = (W1 - Err1 @ U1).masked_fill_(mask1, 0.0)
+    return W1, Err1
 
 # --------------------------------------------------------------------------------------------
 # exact OBC / OBS

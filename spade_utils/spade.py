@@ -170,11 +170,11 @@ class SpadeTrace:
         self.model = model
         self.layers = select_layers(model, layers, skip_depthwise=skip_depthwise)
         self.sparsity = resolve_sparsity(sparsity, list(self.layers))
-        if augment is None:
-            sample = image_tensor(sample, argname="sample")  # raises on anything that is not an image
-            augment = ImageAugmenter()
         self.solver = solver
         self.device = resolve_device(device)
+        if augment is None:
+            sample = image_tensor(sample, argname="sample")  # raises on anything that is not an image
+            augment = ImageAugmenter(device=self.device)
         self._dense: dict[str, torch.Tensor] | None = None
         self.timings = {"augment": 0.0, "statistics": 0.0, "solve": 0.0}
         with flush_denormals():

@@ -167,3 +167,11 @@ def test_solvers_on_cuda_match_cpu(method):
     Wg, lg = solve(W.cuda(), H.cuda(), 0.75, method=method)
     assert Wg.is_cuda
     assert torch.allclose(lg.cpu(), lc, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.95])
+def test_block_triangular_solve_equals_column_loop(sparsity):
+    W, H = _problem(16, 300, 600, seed=13, dtype=torch.float64)
+    fast = solve(W, H, sparsity, method="sparsegpt", blocksize=64, sequential=False)[0]
+    loop = solve(W, H, sparsity, method="sparsegpt", blocksize=64, sequential=True)[0]
+    torch.testing.assert_close(fast, loop, rtol=1e-8, atol=1e-10)
