@@ -20,7 +20,7 @@ figures: $(BIN)/activate
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks under notebooks/ yet: nothing to run"; fi
 	@set -e; for nb in $(NOTEBOOKS); do \
 		echo "== $$nb ($(PROFILE))"; \
-		$(BIN)/papermill --kernel python3 --cwd notebooks -p PROFILE $(PROFILE) $$nb $$nb; \
+		$(BIN)/papermill --kernel python3 --cwd notebooks $(if $(filter quick,$(PROFILE)),,-p PROFILE $(PROFILE)) $$nb $$nb; \
 	done
 
 test: $(BIN)/activate
