@@ -10,10 +10,11 @@ and the max relative error max|G - T| / max|T| of both float32 results against f
 The "trace" line sums the ResNet rows, times their multiplicity in the trace, scaled to N = 1024.
 
 Inputs are ReLU'd Gaussian, channels-last. Times are the best of ``--repeat`` runs, the two methods
-alternating. On a shared machine, run it with ``--threads 1`` too: a busy neighbour slows small
-parallel operations far more than one big matrix product. Prints a table; asserts nothing.
+alternating. On a shared machine, run it with ``--threads 1 --clock cpu`` too: a busy neighbour slows
+small parallel operations far more than one big matrix product. Prints a table; asserts nothing.
 
-    python benchmarks/bench_conv_gram.py [--batch 64] [--threads N] [--repeat 3] [--no-fp64] [--only NAME]
+    python benchmarks/bench_conv_gram.py [--batch 64] [--threads N] [--clock wall|cpu] [--repeat 3]
+                                         [--no-fp64] [--only NAME]
 """
 
 from __future__ import annotations
@@ -65,14 +66,17 @@ def blocks_only(module, x):
     return hessian._conv_gram_blocks(module, x)[0]
 
 
+CLOCK = time.perf_counter
+
+
 def best_of(fns, repeat):
-    """Best wall-clock seconds of each function, the functions alternating; and their last results."""
+    """Best seconds (of CLOCK) of each function, the functions alternating; and their last results."""
     times, results = [float("inf")] * len(fns), [None] * len(fns)
     for _ in range(repeat):
         for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             results[i] = fn()
-            times[i] = min(times[i], time.perf_counter() - t0)
+            times[i] = min(times[i], CLOCK() - t0)
     return times, results
 
 
@@ -103,13 +107,17 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-fp64", action="store_true", help="skip the float64 error columns")
     ap.add_argument("--only", default=None, help="run only rows whose name contains this")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: process CPU time, steadier on a busy shared machine (use with --threads 1)")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f}, "
-          f"fp32 matmul {gemm_rate(args.repeat):.0f} GFLOP/s now")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
+          f"load average {load:.1f}, fp32 matmul {gemm_rate(args.repeat):.0f} GFLOP/s now")
     head = f"{'layer':38s} {'batch':>5s} {'unfold s':>9s} {'fast s':>8s} {'blocks s':>9s} {'speed-up':>8s}"
     print(head + f" {'err unfold':>10s} {'err fast':>9s}")
     print("-" * (len(head) + 21))

@@ -243,40 +243,22 @@ def _add_blocks(out: torch.Tensor, X: torch.Tensor, g: int, plan, sh: int, sw: i
     """Write (add=False) or add the blocks a <= b of the Gram matrix of X into ``out`` (g, K, Cg, K, Cg)."""
     K = out.shape[1]
     written = set()
-
-    def put(a, b, blk):
-        if add:
-            out[:, a, :, b] += blk
-        else:
-            out[:, a, :, b] = blk
-            written.add((a, b))
-
-    alone: dict[tuple, list] = {}  # blocks without a shared product, by offset a and rectangle
     for dy, dx, base, blocks in plan[2]:
-        if base is None:
-            for a, b, rect, _ in blocks:
-                alone.setdefault((a, rect), []).append((b, dy, dx))
-            continue
-        S = _cross(_rect(X, base, sh, sw), None if dy == dx == 0 else _rect(X, base, sh, sw, dy, dx), g)
-        for a, b, _, strips in blocks:
-            blk = S
-            for s in strips:
-                blk = blk - _cross(_rect(X, s, sh, sw), _rect(X, s, sh, sw, dy, dx), g)
-            put(a, b, blk)
-    for (a, rect), partners in alone.items():
-        A = _rect(X, rect, sh, sw)
-        if g > 1 or len(partners) == 1:
-            for b, dy, dx in partners:
-                put(a, b, _cross(A, None if a == b else _rect(X, rect, sh, sw, dy, dx), g))
-            continue
-        # one wider product A^T [B_1 ... B_k] for all partners b of a over the same rectangle
-        n, h, w, C = A.shape
-        Bs = X.new_empty(n, h, w, len(partners), C)
-        for i, (_, dy, dx) in enumerate(partners):
-            Bs[:, :, :, i] = _rect(X, rect, sh, sw, dy, dx)
-        P = A.reshape(-1, C).T @ Bs.view(-1, len(partners) * C)
-        for i, (b, _, _) in enumerate(partners):
-            put(a, b, P[None, :, i * C : (i + 1) * C])
+        S = None
+        if base is not None:
+            S = _cross(_rect(X, base, sh, sw), None if dy == dx == 0 else _rect(X, base, sh, sw, dy, dx), g)
+        for a, b, rect, strips in blocks:
+            if S is None:
+                blk = _cross(_rect(X, rect, sh, sw), None if a == b else _rect(X, rect, sh, sw, dy, dx), g)
+            else:
+                blk = S
+                for s in strips:
+                    blk = blk - _cross(_rect(X, s, sh, sw), _rect(X, s, sh, sw, dy, dx), g)
+            if add:
+                out[:, a, :, b] += blk
+            else:
+                out[:, a, :, b] = blk
+                written.add((a, b))
     if not add:
         for a in range(K):
             for b in range(a, K):
