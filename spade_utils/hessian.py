@@ -365,11 +365,12 @@ class HessianRecorder:
     def _hook(self, name: str):
         def hook(module, inputs, output):
             with torch.no_grad():
-                gram, count = batch_gram(module, inputs[0].detach(), self.dtype)
-                if name in self.sums:
-                    self.sums[name] += gram
+                x = inputs[0].detach()
+                if isinstance(module, nn.Conv2d):  # offset-major blocks; reordered once, in hessians()
+                    self.sums[name], count = _conv_gram_blocks(module, x, self.dtype, out=self.sums.get(name))
                 else:
-                    self.sums[name] = gram
+                    gram, count = batch_gram(module, x, self.dtype)
+                    self.sums[name] = self.sums[name] + gram if name in self.sums else gram
                 self.counts[name] += count
 
         return hook
@@ -387,6 +388,8 @@ class HessianRecorder:
         """H = (2/n) sum x x^T per layer; squeezed to (d, d) when the layer has one group."""
         out = {}
         for name, s in self.sums.items():
+            if isinstance(self.layers[name], nn.Conv2d):
+                s = _blocks_to_gram(s)
             H = s * (2.0 / max(self.counts[name], 1))
             out[name] = H[0] if H.shape[0] == 1 else H
         return out
