@@ -274,6 +274,11 @@ def _conv_gram_blocks(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = t
     many batches this way and calling :func:`_blocks_to_gram` once saves the reordering per batch.
     ``method``: "blocks" (the shared-displacement products), "unfold" (channels-last unfold and one
     product; cheaper for strided convs with few channels per group) or "auto"."""
+    if x.is_cuda and module.groups == module.in_channels and module.groups > 1:
+        # depthwise on a GPU: one batched product beats many small per-offset kernels
+        cols = layer_columns(module, x.detach()).to(dtype)
+        gram = (cols @ cols.transpose(1, 2)).view(module.groups, cols.shape[1], 1, cols.shape[1], 1)
+        return (gram if out is None else out.add_(gram)), cols.shape[2]
     xp = conv_input(module, x.detach().to(dtype))
     n, C, Hp, Wp = xp.shape
     g = module.groups

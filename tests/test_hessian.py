@@ -123,3 +123,12 @@ def test_hessian_on_cuda_matches_cpu():
     H_cpu, _ = _record(conv, x)
     H_gpu, _ = _record(conv.cuda(), x.cuda())
     torch.testing.assert_close(H_gpu.cpu(), H_cpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_depthwise_hessian_on_cuda_matches_unfold():
+    torch.manual_seed(6)
+    conv = nn.Conv2d(12, 12, 5, stride=2, padding=2, groups=12)
+    x1, x2 = torch.randn(3, 12, 15, 15), torch.randn(2, 12, 15, 15)
+    H, _ = _record(conv.cuda(), x1.cuda(), x2.cuda())
+    torch.testing.assert_close(H.double().cpu(), _explicit(conv.cpu(), torch.cat([x1, x2])), rtol=1e-4, atol=1e-6)
