@@ -1,10 +1,9 @@
 """Solvers against a brute-force optimum, against magnitude pruning, and on their sparsity counts."""
 
-import itertools
-
 import pytest
 import torch
 
+from spade_utils.bruteforce import brute_force_optimum
 from spade_utils.solvers import expected_zeros, reconstruction_loss, relative_error, solve
 
 
@@ -20,36 +19,6 @@ def _problem(rows, cols, n, seed, correlated=True, dtype=torch.float64):
     W = torch.randn(rows, cols, generator=g, dtype=dtype)
     H = 2 * Z @ Z.T / n
     return W, H
-
-
-def _best_loss_per_row_count(w, H):
-    """For one row: minimal loss of zeroing exactly c weights (optimal compensation), for every c."""
-    cols = w.numel()
-    best = torch.full((cols + 1,), float("inf"), dtype=H.dtype)
-    best[0] = 0.0
-    Hinv = torch.linalg.inv(H)
-    for c in range(1, cols + 1):
-        for S in itertools.combinations(range(cols), c):
-            S = list(S)
-            wS = w[S]
-            # removing set S with optimal update of the rest costs w_S^T (Hinv_SS)^-1 w_S / 2
-            loss = 0.5 * wS @ torch.linalg.solve(Hinv[S][:, S], wS)
-            best[c] = min(best[c], loss)
-    return best
-
-
-def brute_force_optimum(W, H, k):
-    """Minimal loss over all masks with exactly k zeros in W (any split over rows), optimal weights."""
-    per_row = [_best_loss_per_row_count(w, H) for w in W]
-    table = {0: 0.0}
-    for best in per_row:  # knapsack over rows
-        nxt = {}
-        for used, loss in table.items():
-            for c in range(len(best)):
-                if used + c <= k:
-                    nxt[used + c] = min(nxt.get(used + c, float("inf")), loss + float(best[c]))
-        table = nxt
-    return table[k]
 
 
 # Mean error ratio to the brute-force optimum allowed per solver. Exact OBC (greedy OBS) stays
@@ -71,8 +40,7 @@ def test_solvers_against_brute_force_optimum(sparsity):
         optimum = {
             "obc": brute_force_optimum(W, H, k),
             "sparsegpt": brute_force_optimum(W, H, k),
-            # same count in every row: the optimum is the sum of per-row optima
-            "obc_per_row": sum(float(_best_loss_per_row_count(w, H)[k // rows]) for w in W),
+            "obc_per_row": brute_force_optimum(W, H, k, per_row=True),
         }
         for name in BOUND:
             method = "obc" if name.startswith("obc") else name
