@@ -153,8 +153,8 @@ def sparsegpt_prune(
     U = _upper_cholesky_of_inverse(Hf)  # (G, d, d)
     G, rows, cols = Wf.shape
     nm = prune_n > 0 and prune_m > 0
-    if sequential is None:
-        sequential = W.device.type == "cpu"
+    if sequential is None:  # the triangular solve holds rows x B x B numbers per group
+        sequential = W.device.type == "cpu" or G * rows * blocksize**2 * Wf.element_size() > 2**30
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
@@ -165,7 +165,7 @@ def sparsegpt_prune(
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
             score = W1.pow(2) / d1.pow(2).unsqueeze(1)
-            k = int(float(sparsity) * rows * count)
+            k = int(float(sparsity) * rows * count)  # floor, as in SparseGPT (OBC and magnitude round)
             mask1 = torch.zeros(G, rows * count, dtype=torch.bool, device=W1.device)
             if k > 0:
                 idx = score.reshape(G, -1).topk(k, dim=1, largest=False).indices
@@ -260,7 +260,7 @@ def obc_prune(
             r2 = min(r1 + chunk, G * rows)
             w, inc = _obc_rows(flatW[r1:r2], Hinv[group_of_row[r1:r2]], flat_dead[r1:r2], counts[r1:r2])
             outs.append(w)
-            incs.append(inc)
+            incs.append(torch.nn.functional.pad(inc, (0, int(counts.max()) - inc.shape[1])))
         return torch.cat(outs), torch.cat(incs)
 
     if per_row:

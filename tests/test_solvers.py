@@ -143,3 +143,10 @@ def test_block_triangular_solve_equals_column_loop(sparsity):
     fast = solve(W, H, sparsity, method="sparsegpt", blocksize=64, sequential=False)[0]
     loop = solve(W, H, sparsity, method="sparsegpt", blocksize=64, sequential=True)[0]
     torch.testing.assert_close(fast, loop, rtol=1e-8, atol=1e-10)
+
+
+def test_obc_in_several_row_chunks_equals_one_chunk():
+    W, H = _problem(8, 16, 64, seed=21, dtype=torch.float64)
+    whole = solve(W, H, 0.5, method="obc")[0]
+    chunked = solve(W, H, 0.5, method="obc", max_chunk_bytes=16 * 16 * 8 * 3)[0]  # 3 rows per chunk
+    torch.testing.assert_close(chunked, whole)
