@@ -43,13 +43,22 @@ def count_hooks(model: nn.Module) -> int:
     )
 
 
-def image_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Root-mean-square pixel difference between two image batches in [0, 1]: one value per image (B,)."""
+def image_distance(a: torch.Tensor, b: torch.Tensor, *, pool: int = 1) -> torch.Tensor:
+    """Root-mean-square pixel difference between two image batches in [0, 1]: one value per image (B,).
+
+    ``pool > 1`` first averages ``pool x pool`` pixel blocks, so only the coarse layout and colour are compared
+    (feature visualizations of one neuron from different random starts differ mostly in fine texture).
+    """
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError("a and b must be torch tensors")
     if a.shape != b.shape or a.dim() != 4:
         raise ValueError(f"a and b must be (B, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return (a.float() - b.float()).pow(2).flatten(1).mean(1).sqrt()
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"pool must be an int >= 1, got {pool!r}")
+    a, b = a.float(), b.float()
+    if pool > 1:
+        a, b = torch.nn.functional.avg_pool2d(a, pool), torch.nn.functional.avg_pool2d(b, pool)
+    return (a - b).pow(2).flatten(1).mean(1).sqrt()
 
 
 def _fft_image(batch: int, size: int, generator: torch.Generator, device: torch.device, sd: float = 0.01):

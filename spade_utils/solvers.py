@@ -159,8 +159,8 @@ def sparsegpt_prune(
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         W1 = Wf[:, :, i1:i2].clone()
-        U1 = U[:, i1:i2, i1:i2]
-        d1 = torch.diagonal(U1, dim1=-2, dim2=-1)  # (G, count)
+        U1 = U[:, i1:i2, i1:i2].contiguous()  # a strided view made the column loop ~25x slower on CPU
+        d1 = torch.diagonal(U1, dim1=-2, dim2=-1).contiguous()  # (G, count)
         if nm:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:

@@ -105,3 +105,19 @@ def test_bad_input():
     with pytest.raises(ValueError, match="channel"):
         visualize(net, "0:99", **FAST)
     assert count_hooks(net) == 0
+
+
+def test_image_distance():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 16, 16, generator=g)
+    assert torch.equal(image_distance(a, a), torch.zeros(2))
+    b = (a + 0.1).clamp(0, 1)
+    assert (image_distance(a, b) > 0).all()
+    checker = ((torch.arange(16).view(1, 1, 16, 1) + torch.arange(16).view(1, 1, 1, 16)) % 2 - 0.5) * 0.2
+    # fine texture alone (a checkerboard) vanishes once 2x2 blocks are averaged; a brightness shift does not
+    assert image_distance(a, a + checker, pool=2).max() < 1e-6 < image_distance(a, a + checker).min()
+    assert image_distance(a, a + 0.1, pool=4).min() > 0.09
+    with pytest.raises(ValueError, match="shape"):
+        image_distance(a, a[:1])
+    with pytest.raises(ValueError, match="pool"):
+        image_distance(a, a, pool=0)
