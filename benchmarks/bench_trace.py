@@ -6,7 +6,8 @@
 Each case runs in a fresh subprocess so that its peak RSS is its own. Printed per case:
 augment / forward+statistics / solve seconds, the trace's total, the time of one plain fp32
 forward pass of the same N augmented images under ``torch.inference_mode`` (default memory
-format, and channels-last), their ratio, and peak RSS. A last table compares, on one layer, the
+format, and channels-last), their ratio, and peak RSS (after the trace, and after the baseline,
+which holds all N views at once). A last table compares, on one layer, the
 reconstruction error of the engine's SparseGPT with a textbook SparseGPT (explicit inverse,
 unfold-based statistics): speed-ups must not cost accuracy.
 """
@@ -51,6 +52,7 @@ def run_case(name: str, device: str, batch_size: int) -> dict:
     trace = spade_trace(model, image, layers=layers, sparsity=sparsity, n_augment=n, batch_size=batch_size,
                         device=dev, progress=False)
     total = time.perf_counter() - t0
+    trace_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the baseline's own views
     views = ImageAugmenter()(image, n, torch.Generator().manual_seed(0))
     forward = {}
     for fmt in ("contiguous", "channels_last"):
@@ -76,6 +78,7 @@ def run_case(name: str, device: str, batch_size: int) -> dict:
         "plain_forward_s": forward["contiguous"],
         "forward_channels_last_s": forward["channels_last"],
         "trace/forward": total / forward["contiguous"],
+        "trace_peak_rss_GB": trace_rss,
         "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_gpu_GB": peak_gpu,
         "mean_rel_error": float(trace.records.rel_error.mean()),
