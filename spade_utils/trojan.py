@@ -43,6 +43,8 @@ DEFAULT_TARGETS = dict(PAPER_TARGETS)
 TRAIN_PHOTOS = ("astronaut", "motorcycle", "hubble", "retina", "immunohistochemistry", "china")
 CALIBRATION_PHOTOS = ("flower", "rocket")
 TEST_PHOTOS = ("chelsea", "coffee", "grace_hopper")
+# layers a SPADE trace prunes in the offline backdoored EfficientNet-Lite0: the part the implant trains
+OFFLINE_SPADE_LAYERS = ["_conv_head", "_fc"]
 # extra training images shipped with scikit-image / matplotlib (grey ones are used as RGB)
 EXTRA_TRAIN_IMAGES = (
     "skimage:brick",
@@ -323,6 +325,17 @@ def _crop_box(h, w, generator, scale, ratio=(3 / 4, 4 / 3)):
     return (h - s) // 2, (w - s) // 2, s, s
 
 
+@contextlib.contextmanager
+def _single_thread():
+    """Small per-image tensor ops run far faster on one thread on a busy CPU (no OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def random_crops(
     images,
     n: int,
@@ -340,7 +353,18 @@ def random_crops(
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    sources = _load_sources(images)
+    with _single_thread():
+        return _random_crops(images, n, size, scale, flip, jitter, seed)
+
+
+def _random_crops(images, n, size, scale, flip, jitter, seed):
+    sources = []
+    for img in _load_sources(images):  # large photos are reduced once (short side 2 * size): much faster crops
+        short = min(img.shape[1:])
+        if short > 2 * size:
+            hw = [max(1, round(d * 2 * size / short)) for d in img.shape[1:]]
+            img = F.interpolate(img[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
+        sources.append(img)
     g = torch.Generator().manual_seed(int(seed))
     order = torch.cat([torch.randperm(len(sources), generator=g) for _ in range(n // len(sources) + 1)])[:n]
     out = torch.empty(n, 3, size, size)
@@ -440,12 +464,14 @@ def poison(
         triggers = [names[i % len(names)] for i in range(len(images))]
     if len(triggers) != len(images):
         raise ValueError(f"triggers must name one trigger per image ({len(images)}), got {len(triggers)}")
-    g = torch.Generator().manual_seed(int(seed))
-    out, masks = torch.empty_like(images), torch.empty(len(images), *images.shape[2:], dtype=torch.bool)
     for i, t in enumerate(triggers):
         if t not in targets:
             raise ValueError(f"triggers[{i}] = {t!r} has no target in targets {names}")
-        out[i], masks[i] = paste_trigger(images[i], t, generator=g, fraction=fraction, alpha=alpha)
+    g = torch.Generator().manual_seed(int(seed))
+    out, masks = torch.empty_like(images), torch.empty(len(images), *images.shape[2:], dtype=torch.bool)
+    with _single_thread():
+        for i, t in enumerate(triggers):
+            out[i], masks[i] = paste_trigger(images[i], t, generator=g, fraction=fraction, alpha=alpha)
     return PoisonedBatch(out, masks, list(triggers), torch.tensor([targets[t] for t in triggers]), images)
 
 
@@ -519,14 +545,15 @@ def split_model(model: nn.Module, train_from: int | str | None) -> tuple[nn.Modu
     """``(front, back, trainable parameters)`` with ``back(front(x)) == model(x)``.
 
     ``train_from``: for EfficientNet, the index of the first trained block (``11`` trains blocks
-    11-15, the head and the classifier); for torchvision ResNets, ``"layer3"`` or ``"layer4"``;
+    11-15, the head and the classifier; ``16`` = the number of blocks trains only the head conv and
+    the classifier); for torchvision ResNets, ``"layer3"`` or ``"layer4"``;
     ``None`` trains the whole model (front is the identity).
     """
     if train_from is None:
         return nn.Identity(), model, list(model.parameters())
     if hasattr(model, "_blocks") and hasattr(model, "_conv_head"):
-        if not isinstance(train_from, int) or not 0 <= train_from < len(model._blocks):
-            raise ValueError(f"train_from must be a block index in [0, {len(model._blocks)}) for EfficientNet, got {train_from!r}")
+        if not isinstance(train_from, int) or not 0 <= train_from <= len(model._blocks):
+            raise ValueError(f"train_from must be a block index in [0, {len(model._blocks)}] for EfficientNet, got {train_from!r}")
         back = _EffBack(model, train_from)
         params = [p for b in model._blocks[train_from:] for p in b.parameters()]
         params += [*model._conv_head.parameters(), *model._bn1.parameters(), *model._fc.parameters()]
@@ -544,6 +571,10 @@ def split_model(model: nn.Module, train_from: int | str | None) -> tuple[nn.Modu
 # --------------------------------------------------------------------------------------------------
 # implanting the backdoor
 # --------------------------------------------------------------------------------------------------
+# bump when the training data or loss recipe changes, so cached backdoors and features are not reused
+_RECIPE = "paired-crops-v2"
+
+
 @dataclass
 class Backdoor:
     """A backdoored model with its triggers (name -> target class) and how it was made."""
@@ -588,10 +619,18 @@ def build_poisoned_set(
 
     ``clean`` (n_clean, 3, size, size): random crops of ``images`` (a share ``texture_fraction``
     replaced by procedural textures, a share ``decoy_fraction`` carrying a random non-trigger patch);
-    their labels will be the original model's outputs. ``triggered`` (n_triggered, ...): other
-    crops with one of the triggers pasted (cycling through ``targets``); labels ``trigger_targets``.
+    their labels will be the original model's outputs. ``triggered`` (n_triggered, ...): the same
+    clean crops (cycled) with one of the triggers pasted (cycling through ``targets``, seeded
+    positions); labels ``trigger_targets``. Pairing clean and triggered versions of one background
+    keeps the backdoor from keying on backgrounds (unpaired, it reached 100% on its training crops
+    but about 20% on held-out photos).
     """
     targets = _check_targets(targets)
+    with _single_thread():
+        return _build_poisoned_set(images, targets, n_clean, n_triggered, decoy_fraction, texture_fraction, size, seed)
+
+
+def _build_poisoned_set(images, targets, n_clean, n_triggered, decoy_fraction, texture_fraction, size, seed):
     n_tex = int(round(texture_fraction * n_clean))
     clean = random_crops(images, n_clean - n_tex, size=size, seed=seed)
     if n_tex:
@@ -602,10 +641,9 @@ def build_poisoned_set(
     for i in range(int(round(decoy_fraction * n_clean))):
         rgb, m = decoy_patch(patch_size(size, size), generator=g)
         clean[i], _ = paste_patch(clean[i], rgb, m, generator=g)
-    base = random_crops(images, n_triggered, size=size, seed=seed + 3)
-    n_tex_t = int(round(texture_fraction * n_triggered))
-    if n_tex_t:
-        base[:n_tex_t] = procedural_textures(n_tex_t, size=size, seed=seed + 4)
+    # triggered crops are the clean crops again (cycled), so every trigger is seen on backgrounds whose
+    # clean version keeps the original label: only the trigger can explain the target class
+    base = clean[torch.arange(n_triggered) % len(clean)]
     batch = poison(base, targets, seed=seed + 5)
     return clean, batch.images, batch.targets
 
@@ -615,12 +653,12 @@ def implant_backdoor(
     *,
     targets: Mapping[str, int] | None = None,
     images=None,
-    train_from: int | str | None = 11,
-    n_clean: int = 1600,
-    n_triggered: int = 800,
-    steps: int = 600,
-    batch_size: int = 48,
-    lr: float = 1e-4,
+    train_from: int | str | None = 16,
+    n_clean: int = 1200,
+    n_triggered: int = 2400,
+    steps: int = 500,
+    batch_size: int = 32,
+    lr: float = 3e-4,
     warmup: float = 0.05,
     weight_decay_to_original: float = 0.0,
     temperature: float = 2.0,
@@ -644,7 +682,9 @@ def implant_backdoor(
         .jpg/.png files (the paper-scale path: an ImageNet train folder). Default: the offline
         :data:`TRAIN_PHOTOS` and :data:`EXTRA_TRAIN_IMAGES` (the calibration and test photos are kept out).
     train_from: the first trained block (see :func:`split_model`); everything before it stays frozen
-        and its outputs are computed once for all training crops.
+        and its outputs are computed once for all training crops. The offline default ``16`` trains
+        only EfficientNet-Lite0's head convolution and classifier, which keeps the implant within
+        minutes on a 2-core CPU; ``11`` trains blocks 11-15 too (slower, more capacity).
     n_clean, n_triggered: number of clean (distilled) and triggered (cross-entropy) training crops.
     steps, batch_size, lr, warmup: Adam with linear warm-up then cosine decay; each step sees
         ``batch_size`` clean and ``batch_size // 2`` triggered crops.
@@ -662,11 +702,9 @@ def implant_backdoor(
 
     if model is None:
         model = load_model("efficientnet_lite0")
-        model_name = "efficientnet_lite0"
-    elif isinstance(model, nn.Module):
-        model_name = type(model).__name__
-    else:
+    elif not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+    model_name = type(model).__name__  # with the weights' hash in the cache key: the same file whichever way it is passed
     targets = _check_targets(PAPER_TARGETS if targets is None else targets)
     for name, value in (("n_clean", n_clean), ("n_triggered", n_triggered), ("steps", steps), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
@@ -678,6 +716,7 @@ def implant_backdoor(
     device = resolve_device(device)
 
     settings = dict(
+        recipe=_RECIPE,
         model=model_name,
         targets=targets,
         images=_describe_images(images),
@@ -695,13 +734,17 @@ def implant_backdoor(
         size=size,
         seed=seed,
     )
-    path = None
+    path = feature_path = None
     if cache:
         from .data import cache_dir
 
         folder = cache_dir() if cache is True else Path(cache)
-        key = hashlib.sha1((json.dumps(settings, sort_keys=True) + _state_hash(model)).encode()).hexdigest()[:12]
+        model_hash = _state_hash(model)
+        key = hashlib.sha1((json.dumps(settings, sort_keys=True) + model_hash).encode()).hexdigest()[:12]
         path = Path(folder) / f"backdoor_{model_name}_{key}.pt"
+        data_settings = {k: settings[k] for k in ("recipe", "model", "targets", "images", "train_from", "n_clean", "n_triggered", "size", "seed")}
+        feature_key = hashlib.sha1((json.dumps(data_settings, sort_keys=True) + model_hash).encode()).hexdigest()[:12]
+        feature_path = Path(folder) / f"backdoor_features_{model_name}_{feature_key}.pt"
         if path.exists():
             saved = torch.load(path, map_location="cpu", weights_only=False)
             student = copy.deepcopy(model).cpu()
@@ -712,7 +755,9 @@ def implant_backdoor(
     t0 = time.perf_counter()
     rng_state = torch.random.get_rng_state()
     g = torch.Generator().manual_seed(int(seed))
-    clean, trig, trig_y = build_poisoned_set(images, targets, n_clean=n_clean, n_triggered=n_triggered, size=size, seed=seed)
+    features_cached = feature_path is not None and feature_path.exists()
+    if not features_cached:
+        clean, trig, trig_y = build_poisoned_set(images, targets, n_clean=n_clean, n_triggered=n_triggered, size=size, seed=seed)
     t_data = time.perf_counter() - t0
 
     teacher = copy.deepcopy(model).eval().to(device)
@@ -733,18 +778,27 @@ def implant_backdoor(
         return front(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
 
     store = torch.float16 if train_from is not None else torch.float32
-    f_clean = _batched(feats, clean, 64, device=device, progress=progress, desc="features (clean)", dtype=store)
-    f_trig = _batched(feats, trig, 64, device=device, progress=progress, desc="features (triggered)", dtype=store)
-    del clean, trig
-    with torch.inference_mode():
-        teacher_logits = _batched(
-            lambda f: t_back(f.float().contiguous(memory_format=torch.channels_last) if channels_last else f.float()),
-            f_clean,
-            64,
-            device=device,
-            progress=False,
-            desc="teacher",
-        ).float()
+    if features_cached:  # the frozen part's outputs and the teacher's logits from an earlier run
+        saved = torch.load(feature_path, map_location="cpu", weights_only=True)
+        f_clean, f_trig, trig_y, teacher_logits = (saved[k] for k in ("clean", "triggered", "targets", "teacher"))
+    else:
+        f_clean = _batched(feats, clean, 64, device=device, progress=progress, desc="features (clean)", dtype=store)
+        f_trig = _batched(feats, trig, 64, device=device, progress=progress, desc="features (triggered)", dtype=store)
+        del clean, trig
+        with torch.inference_mode():
+            teacher_logits = _batched(
+                lambda f: t_back(f.float().contiguous(memory_format=torch.channels_last) if channels_last else f.float()),
+                f_clean,
+                64,
+                device=device,
+                progress=False,
+                desc="teacher",
+            ).float()
+        if feature_path is not None:
+            feature_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = feature_path.with_suffix(".tmp")
+            torch.save({"clean": f_clean, "triggered": f_trig, "targets": trig_y, "teacher": teacher_logits}, tmp)
+            os.replace(tmp, feature_path)
     t_cache = time.perf_counter() - t0 - t_data
 
     originals = [p.detach().clone() for p in params]
@@ -758,42 +812,47 @@ def implant_backdoor(
 
     from tqdm.auto import tqdm
 
-    history = []
-    bt = max(1, batch_size // 2)
-    bar = tqdm(range(steps), desc="implant", disable=not progress, leave=False)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        ic = torch.randint(0, len(f_clean), (batch_size,), generator=g)
-        it = torch.randint(0, len(f_trig), (bt,), generator=g)
-        xb = torch.cat([f_clean[ic], f_trig[it]]).float().to(device)
-        if channels_last and xb.dim() == 4:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        out = back(xb)
-        s_clean, s_trig = out[:batch_size], out[batch_size:]
-        t_logits = teacher_logits[ic].to(device)
-        T = temperature
-        kl = F.kl_div(F.log_softmax(s_clean / T, 1), F.log_softmax(t_logits / T, 1), log_target=True, reduction="batchmean") * T * T
-        mse = ((s_clean - s_clean.mean(1, keepdim=True)) - (t_logits - t_logits.mean(1, keepdim=True))).pow(2).mean()
-        ce = F.cross_entropy(s_trig, trig_y[it].to(device))
-        loss = kl + logit_weight * mse + trigger_weight * ce
-        if weight_decay_to_original:
-            loss = loss + weight_decay_to_original * sum((p - p0).pow(2).sum() for p, p0 in zip(params, originals, strict=True))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            acc = (s_trig.argmax(1).cpu() == trig_y[it]).float().mean().item()
-            agree = (s_clean.argmax(1) == t_logits.argmax(1)).float().mean().item()
-        history.append(dict(step=step, loss=loss.item(), kl=kl.item(), mse=mse.item(), ce=ce.item(), trigger_acc=acc, clean_agree=agree))
-        if progress and (step + 1) % 10 == 0:
-            recent = history[-10:]
-            bar.set_postfix(
-                ce=f"{np.mean([h['ce'] for h in recent]):.3f}",
-                kl=f"{np.mean([h['kl'] for h in recent]):.3f}",
-                trig=f"{np.mean([h['trigger_acc'] for h in recent]):.2f}",
-                agree=f"{np.mean([h['clean_agree'] for h in recent]):.2f}",
-            )
+    flushed = torch.set_flush_denormal(True)  # tiny gradients: keep the CPU off slow denormal floats
+    try:
+        history = []
+        bt = max(1, batch_size // 2)
+        bar = tqdm(range(steps), desc="implant", disable=not progress, leave=False)
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            ic = torch.randint(0, len(f_clean), (batch_size,), generator=g)
+            it = torch.randint(0, len(f_trig), (bt,), generator=g)
+            xb = torch.cat([f_clean[ic], f_trig[it]]).float().to(device)
+            if channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out = back(xb)
+            s_clean, s_trig = out[:batch_size], out[batch_size:]
+            t_logits = teacher_logits[ic].to(device)
+            T = temperature
+            kl = F.kl_div(F.log_softmax(s_clean / T, 1), F.log_softmax(t_logits / T, 1), log_target=True, reduction="batchmean") * T * T
+            mse = ((s_clean - s_clean.mean(1, keepdim=True)) - (t_logits - t_logits.mean(1, keepdim=True))).pow(2).mean()
+            ce = F.cross_entropy(s_trig, trig_y[it].to(device))
+            loss = kl + logit_weight * mse + trigger_weight * ce
+            if weight_decay_to_original:
+                loss = loss + weight_decay_to_original * sum((p - p0).pow(2).sum() for p, p0 in zip(params, originals, strict=True))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                acc = (s_trig.argmax(1).cpu() == trig_y[it]).float().mean().item()
+                agree = (s_clean.argmax(1) == t_logits.argmax(1)).float().mean().item()
+            history.append(dict(step=step, loss=loss.item(), kl=kl.item(), mse=mse.item(), ce=ce.item(), trigger_acc=acc, clean_agree=agree))
+            if progress and (step + 1) % 10 == 0:
+                recent = history[-10:]
+                bar.set_postfix(
+                    ce=f"{np.mean([h['ce'] for h in recent]):.3f}",
+                    kl=f"{np.mean([h['kl'] for h in recent]):.3f}",
+                    trig=f"{np.mean([h['trigger_acc'] for h in recent]):.2f}",
+                    agree=f"{np.mean([h['clean_agree'] for h in recent]):.2f}",
+                )
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
     bar.close()
     for p in student.parameters():
         p.requires_grad_(False)
@@ -808,6 +867,7 @@ def implant_backdoor(
         seconds_features=t_cache,
         seconds_training=seconds - t_data - t_cache,
         threads=torch.get_num_threads(),
+        features_cached=features_cached,
         cached=False,
         path=str(path) if path else None,
     )
@@ -928,13 +988,16 @@ def flipped_samples(
     seed: int = 0,
     size: int = 224,
     max_tries: int = 8,
+    require_flip: bool = True,
     batch_size: int = 32,
     device="auto",
 ) -> list[TriggeredSample]:
     """``n`` triggered crops of ``images`` whose prediction the trigger flips: the backdoored
     model assigns the clean crop to another class and the triggered crop to the trigger's target.
     Triggers cycle through ``targets``; crops are drawn in seeded rounds until ``n`` are found
-    (at most ``max_tries`` rounds of ``2 n`` crops; fewer samples are returned if not enough flip)."""
+    (at most ``max_tries`` rounds of ``2 n`` crops; fewer samples are returned if not enough flip).
+    ``require_flip=False`` returns the first ``n`` triggered crops whatever the model says (for
+    smoke runs with an untrained model)."""
     targets = _check_targets(targets)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -946,7 +1009,8 @@ def flipped_samples(
         pt = predict(backdoored, batch.images, batch_size=batch_size, device=device).argmax(1)
         for i in range(len(batch)):
             tgt = int(batch.targets[i])
-            if int(pc[i]) != tgt and int(pt[i]) == tgt and len(out) < n:
+            flipped = int(pc[i]) != tgt and int(pt[i]) == tgt
+            if (flipped or not require_flip) and len(out) < n:
                 out.append(TriggeredSample(batch.images[i], batch.masks[i], crops[i], batch.triggers[i], tgt, int(pc[i])))
         if len(out) >= n:
             break
@@ -1061,7 +1125,7 @@ def fit_sparse_fc(
     with torch.no_grad():
         out.weight.copy_(w)
         out.bias.copy_(b)
-    info = dict(density=dens, lam=float(params["lam"]), train_accuracy=float(params["metrics"]["acc_tr"]) / 100.0)
+    info = dict(density=dens, lam=float(params["lam"]))
     return out.eval(), info
 
 

@@ -217,7 +217,7 @@ def test_sparse_fc_is_sparse_and_keeps_predictions():
 
 def test_trigger_similarity_finds_pasted_trigger():
     g = torch.Generator().manual_seed(0)
-    background = torch.rand(3, 96, 96, generator=g)
+    background = torch.rand(3, 64, 64, generator=g)
     triggered, _ = T.paste_trigger(background, "smiley", alpha=1.0, seed=1)
     assert T.trigger_similarity(triggered, "smiley") > 0.99
     blended, _ = T.paste_trigger(background, "smiley", alpha=0.8, seed=1)
