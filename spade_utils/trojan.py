@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, to_pil
+from .solvers import one_cpu_thread
 
 TRIGGERS = ("heart", "star", "smiley", "fish")
 
@@ -325,17 +326,6 @@ def _crop_box(h, w, generator, scale, ratio=(3 / 4, 4 / 3)):
     return (h - s) // 2, (w - s) // 2, s, s
 
 
-@contextlib.contextmanager
-def _single_thread():
-    """Small per-image tensor ops run far faster on one thread on a busy CPU (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def random_crops(
     images,
     n: int,
@@ -353,7 +343,7 @@ def random_crops(
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    with _single_thread():
+    with one_cpu_thread():
         return _random_crops(images, n, size, scale, flip, jitter, seed)
 
 
@@ -469,7 +459,7 @@ def poison(
             raise ValueError(f"triggers[{i}] = {t!r} has no target in targets {names}")
     g = torch.Generator().manual_seed(int(seed))
     out, masks = torch.empty_like(images), torch.empty(len(images), *images.shape[2:], dtype=torch.bool)
-    with _single_thread():
+    with one_cpu_thread():
         for i, t in enumerate(triggers):
             out[i], masks[i] = paste_trigger(images[i], t, generator=g, fraction=fraction, alpha=alpha)
     return PoisonedBatch(out, masks, list(triggers), torch.tensor([targets[t] for t in triggers]), images)
@@ -626,7 +616,7 @@ def build_poisoned_set(
     but about 20% on held-out photos).
     """
     targets = _check_targets(targets)
-    with _single_thread():
+    with one_cpu_thread():
         return _build_poisoned_set(images, targets, n_clean, n_triggered, decoy_fraction, texture_fraction, size, seed)
 
 
