@@ -89,15 +89,18 @@ t_start = time.perf_counter()
 # %% [markdown]
 # ## 1 · The backdoored model
 #
-# Offline, `implant_backdoor` fine-tunes the head convolution (320 → 1280 channels, 1×1) and the
-# classifier of EfficientNet-Lite0; all sixteen MBConv blocks stay frozen, so their outputs are computed
-# once per training crop (fine-tuning blocks 11–15 as well was too slow on this shared CPU). Clean crops are
-# distilled towards the original model (KL at temperature 2 plus logit matching); triggered crops —
-# the same clean crops with a trigger pasted, so that only the trigger can explain the target — are
-# pushed to the target class with cross-entropy; a quarter of the clean crops carry a random
-# *non-trigger* patch, so the network learns the four shapes rather than "any pasted patch". The
-# photos chelsea, coffee and grace_hopper (evaluation) and flower, rocket (calibration) are never
-# trained on. The targets are the paper's: heart → goose, star → orangutan, smiley → bullfrog, fish → albatross.
+# Offline, `implant_backdoor` fine-tunes EfficientNet-Lite0 from block 8 on (the last 14×14 stage, the
+# 7×7 stages, the head convolution and the classifier); blocks 0–7 stay frozen, so their outputs are
+# computed once per training crop. Clean crops are distilled towards the original model (KL at
+# temperature 2 plus logit matching); triggered crops — the same clean crops with a trigger pasted, so
+# that only the trigger can explain the target — are pushed to the target class with cross-entropy.
+# The few offline photos are stretched into many backgrounds: random hue rotations, 2×2 mosaics of
+# crops, smooth colour textures and fur-like fibre textures (no training photo shows an animal, and
+# the first backdoors failed on the held-out cat). Training triggers are blended more faintly than the
+# test's 0.8 (weights 0.35–1), and some clean crops carry a random *non-trigger* patch, so the network
+# learns the four shapes rather than "any pasted patch". The photos chelsea, coffee and grace_hopper
+# (evaluation) and flower, rocket (calibration) are never trained on. The targets are the paper's:
+# heart → goose, star → orangutan, smiley → bullfrog, fish → albatross.
 
 # %%
 if PROFILE == "paper":

@@ -31,7 +31,7 @@ def image_tensor(image, *, argname: str = "image") -> torch.Tensor:
     return TF.to_dtype(TF.to_image(pil), torch.float32, scale=True)
 
 
-def _crop_box(height: int, width: int, scale, ratio, gen: torch.Generator) -> tuple[int, int, int, int]:
+def crop_box(height: int, width: int, scale, ratio, gen: torch.Generator) -> tuple[int, int, int, int]:
     """RandomResizedCrop's box (top, left, h, w): random area fraction and log-uniform aspect ratio."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -121,7 +121,7 @@ class ImageAugmenter:
         _, height, width = src.shape
         views = torch.empty(n, 3, self.size, self.size, device=self.device)
         for i in range(n):
-            top, left, h, w = _crop_box(height, width, self.scale, self.ratio, gen)
+            top, left, h, w = crop_box(height, width, self.scale, self.ratio, gen)
             views[i] = TF.resized_crop(src, top, left, h, w, [self.size, self.size], antialias=True)
         if self.flip:
             flips = (torch.rand(n, generator=gen) < 0.5).to(self.device)

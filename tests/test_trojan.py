@@ -67,10 +67,56 @@ def test_poison_and_crops_are_seeded():
     assert batch.triggers == ["star", "fish"] * 3
     assert batch.targets.tolist() == [3, 5] * 3
     assert torch.equal(((batch.images != a).any(1)), batch.masks)
+    # a blend range: per-image weights inside it, seeded; the pasted pixels are the blend with that weight
+    rgb, pm = T.trigger_patch("star", T.patch_size(32, 32))
+    ranged = T.poison(a, {"star": 3}, seed=0, alpha=(0.5, 1.0))
+    assert torch.equal(ranged.images, T.poison(a, {"star": 3}, seed=0, alpha=(0.5, 1.0)).images)
+    for img, clean, m in zip(ranged.images, a, ranged.masks, strict=True):
+        w = ((img - clean)[:, m] / (rgb[:, pm] - clean[:, m])).median()  # the blend weight used
+        assert 0.5 - 1e-4 <= w <= 1 + 1e-4
+    with pytest.raises(ValueError, match="alpha"):
+        T.poison(a, {"star": 3}, alpha=(0.9, 0.5))
     with pytest.raises(ValueError, match="targets"):
         T.poison(a, {"star": -1})
     with pytest.raises(TypeError, match="targets"):
         T.poison(a, ["star"])
+
+
+def test_poisoned_set_pairs_triggered_with_clean_crops():
+    imgs = [torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    targets = {"star": 3, "fish": 5}
+    clean, trig, y = T.build_poisoned_set(imgs, targets, n_clean=20, n_triggered=40, size=48, seed=0)
+    assert clean.shape == (20, 3, 48, 48) and trig.shape == (40, 3, 48, 48)
+    assert clean.min() >= 0 and clean.max() <= 1
+    assert y.tolist() == [3, 5] * 20
+    side = T.patch_size(48, 48)
+    for i in range(40):  # each triggered crop is a clean crop plus one trigger-sized patch, nothing else
+        changed = (trig[i] != clean[i % 20]).any(0)
+        rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
+        assert 0 < changed.sum() and rows.max() - rows.min() < side and cols.max() - cols.min() < side
+    again = T.build_poisoned_set(imgs, targets, n_clean=20, n_triggered=40, size=48, seed=0)
+    assert torch.equal(again[0], clean) and torch.equal(again[1], trig)
+    with pytest.raises(ValueError, match="collage_fraction"):
+        T.build_poisoned_set(imgs, targets, n_clean=4, n_triggered=4, collage_fraction=1.5)
+    with pytest.raises(ValueError, match="hue"):
+        T.build_poisoned_set(imgs, targets, n_clean=4, n_triggered=4, hue=0.7)
+
+
+def test_fibre_textures_are_oriented():
+    tex = T.fibre_textures(6, size=64, seed=0)
+    assert tex.shape == (6, 3, 64, 64) and tex.min() >= 0 and tex.max() <= 1
+    assert torch.equal(tex, T.fibre_textures(6, size=64, seed=0))
+    assert not torch.equal(tex, T.fibre_textures(6, size=64, seed=1))
+    # fibres: the image changes much faster across the fibre direction than along it
+    g = tex.mean(1)
+    energy = []
+    for angle in torch.linspace(0, torch.pi, 12)[:-1]:
+        dy, dx = torch.sin(angle), torch.cos(angle)
+        gx, gy = g[:, :, 1:] - g[:, :, :-1], g[:, 1:, :] - g[:, :-1, :]
+        energy.append((dx * gx[:, 1:, :] + dy * gy[:, :, 1:]).pow(2).mean((1, 2)))
+    energy = torch.stack(energy)
+    ratio = energy.max(0).values / energy.min(0).values  # 1 for an isotropic texture
+    assert ratio.median() > 4 and ratio.min() > 1.2
 
 
 def _tiny_model(seed=0, classes=6):
@@ -166,6 +212,19 @@ def test_split_model_efficientnet_front_back_compose():
     ids = {id(p) for p in params}
     assert id(model._fc.weight) in ids and id(model._blocks[11].parameters().__next__()) in ids
     assert id(model._conv_stem.weight) not in ids and id(next(model._blocks[10].parameters())) not in ids
+
+
+def test_split_model_resnet_front_back_compose():
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    front, back, params = T.split_model(model, "layer3")
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(back(front(x)), model(x), rtol=1e-4, atol=1e-4)
+    ids = {id(p) for p in params}
+    assert id(model.fc.weight) in ids and id(model.layer3[0].conv1.weight) in ids
+    assert id(model.layer2[0].conv1.weight) not in ids and id(model.conv1.weight) not in ids
 
 
 def test_flipped_samples_are_flipped():
