@@ -703,7 +703,7 @@ def implant_backdoor(
         and its outputs are computed once for all training crops. The offline default ``8`` trains
         EfficientNet-Lite0's blocks 8-15 (from the last 14x14 stage on), the head convolution and the
         classifier: about 16 minutes on an idle 2-core CPU. Training less transferred worse to held-out
-        photos (head and classifier only: 22% attack success; blocks 11-15: 77%; see the notebook 04 note).
+        photos: head and classifier only reached 22% held-out attack success, blocks 11-15 65-77%.
     n_clean, n_triggered: number of clean (distilled) and triggered (cross-entropy) training crops.
     steps, batch_size, lr, warmup: Adam with linear warm-up then cosine decay; each step sees
         ``batch_size`` clean and ``batch_size // 2`` triggered crops.
