@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import crop_box, image_tensor
+from .augment import crop_box, image_tensor, shift_hue
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .solvers import one_cpu_thread
 
@@ -227,20 +227,32 @@ def paste_trigger(
     if position is None:
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
+        top, left = _random_position(h, w, s, generator)
     else:
         if len(position) != 2:
             raise ValueError(f"position must be (row, col), got {position!r}")
         top, left = (int(p) for p in position)
         if not (0 <= top <= h - s and 0 <= left <= w - s):
             raise ValueError(f"position {position} puts the {s}px patch outside the {h}x{w} image")
-    out = x.clone()
+    return _blend(x, rgb, m, top, left, alpha)
+
+
+def _random_position(h: int, w: int, s: int, generator: torch.Generator) -> tuple[int, int]:
+    """Top-left corner of an s x s patch drawn uniformly inside an h x w image."""
+    top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
+    return top, left
+
+
+def _blend(image, rgb, mask, top, left, alpha):
+    """``alpha * rgb + (1 - alpha) * image`` over the patch's mask at (top, left); returns (image, full-size mask)."""
+    s = rgb.shape[-1]
+    out = image.clone()
     region = out[:, top : top + s, left : left + s]
-    region[:, m] = alpha * rgb[:, m] + (1 - alpha) * region[:, m]
-    mask = torch.zeros(h, w, dtype=torch.bool)
-    mask[top : top + s, left : left + s] = m
-    return out, mask
+    region[:, mask] = alpha * rgb[:, mask] + (1 - alpha) * region[:, mask]
+    full = torch.zeros(image.shape[1:], dtype=torch.bool)
+    full[top : top + s, left : left + s] = mask
+    return out, full
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -410,15 +422,7 @@ def decoy_patch(size: int, *, generator: torch.Generator) -> tuple[torch.Tensor,
 def paste_patch(image: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor, *, generator, alpha: float = 0.8):
     """Paste an arbitrary (rgb, mask) patch at a random position; returns (image, full mask)."""
     _, h, w = image.shape
-    s = rgb.shape[-1]
-    top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
-    out = image.clone()
-    region = out[:, top : top + s, left : left + s]
-    region[:, mask] = alpha * rgb[:, mask] + (1 - alpha) * region[:, mask]
-    full = torch.zeros(h, w, dtype=torch.bool)
-    full[top : top + s, left : left + s] = mask
-    return out, full
+    return _blend(image, rgb, mask, *_random_position(h, w, rgb.shape[-1], generator), alpha)
 
 
 @dataclass
@@ -605,8 +609,8 @@ def build_poisoned_set(
 
     ``clean`` (n_clean, 3, size, size): random crops of ``images`` with a random hue rotation of up
     to +-``hue`` turns; a share ``collage_fraction`` are 2x2 mosaics of four smaller crops, a share
-    ``texture_fraction`` procedural textures (half smooth colour noise, half fur-like), and a share ``decoy_fraction`` carries a random
-    non-trigger patch. Their labels will be the original model's outputs. ``triggered``
+    ``texture_fraction`` procedural textures (half smooth colour noise, half fur-like), and a share
+    ``decoy_fraction`` carries a random non-trigger patch. Their labels will be the original model's outputs. ``triggered``
     (n_triggered, ...): the same clean crops (cycled) with one of the triggers pasted (cycling
     through ``targets``, seeded positions, blend weight drawn from ``alpha``); labels ``trigger_targets``.
 
@@ -639,8 +643,6 @@ def _collages(images, n, size, seed):
 
 
 def _build_poisoned_set(images, targets, n_clean, n_triggered, decoy_fraction, texture_fraction, collage_fraction, hue, alpha, size, seed):
-    from .augment import shift_hue
-
     n_tex, n_col = int(round(texture_fraction * n_clean)), int(round(collage_fraction * n_clean))
     photos = random_crops(images, n_clean - n_tex - n_col, size=size, seed=seed)
     if n_col:
@@ -654,8 +656,7 @@ def _build_poisoned_set(images, targets, n_clean, n_triggered, decoy_fraction, t
         textures = [procedural_textures(n_tex - n_tex // 2, size=size, seed=seed + 1)]
         textures += [fibre_textures(n_tex // 2, size=size, seed=seed + 4)] if n_tex // 2 else []
         photos = torch.cat([photos, *textures])
-    clean = photos
-    clean = clean[torch.randperm(len(clean), generator=g)]
+    clean = photos[torch.randperm(len(photos), generator=g)]
     for i in range(int(round(decoy_fraction * n_clean))):
         rgb, m = decoy_patch(patch_size(size, size), generator=g)
         clean[i], _ = paste_patch(clean[i], rgb, m, generator=g)
