@@ -43,12 +43,14 @@ NUM_THREADS = 0
 # machine that is faster than two threads competing).
 
 # %%
+# one layer of each kind in EfficientNet-Lite0 (smoke and quick study the same ones)
+LITE0_LAYERS = {"1x1 conv": "_blocks.2._project_conv", "depthwise conv": "_blocks.10._depthwise_conv",
+                "late expansion": "_blocks.15._expand_conv", "classifier": "_fc"}
 CONFIGS = {
     "smoke": dict(
         model="efficientnet_lite0",
         tiny_problems=4, tiny_sparsities=[0.5],
-        real_layers={"1x1 conv": "_blocks.2._project_conv", "depthwise conv": "_blocks.10._depthwise_conv",
-                     "late expansion": "_blocks.15._expand_conv", "classifier": "_fc"},
+        real_layers=LITE0_LAYERS,
         real_sparsities=[0.9], obc_max_cols=160,
         time_widths=[16, 32, 64], time_rows=16, obc_time_max=32,
         trace_layers=["_conv_head"], checkpoints=[4, 8], batch_size=4, eval_views=2,
@@ -58,8 +60,7 @@ CONFIGS = {
     "quick": dict(
         model="efficientnet_lite0",
         tiny_problems=100, tiny_sparsities=[0.25, 0.5, 0.75],
-        real_layers={"1x1 conv": "_blocks.2._project_conv", "depthwise conv": "_blocks.10._depthwise_conv",
-                     "late expansion": "_blocks.15._expand_conv", "classifier": "_fc"},
+        real_layers=LITE0_LAYERS,
         real_sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99], obc_max_cols=200,
         time_widths=[16, 32, 64, 128, 256, 512, 1024, 2048], time_rows=128, obc_time_max=256,
         trace_layers=["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"],
