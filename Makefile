@@ -1,4 +1,5 @@
-# make figures : run every notebook in the quick profile, writing results/
+# make figures : run every notebook in the quick profile, writing results/ and the committed notebooks
+#                (PROFILE=paper likewise; PROFILE=smoke writes build/smoke/ and never touches the committed files)
 # make test    : library tests + every notebook in the smoke profile
 # make lab     : JupyterLab on the notebooks
 PYTHON ?= python3
@@ -6,6 +7,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= quick
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+# Headless runs: no widgets (they can hang nbclient, jupyter/nbclient#312) and a per-cell time limit in
+# seconds, so a hung cell fails with its source named instead of stalling the run.
+HEADLESS := SPADE_HEADLESS=1
+CELL_TIMEOUT ?= $(if $(filter smoke,$(PROFILE)),300,$(if $(filter paper,$(PROFILE)),21600,1800))
+ifeq ($(PROFILE),smoke)
+NB_OUT := build/smoke/notebooks
+RESULTS_ENV := SPADE_RESULTS_DIR=$(CURDIR)/build/smoke/results
+else
+NB_OUT := notebooks
+RESULTS_ENV :=
+endif
 
 .PHONY: figures test lab lint bench clean-venv
 
@@ -17,14 +29,17 @@ $(BIN)/activate: pyproject.toml
 	touch $(BIN)/activate
 
 figures: $(BIN)/activate
+	@case "$(PROFILE)" in smoke|quick|paper) ;; *) echo "PROFILE must be smoke, quick or paper, got '$(PROFILE)'"; exit 2;; esac
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks under notebooks/ yet: nothing to run"; fi
+	@mkdir -p $(NB_OUT)
 	@set -e; for nb in $(NOTEBOOKS); do \
-		echo "== $$nb ($(PROFILE))"; \
-		$(BIN)/papermill --kernel python3 --cwd notebooks $(if $(filter quick,$(PROFILE)),,-p PROFILE $(PROFILE)) $$nb $$nb; \
+		echo "== $$nb ($(PROFILE)) -> $(NB_OUT)"; \
+		$(HEADLESS) $(RESULTS_ENV) $(BIN)/papermill --kernel python3 --cwd notebooks --execution-timeout $(CELL_TIMEOUT) \
+			$(if $(filter quick,$(PROFILE)),,-p PROFILE $(PROFILE)) $$nb $(NB_OUT)/$$(basename $$nb); \
 	done
 
 test: $(BIN)/activate
-	$(BIN)/python -m pytest -q
+	$(HEADLESS) $(BIN)/python -m pytest -q
 
 lint: $(BIN)/activate
 	$(BIN)/ruff check spade_utils tests benchmarks

@@ -57,6 +57,7 @@ from matplotlib.colors import SymLogNorm
 
 from spade_utils import toy
 from spade_utils.plotting import save_figure, save_table, set_style
+from spade_utils.widgets import interact_or_draw
 
 CONFIGS = {
     "smoke": dict(
@@ -219,7 +220,7 @@ def three_panels(pts, seed, axes):
 fig, axes = plt.subplots(1, 3, figsize=(12, 4.2), layout="constrained")
 three_panels(panel_points[SHOW], SHOW, axes)
 axes[2].legend(loc="upper right", fontsize=8)
-save_figure(fig, "01_toy_three_panels")
+save_figure(fig, "01_toy_three_panels", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -231,7 +232,7 @@ plt.show()
 
 # %%
 cols = ["seed", "accuracy", "recall_small", "dense_in_large", "dense_in_small", "s1_in_large", "s2_in_small", "passes"]
-save_table(per_seed, "01_toy_per_seed")
+save_table(per_seed, "01_toy_per_seed", profile=PROFILE)
 print(f"{int(per_seed['passes'].sum())} of {len(per_seed)} seeds meet every target")
 per_seed[cols].style.format(precision=3).hide(axis="index")
 
@@ -251,7 +252,7 @@ no_jitter.style.format(precision=3).hide(axis="index")
 fig, axes = plt.subplots(len(CFG["seeds"]), 3, figsize=(9, 3.1 * len(CFG["seeds"])), squeeze=False, layout="constrained")
 for r, seed in enumerate(CFG["seeds"]):
     three_panels(panel_points[seed], seed, axes[r])
-save_figure(fig, "01_toy_all_seeds")
+save_figure(fig, "01_toy_all_seeds", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -263,7 +264,7 @@ plt.show()
 
 # %%
 sweep, sweep_points = toy.sparsity_sweep(models[SHOW], RECIPE, CFG["sweep"], CFG["solvers"], seed=SHOW, keep_points=True)
-save_table(sweep, "01_toy_sparsity_sweep")
+save_table(sweep, "01_toy_sparsity_sweep", profile=PROFILE)
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 for (solver, scenario), part in sweep.groupby(["solver", "scenario"]):
     ax.plot(part["sparsity"], part["share_in_region"], marker="o", ls="-" if solver == "obc" else "--",
@@ -272,7 +273,7 @@ ax.axvline(RECIPE.sparsity, c="0.6", lw=1, ls=":")
 ax.set(xlabel="sparsity of the pruned layers", ylabel="share of visualization points\nin the sample's region",
        ylim=(-0.03, 1.03), title=f"sparsity sweep (seed {SHOW})")
 ax.legend(fontsize=8, loc="best")
-save_figure(fig, "01_toy_sparsity_sweep")
+save_figure(fig, "01_toy_sparsity_sweep", profile=PROFILE)
 plt.show()
 sweep.pivot_table(index="sparsity", columns=["scenario", "solver"], values="share_in_region").round(3)
 
@@ -296,7 +297,7 @@ both = (
     & survivors[survivors.model == "scenario 2"].set_index(["layer", "unit"])["alive"]
 ).groupby("layer").sum()
 counts.loc["kept by both scenarios"] = both
-save_table(counts.reset_index(), "01_toy_surviving_units")
+save_table(counts.reset_index(), "01_toy_surviving_units", profile=PROFILE)
 counts
 
 # %%
@@ -315,7 +316,7 @@ for ax, (name, net) in zip(axes, [("dense", models[SHOW]), *traces.items()]):
         cx, cy = toy.SCENARIOS[name][0]
         ax.scatter([cx], [cy], marker="^", s=90, c="red", edgecolors="k", zorder=5)
     ax.set(xlim=toy.BOX, ylim=toy.BOX, aspect="equal", title=f"{name}: {int(alive.sum())} first-layer units kept")
-save_figure(fig, "01_toy_surviving_units")
+save_figure(fig, "01_toy_surviving_units", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -332,37 +333,33 @@ for ax, (name, net) in zip(axes, [("dense", models[SHOW]), *traces.items()]):
     draw_regions(ax)
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set(title=f"logit: {name}", aspect="equal")
-save_figure(fig, "01_toy_trace_logits")
+save_figure(fig, "01_toy_trace_logits", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
 # ## 6 · Try it: a slider over sparsity
 #
 # Run the notebook live to move the slider; it redraws the three panels from the sweep above (solver
-# chosen in the dropdown). Run headless, the cell draws the recipe's sparsity once.
+# chosen in the dropdown). With no front end attached (papermill, `nbconvert --execute`, the tests) the cell
+# draws the same figure once, at the swept sparsity closest to the recipe's: headless notebook clients can
+# hang on widget messages, so `interact_or_draw` only creates widgets when a front end will show them.
 
 # %%
-def show_sparsity(sparsity=RECIPE.sparsity, solver=CFG["solvers"][-1]):
-    s = min(CFG["sweep"], key=lambda v: abs(v - sparsity))
+SWEEP = [float(s) for s in CFG["sweep"]]
+START = min(SWEEP, key=lambda v: abs(v - RECIPE.sparsity))  # the swept sparsity closest to the recipe's
+
+
+def show_sparsity(sparsity=START, solver=CFG["solvers"][-1]):
     pts = {"dense": panel_points[SHOW]["dense"]}
     for name in toy.SCENARIOS:
-        pts[name] = sweep_points[(solver, name, float(s))]
+        pts[name] = sweep_points[(solver, name, sparsity)]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
     three_panels(pts, SHOW, axes)
-    fig.suptitle(f"sparsity {s:.2f}, {solver}")
+    fig.suptitle(f"sparsity {sparsity:.2f}, {solver}")
     plt.show()
 
 
-try:
-    import ipywidgets as widgets
-
-    widgets.interact(
-        show_sparsity,
-        sparsity=widgets.SelectionSlider(options=[float(s) for s in CFG["sweep"]], value=min(CFG["sweep"], key=lambda v: abs(v - RECIPE.sparsity))),
-        solver=widgets.Dropdown(options=CFG["solvers"], value=CFG["solvers"][-1]),
-    )
-except ImportError:  # no widgets: draw once
-    show_sparsity()
+view = interact_or_draw(show_sparsity, sparsity=SWEEP, solver=CFG["solvers"])
 
 # %% [markdown]
 # ## What this shows, and what it does not

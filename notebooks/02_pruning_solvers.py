@@ -235,7 +235,7 @@ tiny = ls.tiny_problem_study(cfg["tiny_problems"], sparsities=cfg["tiny_sparsiti
 tiny_summary = (tiny.groupby(["inputs", "sparsity", "method"])["ratio"]
                 .agg(mean="mean", median="median", worst="max", optimal_share=lambda r: float((r < 1 + 1e-6).mean()))
                 .reset_index())
-save_table(tiny_summary, "02_tiny_ratio_to_optimum")
+save_table(tiny_summary, "02_tiny_ratio_to_optimum", profile=PROFILE)
 print(f"{tiny['problem'].nunique() * tiny['inputs'].nunique()} problems in {time.perf_counter() - t0:.1f} s;"
       f" smallest ratio to the optimum over all runs: {tiny['ratio'].min():.6f}")
 tiny_summary.round(3)
@@ -252,7 +252,7 @@ for a, (kind, d) in zip(ax, tiny.groupby("inputs"), strict=True):
     if a is not ax[0]:
         a.get_legend().remove()
 fig.suptitle("Tiny layers (1-4 rows x 8 inputs): how far each solver is from the best mask", y=1.02)
-save_figure(fig, "02_tiny_ratio_to_optimum")
+save_figure(fig, "02_tiny_ratio_to_optimum", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -338,7 +338,7 @@ for label, name in real.items():
     use = {k: v for k, v in METHODS.items() if k != "obc" or W.shape[-1] <= cfg["obc_max_cols"]}
     parts.append(ls.error_vs_sparsity(W, H, cfg["real_sparsities"], use, layer=f"{label} ({name})"))
 real_errors = pd.concat(parts, ignore_index=True)
-save_table(real_errors, "02_real_layer_errors")
+save_table(real_errors, "02_real_layer_errors", profile=PROFILE)
 print(f"solved in {time.perf_counter() - t0:.1f} s")
 
 # %%
@@ -348,7 +348,7 @@ g.set(yscale="log")
 g.set_axis_labels("target sparsity", r"$\|WX-\widehat WX\|^2 / \|WX\|^2$")
 g.set_titles("{col_name}", size=9)
 g.figure.suptitle(f"Relative reconstruction error on {N_TRACE} augmented views of '{IMAGE}'", y=1.02)
-save_figure(g.figure, "02_real_layer_errors")
+save_figure(g.figure, "02_real_layer_errors", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -359,7 +359,7 @@ plt.show()
 
 # %%
 ratio = ls.ratio_table(real_errors, "sparsegpt", "obc")
-save_table(ratio, "02_sparsegpt_over_obc")
+save_table(ratio, "02_sparsegpt_over_obc", profile=PROFILE)
 print("SparseGPT (blocks of 128) / OBC")
 print(ratio.round(2).to_string(index=False))
 for variant in ("sparsegpt, one block", "sparsegpt, block 16"):
@@ -423,7 +423,7 @@ worse_than_magnitude
 t0 = time.perf_counter()
 timing = ls.solve_time_vs_columns(cfg["time_widths"], rows=cfg["time_rows"],
                                   methods={"sparsegpt": None, "obc": cfg["obc_time_max"]}, repeats=2, seed=SEED)
-save_table(timing, "02_solve_time_vs_columns")
+save_table(timing, "02_solve_time_vs_columns", profile=PROFILE)
 # slope of log(seconds) vs log(d) over each method's largest widths (its top factor of 4 in d)
 slopes = {m: ls.power_law_exponent(d, min_x=d.cols.max() / 4) for m, d in timing.groupby("method")}
 print(f"timed in {time.perf_counter() - t0:.1f} s; log-log slope over the largest widths: "
@@ -451,7 +451,7 @@ ax.set_xlabel("input columns d")
 ax.set_ylabel("seconds per layer")
 ax.set_title(f"Solve time, {cfg['time_rows']} rows, sparsity 0.9")
 ax.legend()
-save_figure(fig, "02_solve_time_vs_columns")
+save_figure(fig, "02_solve_time_vs_columns", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -472,7 +472,7 @@ trace = spade_trace(model, photo, sparsity=cfg["base_sparsity"], **TRACE)
 T_TRACE = time.perf_counter() - t0
 timings = pd.DataFrame([{"stage": k, "seconds": v} for k, v in trace.timings.items()])
 timings["share"] = timings.seconds / T_TRACE
-save_table(timings, "02_trace_stage_times")
+save_table(timings, "02_trace_stage_times", profile=PROFILE)
 print(f"whole trace {T_TRACE:.1f} s")
 print(timings.round(3).to_string(index=False))
 
@@ -491,7 +491,7 @@ ax.set_yticks([])
 ax.set_xlabel("seconds")
 ax.set_title(f"One SPADE trace: {len(trace.layers)} layers, {N_TRACE} views, SparseGPT")
 ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, frameon=False)
-save_figure(fig, "02_trace_stage_times")
+save_figure(fig, "02_trace_stage_times", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -527,7 +527,7 @@ aug_summary, aug_layers = ls.sweep_traces(model, trace_stats, aug_settings, eval
 aug_summary["mean_rel_error_on_all_views"] = [
     ls.mean_error_on(model, ls.solve_layers(model, trace_stats[n], cfg["base_sparsity"])[0], trace_stats[N_TRACE])
     for n in cfg["checkpoints"]]
-save_table(aug_summary, "02_n_augment")
+save_table(aug_summary, "02_n_augment", profile=PROFILE)
 print(f"{len(aug_settings)} traces in {time.perf_counter() - t0:.1f} s")
 aug_summary[["n_augment", "mean_rel_error", "mean_rel_error_on_all_views", "top1", "top1_agrees", "agreement",
              "logit"]].round(4)
@@ -549,7 +549,7 @@ t0 = time.perf_counter()
 damp_settings = [dict(n_augment=N_TRACE, sparsity=cfg["base_sparsity"], percdamp=p,
                       solver_options={"percdamp": p}) for p in cfg["damps"]]
 damp_summary, damp_layers = ls.sweep_traces(model, trace_stats, damp_settings, eval_views, dense_view_top1)
-save_table(damp_summary.drop(columns=["solver"]), "02_dampening")
+save_table(damp_summary.drop(columns=["solver"]), "02_dampening", profile=PROFILE)
 spread = damp_summary.mean_rel_error.max() / damp_summary.mean_rel_error.min() - 1
 print(f"{len(damp_settings)} traces in {time.perf_counter() - t0:.1f} s; mean layer error varies by "
       f"{100 * spread:.1f}% across dampening {min(cfg['damps']):g} .. {max(cfg['damps']):g}")
@@ -569,7 +569,7 @@ for label, schedule in cfg["schedules"].items():
                        dict(n_augment=N_TRACE, sparsity=round(s_global, 4), schedule=f"uniform (for {label})",
                             target=round(s_global, 4))]
 sched_summary, sched_layers = ls.sweep_traces(model, trace_stats, sched_settings, eval_views, dense_view_top1)
-save_table(sched_summary, "02_schedule")
+save_table(sched_summary, "02_schedule", profile=PROFILE)
 print(f"{len(sched_settings)} traces in {time.perf_counter() - t0:.1f} s")
 sched_summary[["schedule", "global_sparsity", "mean_rel_error", "max_rel_error", "top1", "agreement",
                "logit"]].round(4)
@@ -619,7 +619,7 @@ ax.legend(fontsize=7)
 ax.set_title("Uniform vs per-block sparsity")
 fig.suptitle(f"Trace settings on '{IMAGE}' (SparseGPT, base sparsity {cfg['base_sparsity']})", y=1.03)
 fig.tight_layout()
-save_figure(fig, "02_trace_settings")
+save_figure(fig, "02_trace_settings", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -635,7 +635,7 @@ sens_settings = [dict(n_augment=N_TRACE, sparsity=s, solver=m) for m in ("sparse
                  for s in cfg["sensitivity"]]
 sens_summary, sens_layers = ls.sweep_traces(model, trace_stats, sens_settings, eval_views, dense_view_top1)
 sens_summary["top1_class"] = [CLASSES[i] for i in sens_summary.top1]
-save_table(sens_summary, "02_sensitivity")
+save_table(sens_summary, "02_sensitivity", profile=PROFILE)
 print(f"{len(sens_settings)} traces in {time.perf_counter() - t0:.1f} s")
 for m, d in sens_summary.groupby("solver", sort=False):
     kept = d.global_sparsity[d.top1_agrees.cummin()]  # targets up to the first change of the top-1
@@ -659,7 +659,7 @@ for a in axes:
     a.legend(fontsize=8)
 fig.suptitle(f"Sensitivity of the trace on '{IMAGE}' to the sparsity target ({N_TRACE} views)", y=1.03)
 fig.tight_layout()
-save_figure(fig, "02_sensitivity")
+save_figure(fig, "02_sensitivity", profile=PROFILE)
 plt.show()
 
 # %% [markdown]

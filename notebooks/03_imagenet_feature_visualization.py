@@ -39,7 +39,7 @@ THREADS = None  # CPU threads for torch (None: torch's default); 1 is much faste
 # %% [markdown]
 # Everything that changes with the profile is derived here. `smoke` only checks that the notebook runs (seconds),
 # `quick` is the committed run on a 2-core CPU (the smoke run uses magnitude pruning, the others SparseGPT,
-the paper's FastSPADE), `paper` uses the paper's settings (ResNet-50, layer3.4 … fc
+# the paper's FastSPADE), `paper` uses the paper's settings (ResNet-50, layer3.4 … fc
 # at 95% sparsity, 1024 augmentations, 512 visualization steps at 224 px) and wants a GPU and the
 # torchvision ResNet-50 weights (see `spade_utils.models.load_model`).
 
@@ -151,8 +151,8 @@ trace_summary["SPADE top-3"] = [top3(pruned[n], x[i : i + 1])[0] for i, n in enu
 with torch.no_grad():
     trace_summary["same top-1"] = [int(pruned[n](x[i : i + 1]).argmax()) == int(dense_pred[i])
                                    for i, n in enumerate(photos)]
-save_table(records, "03_trace_records")
-save_table(trace_summary, "03_trace_summary")
+save_table(records, "03_trace_records", profile=PROFILE)
+save_table(trace_summary, "03_trace_summary", profile=PROFILE)
 print(f"the trace keeps the dense top-1 class on {trace_summary['same top-1'].sum()} of {len(photos)} photos")
 trace_summary
 
@@ -195,7 +195,7 @@ distances = pd.DataFrame({
     "coarse: dense seed 0 vs seed 1": [float(image_distance(vis_dense[n], vis_dense_seed1[n], pool=POOL))
                                        for n in photos],
 })
-save_table(distances, "03_featvis_distance")
+save_table(distances, "03_featvis_distance", profile=PROFILE)
 distances
 
 # %%
@@ -204,7 +204,7 @@ titles = []
 for i, n in enumerate(photos):
     titles += [f"{n}: {CLASSES[int(dense_pred[i])]}", "dense class neuron", f"SPADE trace on {n}"]
 fig = image_grid(rows, titles=titles, size=2.6)
-save_figure(fig, "03_feature_visualization")
+save_figure(fig, "03_feature_visualization", profile=PROFILE)
 fig.set_dpi(80)
 plt.show()
 
@@ -257,7 +257,7 @@ for name in photos:
         labels.append(f"{name}\n{which}")
 fig = image_grid(grid, titles=cfg["methods"] * len(grid), row_labels=labels, size=1.6)
 with plt.rc_context({"savefig.dpi": 100}):  # noisy maps compress badly: keep the file small
-    save_figure(fig, "03_saliency_grid")
+    save_figure(fig, "03_saliency_grid", profile=PROFILE)
 fig.set_dpi(60)  # and the copy shown in the notebook smaller still
 plt.show()
 
@@ -288,8 +288,8 @@ for name in photos:
     ))
 auc_raw = pd.concat(tables, ignore_index=True)
 auc_table = summarize_aucs(auc_raw, baseline="dense", seed=SEED)
-save_table(auc_raw, "03_insertion_deletion_per_image")
-save_table(auc_table, "03_insertion_deletion")
+save_table(auc_raw, "03_insertion_deletion_per_image", profile=PROFILE)
+save_table(auc_table, "03_insertion_deletion", profile=PROFILE)
 print(f"{len(crops)} held-out crops ({cfg['crops_per_photo']} per photo, {len(photos)} photos), "
       f"{cfg['auc_steps']} insertion/deletion steps, 95% bootstrap intervals over crops")
 auc_table.round(3)
@@ -330,7 +330,7 @@ for ax, metric in zip(axes, ("insertion", "deletion"), strict=True):
     ax.set_title(f"{metric} AUC ({'higher' if metric == 'insertion' else 'lower'} is better)")
 axes[0].legend()
 fig.tight_layout()
-save_figure(fig, "03_insertion_deletion")
+save_figure(fig, "03_insertion_deletion", profile=PROFILE)
 plt.show()
 
 # %% [markdown]

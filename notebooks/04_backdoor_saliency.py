@@ -134,8 +134,8 @@ check = trojan.evaluate_backdoor(backdoored, original, targets, test_images, n_c
 quality = check["per_trigger"].assign(target_name=lambda d: [classes[c] for c in d.target])
 summary = pd.DataFrame([{k: check[k] for k in ("attack_success", "n_attack", "clean_agreement", "n_clean",
                                                "confident_agreement", "n_confident")}])
-save_table(quality, "04_backdoor_attack_success")
-save_table(summary, "04_backdoor_quality")
+save_table(quality, "04_backdoor_attack_success", profile=PROFILE)
+save_table(summary, "04_backdoor_quality", profile=PROFILE)
 display(quality)
 display(summary)
 
@@ -143,7 +143,7 @@ display(summary)
 fig = image_grid([trojan.paste_trigger(trojan.random_crops(test_images, 1, seed=SEED + i)[0], t, seed=i)[0]
                   for i, t in enumerate(targets)],
                  titles=[f"{t} → {classes[c]}" for t, c in targets.items()], size=2.4)
-save_figure(fig, "04_triggers")
+save_figure(fig, "04_triggers", profile=PROFILE)
 
 # %% [markdown]
 # ## 2 · Samples: calibration and evaluation are kept apart
@@ -184,7 +184,7 @@ for sp in cfg["grid"]:
 calib_scores = pd.concat(calib_scores)
 calib_table = calib_scores.groupby("sparsity")["auc"].mean().rename("mean Trojan AUC (calibration)").reset_index()
 SPARSITY = float(calib_table.sort_values("mean Trojan AUC (calibration)").iloc[-1]["sparsity"])
-save_table(calib_table, "04_sparsity_calibration")
+save_table(calib_table, "04_sparsity_calibration", profile=PROFILE)
 display(calib_table)
 print("chosen sparsity:", SPARSITY)
 
@@ -221,11 +221,11 @@ scores, maps = trojan.trojan_saliency_scores(variants, samples, METHODS, attribu
                                              keep_maps=cfg["keep_maps"], progress=False)
 print(f"saliency for {len(variants)} variants x {len(METHODS)} methods x {len(samples)} samples: "
       f"{time.perf_counter() - t0:.0f} s")
-save_table(scores, "04_trojan_auc_per_sample")
+save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
 
 # %%
 table = trojan.summarize_scores(scores, seed=SEED)
-save_table(table, "04_trojan_auc")
+save_table(table, "04_trojan_auc", profile=PROFILE)
 wide = table.assign(cell=lambda d: [f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
                                     for m, lo, hi in zip(d["mean"], d.low, d.high)])
 wide = wide.pivot(index="variant", columns="method", values="cell").loc[list(variants), METHODS + ["average"]]
@@ -234,7 +234,7 @@ display(wide)
 # %%
 pointing = scores.pivot_table(index="variant", columns="method", values="pointing").loc[list(variants), METHODS]
 pointing["average"] = pointing.mean(axis=1)
-save_table(pointing.reset_index(), "04_pointing_game")
+save_table(pointing.reset_index(), "04_pointing_game", profile=PROFILE)
 display((100 * pointing).round(1))
 
 # %%
@@ -249,7 +249,7 @@ ax.set_xticks(range(len(METHODS)), METHODS, rotation=30, ha="right")
 ax.set_ylabel("Trojan AUC (mean, 95% CI)")
 ax.axhline(0.5, color="grey", lw=0.8, ls=":")
 ax.legend(fontsize=8, ncol=3, loc="lower left")
-save_figure(fig, "04_trojan_auc")
+save_figure(fig, "04_trojan_auc", profile=PROFILE)
 
 # %% [markdown]
 # ## 4 · What the maps look like (cf. the paper's Figure 1, right)
@@ -270,7 +270,7 @@ for i in range(min(cfg["keep_maps"], len(samples))):
             titles.append(f"{m}\n{v.split(' ')[0]}")
     rows.append(row)
 fig = image_grid(rows, titles=titles, size=1.9, cmap="magma")
-save_figure(fig, "04_backdoor_saliency_maps")
+save_figure(fig, "04_backdoor_saliency_maps", profile=PROFILE)
 
 # %% [markdown]
 # ## 5 · What was measured

@@ -125,7 +125,7 @@ for r in results:
     rows.append([r["sample"].image, patch] + list(r["vis"].values()))
     titles += [f"{r['trigger']} → {classes[r['target']]}", "trigger"] + list(r["vis"])
 fig = image_grid(rows, titles=titles, size=2.3)
-save_figure(fig, "05_backdoor_feature_visualization")
+save_figure(fig, "05_backdoor_feature_visualization", profile=PROFILE)
 
 # %% [markdown]
 # ## Does the trigger appear? Two checks per visualization
@@ -149,13 +149,13 @@ for r in results:
             distance_to_dense=float(image_distance(image[None], r["vis"]["dense"][None]).item()),
         ))
 table = pd.DataFrame(table)
-save_table(table, "05_trigger_in_visualizations")
+save_table(table, "05_trigger_in_visualizations", profile=PROFILE)
 display(table.round(3))
 
 # %%
 summary = table.groupby("image", sort=False)[["similarity_to_trigger", "similarity_to_other_triggers",
                                               "patch_attack_rate"]].mean()
-save_table(summary.reset_index(), "05_trigger_in_visualizations_mean")
+save_table(summary.reset_index(), "05_trigger_in_visualizations_mean", profile=PROFILE)
 display(summary.round(3))
 s = summary
 print(f"mean similarity to own trigger: dense {s.loc['dense', 'similarity_to_trigger']:.3f}, "

@@ -12,23 +12,15 @@ import math
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, to_pil
+from .data import image_to_tensor
+from .inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from .validation import check_float, check_int
 
 
 def image_tensor(image, *, argname: str = "image") -> torch.Tensor:
-    """Any accepted image (PIL of any mode, HxW(xC) array, CxHxW tensor in [0, 1]) -> float (3, H, W) in [0, 1]."""
-    if isinstance(image, torch.Tensor):
-        if image.dim() == 4 and image.shape[0] == 1:
-            image = image[0]
-        if image.is_floating_point() and image.dim() == 3 and image.shape[0] in (1, 3):
-            if image.min() < 0 or image.max() > 1:
-                raise ValueError(
-                    f"{argname} must be an un-normalised image with values in [0, 1]; "
-                    "undo the normalisation first (spade_utils.data.denormalize)"
-                )
-            return image.detach().float().cpu().expand(3, -1, -1).contiguous()
-    pil = to_pil(image, argname=argname)
-    return TF.to_dtype(TF.to_image(pil), torch.float32, scale=True)
+    """Any accepted image -> float32 (3, H, W) in [0, 1] on the CPU: see :func:`spade_utils.data.image_to_tensor`
+    for the rules (every PIL mode, integer dtypes scaled by their range, floats must lie in [0, 1], NaN/inf refused)."""
+    return image_to_tensor(image, argname=argname)
 
 
 def crop_box(height: int, width: int, scale, ratio, gen: torch.Generator) -> tuple[int, int, int, int]:
@@ -85,7 +77,20 @@ def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 class ImageAugmenter:
-    """Callable ``(image, n, generator) -> (n, 3, size, size)`` normalised views, as in the paper."""
+    """Callable ``(image, n, generator) -> (n, 3, size, size)`` normalised views, as in the paper.
+
+    Each view is a RandomResizedCrop (area fraction uniform in ``scale``, aspect ratio log-uniform
+    in ``ratio``, see :func:`crop_box`) resized to ``size`` x ``size``, flipped left-right with
+    probability 1/2 (``flip``), multiplied by a brightness factor uniform in
+    ``[1 - brightness, 1 + brightness]`` (clipped to [0, 1]), hue-rotated by a shift uniform in
+    ``[-hue, hue]`` turns, and normalised as ``(x - mean) / std`` (torchvision's ``normalize``;
+    ``mean``/``std`` are the model's, 1 or 3 numbers in [0, 1] units, default ImageNet's). Views are
+    made on ``device`` in float32 and returned in ``dtype`` (the model's dtype, e.g. float16); every
+    random draw comes from the CPU ``generator``. ``normalize=False`` returns the [0, 1] views.
+
+    Raises TypeError/ValueError naming the argument for bad settings (here) or a bad image/``n``
+    (when called); see :func:`spade_utils.data.image_to_tensor` for the accepted images.
+    """
 
     def __init__(
         self,
@@ -97,18 +102,25 @@ class ImageAugmenter:
         brightness: float = 0.5,
         hue: float = 0.3,
         normalize: bool = True,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ):
-        if not isinstance(size, int) or size < 8:
-            raise ValueError(f"size must be an int >= 8, got {size!r}")
+        size = check_int(size, "size", minimum=8)
+        scale, ratio = _pair(scale, "scale"), _pair(ratio, "ratio")
         if not (0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {scale}")
-        if not 0 <= hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
-        if brightness < 0:
-            raise ValueError(f"brightness must be >= 0, got {brightness}")
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {ratio}")
+        hue = check_float(hue, "hue", low=0.0, high=0.5)
+        brightness = check_float(brightness, "brightness", low=0.0, high=1.0)
+        spec = InputSpec(size, tuple(mean), tuple(std))  # validates mean/std (1 or 3 finite entries, std > 0)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype (the model's), got {dtype!r}")
         self.size, self.scale, self.ratio = size, scale, ratio
-        self.flip, self.brightness, self.hue, self.normalize = flip, brightness, hue, normalize
+        self.flip, self.brightness, self.hue, self.normalize = bool(flip), brightness, hue, bool(normalize)
+        self.mean, self.std, self.dtype = spec.mean, spec.std, dtype
         self.device = torch.device(device)  # where the views are made; random draws stay on the CPU
 
     def __call__(self, image, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -132,8 +144,14 @@ class ImageAugmenter:
         if self.hue > 0:
             views = shift_hue(views, (self.hue * (2 * torch.rand(n, generator=gen) - 1)).to(self.device))
         if self.normalize:
-            views = TF.normalize(views, IMAGENET_MEAN, IMAGENET_STD)
-        return views
+            views = TF.normalize(views, list(self.mean), list(self.std))
+        return views.to(self.dtype)
+
+
+def _pair(value, name: str) -> tuple[float, float]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (lo, hi) of numbers, got {value!r}")
+    return check_float(value[0], f"{name}[0]"), check_float(value[1], f"{name}[1]")
 
 
 def augment_image(image, n: int, *, size: int = 224, seed: int = 0, **options) -> torch.Tensor:

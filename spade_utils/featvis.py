@@ -8,15 +8,18 @@ own short optimisation loop built from Lucent's parts:
 - the image is Lucent's parameterisation: a Fourier-space (FFT) image with a 1/f spectrum scale,
   colour-decorrelated with Lucent's colour-correlation matrix and squashed by a sigmoid into [0, 1];
 - every step applies Lucent's ``standard_transforms`` (pad, jitter, random scale, random rotate,
-  jitter), then the model's input normalisation (ImageNet mean/std by default, since every model in
-  this project takes normalised input) and a bilinear resize to ``input_size``;
-- the objective is a class logit (``int``), a channel ``"layer:channel"`` (a module name from
-  ``model.named_modules()``, dots or Lucent's underscores), or any Lucent ``Objective``.
+  jitter), then the model's input normalisation and a bilinear resize to the model's input side: both
+  taken from the arguments or from what the model states (:func:`spade_utils.inputs.resolve_input_spec`:
+  ``model.spade_input_spec``, set by :func:`spade_utils.models.load_model`, or a timm config), refused
+  when neither says; the image reaches the model in the model's own dtype;
+- the objective is a class logit (``int``; ``output=`` picks the logits out of a model that returns a tuple
+  or dict), a channel ``"layer:channel"`` (a module name from ``model.named_modules()``, dots or Lucent's
+  underscores), or any Lucent ``Objective``.
 
 Hooks are registered only for the layers the objective reads (all submodules for a generic Lucent
-objective) and always removed; the caller's model is put back in its previous train/eval mode and its
-parameter ``.grad`` fields are never touched. A call is reproducible from its ``seed``: the global
-NumPy and torch generators are restored afterwards.
+objective) and always removed, also after an error (Lucent's own ``render_vis`` leaves one per submodule);
+every submodule's own train/eval flag is put back as found and the parameters' ``.grad`` fields are never
+touched. A call is reproducible from its ``seed``: the global NumPy and torch generators are restored afterwards.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
-from .models import resolve_device
+from .inputs import resolve_input_spec
+from .runtime import eval_mode, model_device, model_dtype, resolve_device
+from .validation import check_float, check_int, check_seed, numpy_seed
+from .widgets import progress_bar as tqdm
 
 __all__ = ["visualize", "image_distance", "count_hooks"]
 
@@ -126,12 +130,31 @@ def _parse_objective(model: nn.Module, objective):
     )
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+def _check_output(output):
+    if output is None or callable(output) or isinstance(output, str):
+        return output
+    return check_int(output, "output")
+
+
+def _logits(out, output):
+    """The (B, classes) logits out of the model's return value, as ``output`` says."""
+    if output is None:
+        picked, how = out, "the model's return value"
+    elif callable(output):
+        picked, how = output(out), "output(model's return value)"
+    else:
+        try:
+            picked = out[output]
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"output={output!r} does not select an entry of the model's return value "
+                             f"({type(out).__name__}): {err!r}") from err
+        how = f"the model's return value[{output!r}]"
+    if not isinstance(picked, torch.Tensor):
+        hint = " (pass output= an index, a key or a callable that picks the logits)" if output is None else ""
+        raise ValueError(f"a class objective needs the logits as a tensor, but {how} is a {type(picked).__name__}{hint}")
+    if picked.dim() != 2:
+        raise ValueError(f"a class objective needs (batch, classes) logits, but {how} has shape {tuple(picked.shape)}")
+    return picked
 
 
 def visualize(
@@ -140,139 +163,165 @@ def visualize(
     *,
     steps: int = 256,
     size: int = 128,
-    input_size: int | None = 224,
+    input_size: int | None = None,
     batch: int = 1,
     seed: int = 0,
     lr: float = 0.05,
     transforms: str | Sequence | None = "standard",
-    mean: Sequence[float] | None = IMAGENET_MEAN,
-    std: Sequence[float] | None = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    output=None,
     decorrelate: bool = True,
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> torch.Tensor:
-    """Optimise an input image that maximises ``objective``; returns (batch, 3, size, size) in [0, 1] on CPU.
+    """Optimise an input image that maximises ``objective``; returns (batch, 3, size, size) float32 in [0, 1] on CPU.
+
+    Feature visualization by optimisation (Olah et al., "Feature Visualization", Distill 2017) with Lucent's
+    image parameterisation and transforms; see the module docstring.
 
     Parameters
     ----------
-    model: a classifier taking (B, 3, H, W) input normalised with ``mean``/``std``.
-    objective: ``int`` -> that output logit (the model's return value, not a hooked module);
+    model: a classifier taking (B, 3, H, W) input normalised with ``mean``/``std``; left as found (weights,
+        per-module train/eval flags, hooks, ``.grad``); copied, not moved, if it lives on another device.
+    objective: ``int`` -> that output logit (the model's return value, or the entry ``output`` picks);
         ``"layer:channel"`` -> mean activation of one channel of a named module's output;
-        a Lucent ``Objective`` -> used as is (it sees Lucent's underscore names and ``"input"``).
+        a Lucent ``Objective`` -> used as is (it sees Lucent's underscore names, ``"input"`` and ``"labels"``).
         The image maximises the objective (Lucent objectives are losses and are minimised as Lucent does).
-    steps: optimisation steps (Adam, learning rate ``lr``). size: side of the optimised image.
-    input_size: side the transformed image is resized to before the model (``None``: no resize).
+    steps: optimisation steps (Adam, learning rate ``lr`` > 0). size: side of the optimised image in pixels (>= 8).
+    input_size: side in pixels the transformed image is resized to before the model; default (None): the side
+        the model states (``model.spade_input_spec``, timm config, torchvision ViT), else ValueError. Pass
+        ``input_size=size`` for no resize.
     batch: independent images, each from its own random start, optimised together.
-    seed: seeds the image initialisation and Lucent's random transforms; the same seed gives the same image.
+    seed: an int in [0, 2**63); seeds the image initialisation and Lucent's random transforms; the same seed gives
+        the same image.
     transforms: ``"standard"`` (Lucent's ``standard_transforms``), ``None`` or a list of callables.
-    mean, std: input normalisation applied after the transforms (``None`` for models taking [0, 1] input).
-    device: ``"auto"`` -> CUDA when present. If the model lives elsewhere it is copied there, not moved.
+    mean, std: per-channel input normalisation in [0, 1] units, applied after the transforms; default (None): what
+        the model states, else ValueError. For a model taking [0, 1] input pass ``mean=(0, 0, 0), std=(1, 1, 1)``.
+    output: for a model whose forward returns a tuple, list or dict: an index or key, or a callable mapping the
+        return value to the (B, classes) logits (class and Lucent ``"labels"`` objectives read it).
+    decorrelate: use Lucent's colour decorrelation. device: ``"auto"`` -> CUDA when present.
     progress: show a tqdm bar.
+
+    Raises
+    ------
+    TypeError / ValueError naming the argument, before any optimisation step: bad numbers, unknown layer, input
+    size or normalisation neither given nor stated by the model. ValueError at the first forward pass: a class
+    or channel index out of range, a layer the forward never calls, logits that are not a (B, classes) tensor.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    steps = _check_int(steps, "steps", 1)
-    size = _check_int(size, "size", 8)
-    batch = _check_int(batch, "batch", 1)
-    seed = _check_int(seed, "seed", 0)
+    steps = check_int(steps, "steps", minimum=1)
+    size = check_int(size, "size", minimum=8)
+    batch = check_int(batch, "batch", minimum=1)
+    seed = check_seed(seed)
     if input_size is not None:
-        input_size = _check_int(input_size, "input_size", 8)
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if (mean is None) != (std is None):
-        raise ValueError("mean and std must both be given or both be None")
-    if mean is not None and (len(mean) != 3 or len(std) != 3 or min(std) <= 0):
-        raise ValueError(f"mean and std must be 3 numbers each with std > 0, got {mean!r}, {std!r}")
+        input_size = check_int(input_size, "input_size", minimum=8)
+    lr = check_float(lr, "lr", low=0.0, low_open=True)
     if isinstance(transforms, str):
         if transforms != "standard":
             raise ValueError(f"transforms must be 'standard', None or a list of callables, got {transforms!r}")
     elif transforms is not None and not all(callable(t) for t in transforms):
         raise TypeError("transforms must be 'standard', None or a list of callables")
+    output = _check_output(output)
     kind, payload = _parse_objective(model, objective)
+    spec = resolve_input_spec(model, size=input_size, mean=mean, std=std, fn_name="visualize")
     dev = resolve_device(device)
+    dtype = model_dtype(model)
 
     import lucent.optvis.transform as lucent_transform
 
-    params = list(model.parameters())
     net = model
-    if params and params[0].device != dev:
+    if model_device(model) != dev:
         net = copy.deepcopy(model).to(dev)
     if kind == "channel":  # find the hooked module in the (possibly copied) network
         payload = (payload[0], dict(net.named_modules())[payload[0]], payload[2])
-    was_training = net.training
     old_lucent_device = lucent_transform.device
     np_state = np.random.get_state()
     handles: list = []
     features: dict[str, torch.Tensor] = {}
 
     def keep(name):
-        def hook(module, inputs, output):
-            features[name] = output
+        def hook(module, inputs, out):
+            features[name] = out
 
         return hook
 
     try:
-        net.eval()
-        lucent_transform.device = dev  # Lucent's jitter/rotate read this module global at call time
-        np.random.seed(seed)  # Lucent's random transforms draw from the global NumPy generator (restored below)
-        gen = torch.Generator().manual_seed(seed)
-        spectrum, raw = _fft_image(batch, size, gen, dev)
-        image_f = _to_rgb(raw, decorrelate, dev)
+        with eval_mode(net):  # every submodule's own flag is restored on exit, also after an error
+            lucent_transform.device = dev  # Lucent's jitter/rotate read this module global at call time
+            np.random.seed(numpy_seed(seed))  # Lucent's random transforms draw from NumPy's global generator (restored)
+            gen = torch.Generator().manual_seed(seed)
+            spectrum, raw = _fft_image(batch, size, gen, dev)
+            image_f = _to_rgb(raw, decorrelate, dev)
 
-        chain = list(lucent_transform.standard_transforms) if transforms == "standard" else list(transforms or [])
-        if mean is not None:
-            m = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
-            s = torch.tensor(std, device=dev).view(1, 3, 1, 1)
+            chain = list(lucent_transform.standard_transforms) if transforms == "standard" else list(transforms or [])
+            m = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
+            s = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
             chain.append(lambda x: (x - m) / s)
-        if input_size is not None:
-            chain.append(lambda x: nn.functional.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=True))
-
-        if kind == "channel":
-            name, module, channel = payload
-            handles.append(module.register_forward_hook(keep(name)))
-        elif kind == "lucent":
-            for name, module in net.named_modules():
-                if name:
-                    handles.append(module.register_forward_hook(keep(name.replace(".", "_"))))
-
-        def lucent_lookup(layer: str):
-            if layer == "input":
-                return image_f()
-            if layer == "labels":
-                return features["__output__"]
-            if layer not in features:
-                raise ValueError(f"the Lucent objective asks for layer {layer!r}, which the model does not have")
-            return features[layer]
-
-        optimizer = torch.optim.Adam([spectrum], lr=lr)
-        for _ in tqdm(range(steps), disable=not progress, desc="feature visualization", leave=False):
-            optimizer.zero_grad(set_to_none=True)
-            x = image_f()
-            for t in chain:
-                x = t(x)
-            out = net(x)
-            if kind == "class":
-                if payload >= out.shape[1]:
-                    raise ValueError(f"objective class {payload} is out of range for a model with {out.shape[1]} outputs")
-                loss = -out[:, payload].sum()
-            elif kind == "channel":
-                act = features[payload[0]]
-                if payload[2] >= act.shape[1]:
-                    raise ValueError(f"objective channel {payload[2]} is out of range for layer {payload[0]!r} ({act.shape[1]} channels)")
-                loss = -act[:, payload[2]].mean(tuple(range(1, act.dim() - 1))).sum() if act.dim() > 2 else -act[:, payload[2]].sum()
-            else:
-                features["__output__"] = out
-                loss = payload(lucent_lookup)
-            (grad,) = torch.autograd.grad(loss, [spectrum])  # never touches the model's .grad fields
-            spectrum.grad = grad
-            optimizer.step()
-        with torch.no_grad():
-            result = image_f().detach().float().cpu()
+            chain.append(lambda x: nn.functional.interpolate(x, size=(spec.size, spec.size), mode="bilinear",
+                                                             align_corners=True))
+            result = _optimise(net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features,
+                               keep, progress)
     finally:
         for handle in handles:
             handle.remove()
         features.clear()
         lucent_transform.device = old_lucent_device
         np.random.set_state(np_state)
-        net.train(was_training)
     return result
+
+
+def _optimise(net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features, keep,
+              progress) -> torch.Tensor:
+    if kind == "channel":
+        name, module, channel = payload
+        handles.append(module.register_forward_hook(keep(name)))
+    elif kind == "lucent":
+        for name, module in net.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(keep(name.replace(".", "_"))))
+
+    def lucent_lookup(layer: str):
+        if layer == "input":
+            return image_f()
+        if layer == "labels":
+            return features["__output__"]
+        if layer not in features:
+            raise ValueError(f"the Lucent objective asks for layer {layer!r}, which the model does not have")
+        return features[layer]
+
+    optimizer = torch.optim.Adam([spectrum], lr=lr)
+    for _ in tqdm(range(steps), disable=not progress, desc="feature visualization", leave=False):
+        optimizer.zero_grad(set_to_none=True)
+        x = image_f()
+        for t in chain:
+            x = t(x)
+        out = net(x.to(dtype))  # the image is optimised in float32 and fed in the model's own dtype
+        if kind == "class":
+            logits = _logits(out, output)
+            if payload >= logits.shape[1]:
+                raise ValueError(f"objective class {payload} is out of range for a model with {logits.shape[1]} outputs")
+            loss = -logits[:, payload].float().sum()
+        elif kind == "channel":
+            name, _, channel = payload
+            act = features.get(name)
+            if act is None:
+                raise ValueError(f"objective layer {name!r} never ran in the model's forward pass, so it has no "
+                                 "activation to maximise; pick a module the forward calls")
+            if not isinstance(act, torch.Tensor) or act.dim() < 2:
+                raise ValueError(f"objective layer {name!r} returns "
+                                 f"{tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__}, "
+                                 "not a (batch, channels, ...) tensor")
+            if channel >= act.shape[1]:
+                raise ValueError(f"objective channel {channel} is out of range for layer {name!r} ({act.shape[1]} channels)")
+            act = act[:, channel].float()
+            loss = -act.mean(tuple(range(1, act.dim()))).sum() if act.dim() > 1 else -act.sum()
+        else:
+            features["__output__"] = _logits(out, output) if output is not None else out
+            loss = payload(lucent_lookup)
+        (grad,) = torch.autograd.grad(loss, [spectrum])  # never touches the model's .grad fields
+        spectrum.grad = grad
+        optimizer.step()
+    with torch.no_grad():
+        return image_f().detach().float().cpu()

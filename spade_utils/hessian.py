@@ -46,21 +46,52 @@ def is_depthwise(module: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------
 # what the layer really multiplies
 # --------------------------------------------------------------------------------------------
-def conv_input(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """The padded input the convolution actually reads (its own padding already applied)."""
-    static = getattr(module, "static_padding", None)
-    if isinstance(static, nn.Module):  # EfficientNet's Conv2dStaticSamePadding pads in forward()
-        x = static(x)
-    elif type(module).__name__ == "Conv2dDynamicSamePadding":
+PRE_PADS = ("none", "static", "tf_same")
+
+
+def default_pre_pad(module: nn.Conv2d) -> str:
+    """The padding a convolution applies in ``forward`` before its declared ``padding``, known by structure.
+
+    ``"static"``: an EfficientNet-style ``static_padding`` child module; ``"tf_same"``: TensorFlow's dynamic
+    "same" padding (``Conv2dDynamicSamePadding``); ``"none"``: plain ``nn.Conv2d``. Convolutions that pad
+    in ``forward`` under other names are found by :func:`spade_utils.spade.spade_trace`, which checks the
+    layer's own output on a probe batch and passes the padding that reproduces it as ``pre_pad``.
+    """
+    if isinstance(getattr(module, "static_padding", None), nn.Module):
+        return "static"
+    if type(module).__name__ == "Conv2dDynamicSamePadding":
+        return "tf_same"
+    return "none"
+
+
+def conv_input(module: nn.Conv2d, x: torch.Tensor, pre_pad: str | None = None) -> torch.Tensor:
+    """The padded input the convolution actually reads: (n, C, Hp, Wp).
+
+    ``pre_pad`` (one of :data:`PRE_PADS`, default :func:`default_pre_pad`) is the padding applied in
+    ``forward`` before the declared ``module.padding``; the declared padding follows ``padding_mode``
+    (zeros, reflect, replicate, circular), for integer padding and for ``padding='same'`` alike,
+    as ``nn.Conv2d._conv_forward`` does.
+    """
+    mode = default_pre_pad(module) if pre_pad is None else pre_pad
+    if mode == "static":
+        x = module.static_padding(x)
+    elif mode == "tf_same":
         x = F.pad(x, _same_pad(x.shape[-2:], module, tf_style=True))
+    elif mode != "none":
+        raise ValueError(f"pre_pad must be one of {PRE_PADS} or None, got {pre_pad!r}")
     pad = module.padding
-    if isinstance(pad, str):
-        if pad == "valid":
-            return x
+    if pad == "valid":
+        return x
+    if module.padding_mode != "zeros":
+        rev = getattr(module, "_reversed_padding_repeated_twice", None)
+        if rev is None:
+            rev = _same_pad(x.shape[-2:], module, tf_style=False) if pad == "same" else [
+                pad[1], pad[1], pad[0], pad[0]]
+        return F.pad(x, list(rev), mode=module.padding_mode)
+    if isinstance(pad, str):  # 'same' with zeros
         return F.pad(x, _same_pad(x.shape[-2:], module, tf_style=False))
     if any(pad):
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]), mode=mode)
+        x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
     return x
 
 
@@ -77,13 +108,15 @@ def _same_pad(size, module: nn.Conv2d, tf_style: bool) -> list[int]:
     return pads
 
 
-def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input columns the layer multiplies: (groups, d, n) with one column per input vector."""
+def layer_columns(module: nn.Module, x: torch.Tensor, pre_pad: str | None = None) -> torch.Tensor:
+    """The input columns the layer multiplies: (groups, d, n) with one column per input vector.
+
+    ``pre_pad``: see :func:`conv_input` (convolutions only)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
     if not isinstance(module, nn.Conv2d):
         raise TypeError(f"cannot prune a {type(module).__name__}; supported: Linear, Conv2d")
-    xp = conv_input(module, x)
+    xp = conv_input(module, x, pre_pad)
     g = module.groups
     n = xp.shape[0]
     if module.kernel_size == (1, 1):
@@ -129,13 +162,13 @@ _UNFOLD_CHUNK = 1 << 24  # elements of the unfolded slice of the batch
 _GEMM_OVERHEAD = 4  # positions (per image) one extra product is worth in the cost model
 
 
-def _real_region(module: nn.Conv2d, size) -> tuple[int, int, int, int]:
+def _real_region(module: nn.Conv2d, size, pre_pad: str | None = None) -> tuple[int, int, int, int]:
     """Rows y0:y1 and columns x0:x1 of the padded input that can be non-zero (zero padding outside).
 
     Found by padding an all-ones image the way the layer does; anything other than a zero border
     (reflect, replicate, circular padding) counts as possibly non-zero everywhere.
     """
-    mask = conv_input(module, torch.ones(1, 1, *size))[0, 0] != 0
+    mask = conv_input(module, torch.ones(1, 1, *size), pre_pad)[0, 0] != 0
     Hp, Wp = mask.shape
     rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
     if len(rows) == 0:
@@ -267,23 +300,25 @@ def _add_blocks(out: torch.Tensor, X: torch.Tensor, g: int, plan, sh: int, sw: i
 
 
 def _conv_gram_blocks(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.float32,
-                      out: torch.Tensor | None = None, method: str = "auto") -> tuple[torch.Tensor, int]:
+                      out: torch.Tensor | None = None, method: str = "auto",
+                      pre_pad: str | None = None) -> tuple[torch.Tensor, int]:
     """The Gram matrix of :func:`conv_gram` as offset-major blocks (g, K, Cg, K, Cg), blocks a <= b only.
 
     Blocks below the diagonal are left unset; with ``out`` the blocks are added into it. Accumulating
     many batches this way and calling :func:`_blocks_to_gram` once saves the reordering per batch.
     ``method``: "blocks" (the shared-displacement products), "unfold" (channels-last unfold and one
-    product; cheaper for strided convs with few channels per group) or "auto"."""
+    product; cheaper for strided convs with few channels per group) or "auto". ``pre_pad``: see
+    :func:`conv_input`."""
     if x.is_cuda and module.groups == module.in_channels and module.groups > 1:
         # depthwise on a GPU: one batched product beats many small per-offset kernels
-        cols = layer_columns(module, x.detach()).to(dtype)
+        cols = layer_columns(module, x.detach(), pre_pad).to(dtype)
         gram = (cols @ cols.transpose(1, 2)).view(module.groups, cols.shape[1], 1, cols.shape[1], 1)
         return (gram if out is None else out.add_(gram)), cols.shape[2]
-    xp = conv_input(module, x.detach().to(dtype))
+    xp = conv_input(module, x.detach().to(dtype), pre_pad)
     n, C, Hp, Wp = xp.shape
     g = module.groups
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-    plan = _conv_gram_plan(Hp, Wp, kh, kw, sh, sw, dh, dw, _real_region(module, x.shape[-2:]))
+    plan = _conv_gram_plan(Hp, Wp, kh, kw, sh, sw, dh, dw, _real_region(module, x.shape[-2:], pre_pad))
     X = xp.permute(0, 2, 3, 1)
     if not X.is_contiguous():
         X = X.contiguous()
@@ -322,22 +357,30 @@ def _blocks_to_gram(blocks: torch.Tensor) -> torch.Tensor:
     for a in range(K):
         for b in range(a + 1, K):
             blocks[:, b, :, a] = blocks[:, a, :, b].transpose(1, 2)
-    return blocks.permute(0, 2, 1, 4, 3).reshape(g, Cg * K, Cg * K)
+    gram = blocks.permute(0, 2, 1, 4, 3).reshape(g, Cg * K, Cg * K)
+    if gram.data_ptr() == blocks.data_ptr():
+        gram = gram.clone()
+    # a diagonal entry is a sum of squares; the boundary correction (shared product minus strips) can leave
+    # a rounding-level negative where the true value is ~0 (a channel dead inside the image): clamp it
+    torch.diagonal(gram, dim1=-2, dim2=-1).clamp_(min=0)
+    return gram
 
 
-def conv_gram(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+def conv_gram(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.float32,
+              pre_pad: str | None = None) -> tuple[torch.Tensor, int]:
     """``sum x x^T`` over the receptive fields of a convolution's input batch: (groups, d, d), count.
 
     Equal to ``cols @ cols.T`` with ``cols = layer_columns(module, x)`` (column order (channel, kh, kw)
     per group), computed without unfolding: see the notes at the head of this section."""
-    blocks, count = _conv_gram_blocks(module, x, dtype)
+    blocks, count = _conv_gram_blocks(module, x, dtype, pre_pad=pre_pad)
     return _blocks_to_gram(blocks), count
 
 
-def batch_gram(module: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+def batch_gram(module: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float32,
+               pre_pad: str | None = None) -> tuple[torch.Tensor, int]:
     """``sum x x^T`` over one input batch of ``module`` and the number of vectors summed."""
     if isinstance(module, nn.Conv2d):
-        return conv_gram(module, x, dtype)
+        return conv_gram(module, x, dtype, pre_pad)
     cols = layer_columns(module, x).to(dtype)
     return cols @ cols.transpose(1, 2), cols.shape[2]
 
@@ -351,9 +394,14 @@ class HessianRecorder:
     >>> with HessianRecorder({"fc": model.fc}) as rec:
     ...     model(batch)
     >>> H = rec.hessians()["fc"]          # (d, d), or (groups, d, d) for grouped convs
+
+    ``dtype`` (float32 or float64) is the accumulation dtype, whatever the activations' dtype (fp16 and
+    bf16 inputs are cast up before any product). ``pre_pad`` maps a conv's name to the padding its
+    ``forward`` applies before the declared one (see :func:`conv_input`; default: :func:`default_pre_pad`).
     """
 
-    def __init__(self, layers: dict[str, nn.Module], dtype: torch.dtype = torch.float32):
+    def __init__(self, layers: dict[str, nn.Module], dtype: torch.dtype = torch.float32,
+                 pre_pad: dict[str, str] | None = None):
         if not isinstance(layers, dict) or not layers:
             raise ValueError("layers must be a non-empty dict name -> module")
         for name, m in layers.items():
@@ -361,8 +409,13 @@ class HessianRecorder:
                 raise TypeError(f"layer {name!r} is a {type(m).__name__}; supported: Linear, Conv2d")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        pre_pad = dict(pre_pad or {})
+        bad = {n: v for n, v in pre_pad.items() if n not in layers or v not in PRE_PADS}
+        if bad:
+            raise ValueError(f"pre_pad must map layer names to one of {PRE_PADS}, got {bad}")
         self.layers = layers
         self.dtype = dtype
+        self.pre_pad = pre_pad  # name -> padding applied in forward before the declared one (see conv_input)
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {name: 0 for name in layers}
         self._handles: list = []
@@ -372,7 +425,8 @@ class HessianRecorder:
             with torch.no_grad():
                 x = inputs[0].detach()
                 if isinstance(module, nn.Conv2d):  # offset-major blocks; reordered once, in hessians()
-                    self.sums[name], count = _conv_gram_blocks(module, x, self.dtype, out=self.sums.get(name))
+                    self.sums[name], count = _conv_gram_blocks(module, x, self.dtype, out=self.sums.get(name),
+                                                               pre_pad=self.pre_pad.get(name))
                 else:
                     gram, count = batch_gram(module, x, self.dtype)
                     self.sums[name] = self.sums[name] + gram if name in self.sums else gram

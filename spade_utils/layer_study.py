@@ -22,13 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .augment import ImageAugmenter, image_tensor
 from .bruteforce import brute_force_optimum
 from .hessian import HessianRecorder, is_depthwise, set_weight_matrix, weight_matrix
-from .solvers import SOLVERS, expected_zeros, relative_error, solve
-from .spade import flush_denormals, resolve_sparsity, select_layers
+from .inputs import resolve_input_spec
+from .runtime import eval_mode, flush_denormals, model_dtype
+from .solvers import SOLVERS, expected_zeros, layer_relative_error, solve
+from .spade import resolve_sparsity, select_layers
+from .validation import check_seed
+from .widgets import progress_bar as tqdm
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,21 +168,11 @@ def error_vs_sparsity(
                     "method": label,
                     "sparsity": float(s),
                     "achieved_sparsity": float((W_sparse == 0).float().mean()),
-                    "rel_error": _layer_relative_error(W, W_sparse, H),
+                    "rel_error": layer_relative_error(W, W_sparse, H),
                     "seconds": seconds,
                 }
             )
     return pd.DataFrame(out)
-
-
-def _layer_relative_error(W, W_sparse, H) -> float:
-    """Relative error of the whole layer: groups (depthwise channels) are summed, not averaged."""
-    from .solvers import reconstruction_loss
-
-    H = H.to(torch.promote_types(H.dtype, torch.float32))
-    num = reconstruction_loss(W, W_sparse, H).sum()
-    den = reconstruction_loss(W, torch.zeros_like(W), H).sum()
-    return float(num / den.clamp_min(torch.finfo(H.dtype).tiny))
 
 
 def ratio_table(
@@ -270,12 +263,16 @@ def record_statistics(
     skip_depthwise: bool = False,
     channels_last: bool = True,
     progress: bool = True,
+    input_size: int | None = None,
+    mean=None,
+    std=None,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Layer-input statistics after the first N augmented views of ``image``, for every N in ``checkpoints``.
 
     The views come exactly as in ``spade_trace(model, image, n_augment=N, batch_size=batch_size,
     seed=seed)``: every checkpoint must be a multiple of ``batch_size`` (except the largest),
     so each snapshot is the H that trace would record. Returns ``{N: {layer name: H}}``.
+    ``input_size``/``mean``/``std`` default to what the model states (``spade_utils.inputs``).
     """
     ns = sorted({int(checkpoints)} if isinstance(checkpoints, int) else {int(c) for c in checkpoints})
     if not ns or ns[0] < 1:
@@ -290,28 +287,24 @@ def record_statistics(
     chosen = select_layers(model, layers, skip_depthwise=skip_depthwise)
     if augment is None:
         image = image_tensor(image, argname="image")
-        augment = ImageAugmenter()
-    gen = torch.Generator().manual_seed(int(seed))
-    was_training = model.training
-    model.eval()
+        spec = resolve_input_spec(model, size=input_size, mean=mean, std=std, fn_name="record_statistics")
+        augment = ImageAugmenter(spec.size, mean=spec.mean, std=spec.std, dtype=model_dtype(model))
+    gen = torch.Generator().manual_seed(check_seed(seed))
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    try:
-        with flush_denormals(), HessianRecorder(chosen) as rec, torch.no_grad():
-            done = 0
-            bar = tqdm(total=ns[-1], desc="statistics", unit="img", disable=not progress, leave=False)
-            while done < ns[-1]:
-                m = min(batch_size, ns[-1] - done)
-                views = augment(image, m, gen)
-                if channels_last and views.dim() == 4:
-                    views = views.contiguous(memory_format=torch.channels_last)
-                model(views)
-                done += m
-                bar.update(m)
-                if done in ns:
-                    snapshots[done] = rec.hessians()
-            bar.close()
-    finally:
-        model.train(was_training)
+    with flush_denormals(), eval_mode(model), HessianRecorder(chosen) as rec, torch.no_grad():
+        done = 0
+        bar = tqdm(total=ns[-1], desc="statistics", unit="img", disable=not progress, leave=False)
+        while done < ns[-1]:
+            m = min(batch_size, ns[-1] - done)
+            views = augment(image, m, gen)
+            if channels_last and views.dim() == 4:
+                views = views.contiguous(memory_format=torch.channels_last)
+            model(views)
+            done += m
+            bar.update(m)
+            if done in ns:
+                snapshots[done] = rec.hessians()
+        bar.close()
     return snapshots
 
 
@@ -342,7 +335,6 @@ def solve_layers(
             t0 = time.perf_counter()
             W = weight_matrix(module).to(H.dtype)
             W_sparse, _ = solve(W, H, targets[name], method=solver, **dict(solver_options or {}))
-            err = relative_error(W, W_sparse, H)
             seconds = time.perf_counter() - t0
             sparse[name] = W_sparse.reshape(module.weight.shape).to(module.weight.dtype)
             rows.append(
@@ -353,7 +345,7 @@ def solve_layers(
                     "weights": module.weight.numel(),
                     "target_sparsity": targets[name],
                     "achieved_sparsity": float((sparse[name] == 0).float().mean()),
-                    "rel_error": float(err.mean()),
+                    "rel_error": layer_relative_error(W, W_sparse, H),
                     "seconds": seconds,
                 }
             )
@@ -387,7 +379,7 @@ def mean_error_on(model: nn.Module, sparse: Mapping[str, torch.Tensor], hessians
     errs = []
     for name, w in sparse.items():
         W = weight_matrix(named[name]).to(hessians[name].dtype)
-        errs.append(float(relative_error(W, w.reshape(W.shape).to(W.dtype), hessians[name]).mean()))
+        errs.append(layer_relative_error(W, w.reshape(W.shape).to(W.dtype), hessians[name]))
     return float(np.mean(errs))
 
 

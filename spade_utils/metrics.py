@@ -1,6 +1,30 @@
-"""Quantitative checks of saliency maps: insertion/deletion AUC, Trojan AUC, pointing game."""
+"""Quantitative checks of saliency maps: Trojan AUC, pointing game, insertion/deletion AUC, bootstrap intervals.
+
+Every entry point checks its arguments before any work starts and raises ``TypeError``/``ValueError`` naming
+the argument. Every function that runs a model feeds it inputs in the model's own dtype and on its device, and
+leaves the model (weights, per-module train/eval flags, device) as found.
+"""
 
 from __future__ import annotations
+
+import copy
+import inspect
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .runtime import eval_mode, model_device, model_dtype, resolve_device
+from .validation import check_class_index, check_finite_tensor, check_float, check_int, check_seed
+
+
+def _as_numpy(a, name: str, fn_name: str) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    if isinstance(a, np.ndarray):
+        return a
+    raise TypeError(f"{fn_name}: {name} must be a numpy array or torch tensor, got {type(a).__name__}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -9,19 +33,13 @@ from __future__ import annotations
 def _maps_and_masks(saliency, mask, fn_name: str):
     """Saliency (H,W) or (B,H,W) and bool masks of the same shape (a single (H,W) mask is broadcast)
     -> float64 numpy (B,H,W), bool numpy (B,H,W), and whether the input was a single map."""
-    import numpy as np
-    import torch
-
-    def as_np(a, name):
-        if isinstance(a, torch.Tensor):
-            return a.detach().cpu().numpy()
-        if isinstance(a, np.ndarray):
-            return a
-        raise TypeError(f"{fn_name}: {name} must be a numpy array or torch tensor, got {type(a).__name__}")
-
-    s, m = as_np(saliency, "saliency"), as_np(mask, "mask")
+    s, m = _as_numpy(saliency, "saliency", fn_name), _as_numpy(mask, "mask", fn_name)
     if s.ndim not in (2, 3):
         raise ValueError(f"{fn_name}: saliency must be (H, W) or (B, H, W) (sum channels first), got shape {s.shape}")
+    if s.size == 0:
+        raise ValueError(f"{fn_name}: saliency is empty (shape {s.shape})")
+    if not (np.issubdtype(s.dtype, np.number) or s.dtype == bool) or np.iscomplexobj(s):
+        raise TypeError(f"{fn_name}: saliency must hold real numbers, got dtype {s.dtype}")
     single = s.ndim == 2
     s = s[None] if single else s
     if m.ndim == 2 and m.shape == s.shape[1:]:
@@ -41,26 +59,26 @@ def _maps_and_masks(saliency, mask, fn_name: str):
 
 
 def _pixel_auc(scores, labels):
-    """ROC-AUC of scores for bool labels (Mann-Whitney U with averaged ranks: ties count one half)."""
-    from scipy.stats import rankdata
+    """ROC-AUC of ``scores`` for bool ``labels`` (scikit-learn's; tied scores count one half)."""
+    from sklearn.metrics import roc_auc_score
 
-    ranks = rankdata(scores.ravel())
-    pos = labels.ravel()
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(labels.ravel(), scores.ravel()))
 
 
 def trojan_auc(saliency, mask, *, mode: str = "best"):
     """Pixel ROC-AUC of a saliency map against the trigger's pixel mask (the paper's Trojan AUC).
 
-    ``saliency``: a channel-summed map (H, W) or a batch (B, H, W) (see :func:`channel_sum`);
-    ``mask``: bool (H, W) or (B, H, W), True on the trigger's own pixels. ``mode``: ``"signed"``
-    ranks pixels by the map itself, ``"absolute"`` by its magnitude, ``"best"`` (the paper's choice)
-    takes the better of the two per map. A map equal to the mask scores 1, its negative 0 (signed),
-    a constant map 0.5. Returns a float for one map, a numpy array of B values for a batch.
-    """
-    import numpy as np
+    ``saliency``: a channel-summed map (H, W) or a batch (B, H, W) (see :func:`channel_sum`), finite;
+    ``mask``: bool or 0/1 (H, W) or (B, H, W), True on the trigger's own pixels (each mask needs both kinds of
+    pixel). ``mode``: ``"signed"`` ranks pixels by the map itself, ``"absolute"`` by its magnitude, ``"best"``
+    (the paper's choice, SPADE §5.2) takes the better of the two per map. The AUC is
+    :func:`sklearn.metrics.roc_auc_score` over pixels: the probability that a random trigger pixel outscores a
+    random other pixel, ties counting one half. A map equal to the mask scores 1, its negative 0 (signed), a
+    constant map 0.5. Returns a float for one map, a numpy array of B values for a batch.
 
+    Raises TypeError for non-array inputs, ValueError for a bad ``mode``, empty or non-finite maps, shape
+    mismatches, and masks without trigger or without background pixels.
+    """
     if mode not in ("best", "signed", "absolute"):
         raise ValueError(f"mode must be 'best', 'signed' or 'absolute', got {mode!r}")
     s, m, single = _maps_and_masks(saliency, mask, "trojan_auc")
@@ -73,17 +91,18 @@ def trojan_auc(saliency, mask, *, mode: str = "best"):
 
 
 def pointing_game(saliency, mask, *, tolerance: int = 0, absolute: bool = False):
-    """Pointing game (Zhang et al. 2016): is the map's maximum on the trigger?
+    """Pointing game (Zhang et al. 2016, "Top-down neural attention by excitation backprop"): is the map's
+    maximum on the trigger?
 
     A hit when the highest-scoring pixel (of the map, or of its magnitude with ``absolute=True``)
-    lies within ``tolerance`` pixels (Chebyshev distance) of a mask pixel. When several pixels share
-    the maximum, the hit is the share of them that land on the (dilated) mask, so a constant map
-    scores the mask's area share instead of a lucky first pixel. Returns a float (or an array for a batch).
+    lies within ``tolerance`` pixels (Chebyshev distance, an int >= 0) of a mask pixel. When several pixels
+    share the maximum, the hit is the share of them that land on the (dilated) mask, so a constant map
+    scores the mask's area share instead of a lucky first pixel. Shapes and errors as :func:`trojan_auc`.
+    Returns a float in [0, 1] (or an array of B values for a batch).
     """
-    import numpy as np
-
-    if not isinstance(tolerance, (int, np.integer)) or tolerance < 0:
-        raise ValueError(f"tolerance must be an int >= 0, got {tolerance!r}")
+    tolerance = check_int(tolerance, "tolerance", minimum=0)
+    if not isinstance(absolute, (bool, np.bool_)):
+        raise TypeError(f"absolute must be a bool, got {type(absolute).__name__}")
     s, m, single = _maps_and_masks(saliency, mask, "pointing_game")
     if absolute:
         s = np.abs(s)
@@ -100,40 +119,231 @@ def pointing_game(saliency, mask, *, tolerance: int = 0, absolute: bool = False)
 
 def channel_sum(attribution):
     """(B, C, H, W) or (C, H, W) attributions -> channel-summed maps (B, H, W) or (H, W)."""
+    if not isinstance(attribution, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"attribution must be a torch tensor or numpy array, got {type(attribution).__name__}")
     if attribution.ndim not in (3, 4):
         raise ValueError(f"attribution must be (C, H, W) or (B, C, H, W), got shape {tuple(attribution.shape)}")
     return attribution.sum(-3)
 
 
-def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``values`` and its percentile-bootstrap ``level`` interval: ``(mean, low, high)``."""
-    import numpy as np
+# --------------------------------------------------------------------------------------------------
+# Bootstrap intervals: plain, paired, cluster-aware
+# --------------------------------------------------------------------------------------------------
+_BOOT_METHODS = ("percentile", "basic", "BCa")
 
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if v.size == 0:
-        raise ValueError("values must not be empty")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)
+
+def _finite_vector(values, name: str, fn_name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{fn_name}: {name} must be a sequence of numbers, got {type(values).__name__}")
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{fn_name}: {name} must be a sequence of numbers ({err})") from err
+    v = v.ravel()
+    if v.size < 2:
+        raise ValueError(f"{fn_name}: {name} needs at least 2 values for an interval, got {v.size}")
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise ValueError(f"{fn_name}: {name} holds NaN or inf (first at position {int(bad[0])} of {v.size})")
+    return v
+
+
+def _boot_settings(n_boot, level, seed, method, fn_name):
+    level = check_float(level, "level", low=0.0, high=1.0, low_open=True, high_open=True)
+    n_boot = check_int(n_boot, "n_boot", minimum=1)
+    need = math.ceil(2 / (1 - level) - 1e-9)
+    if n_boot < need:
+        raise ValueError(f"{fn_name}: n_boot={n_boot} resamples cannot place a {level:g} interval (no resample "
+                         f"beyond each end); use n_boot >= {need}")
+    seed = check_seed(seed)
+    if method not in _BOOT_METHODS:
+        raise ValueError(f"{fn_name}: method must be one of {_BOOT_METHODS}, got {method!r}")
+    return n_boot, level, seed
+
+
+def _cluster_codes(clusters, n: int, fn_name: str) -> np.ndarray:
+    if isinstance(clusters, torch.Tensor):
+        clusters = clusters.detach().cpu().numpy()
+    if isinstance(clusters, (str, bytes)):
+        raise TypeError(f"{fn_name}: clusters must be a sequence of labels, one per value")
+    import pandas as pd
+
+    try:
+        labels = list(clusters)
+        codes, _ = pd.factorize(pd.Series(labels, dtype=object))
+    except TypeError as err:
+        raise TypeError(f"{fn_name}: clusters must be a sequence of hashable labels ({err})") from err
+    if len(labels) != n:
+        raise ValueError(f"{fn_name}: clusters has {len(labels)} labels for {n} values")
+    if (codes < 0).any():
+        raise ValueError(f"{fn_name}: clusters holds a missing label (None/NaN) at position {int(np.argmin(codes))}")
+    if codes.max() < 1:
+        raise ValueError(f"{fn_name}: clusters holds a single cluster; an interval over clusters needs at least 2")
+    return codes.ravel()
+
+
+def _cluster_boot_means(d: np.ndarray, codes: np.ndarray, n_boot: int, rng: np.random.Generator,
+                        within: bool = True) -> np.ndarray:
+    """Bootstrap distribution (n_boot,) of the mean of ``d`` under cluster resampling: draw G clusters with
+    replacement out of the G present, then (``within``) as many items as each drawn cluster holds, with
+    replacement from it; the statistic is the mean over all drawn items."""
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    d_sorted = d[order]
+    g, m = len(sizes), int(sizes.max())
+    slot = np.arange(m)
+    chunk = max(1, 4_000_000 // (g * m))
+    out = np.empty(n_boot)
+    for b0 in range(0, n_boot, chunk):
+        nb = min(chunk, n_boot - b0)
+        pick = rng.integers(0, g, size=(nb, g))  # (nb, G) drawn clusters
+        size = sizes[pick]  # (nb, G)
+        valid = slot[None, None, :] < size[..., None]  # (nb, G, m)
+        if within:
+            pos = np.floor(rng.random((nb, g, m)) * size[..., None]).astype(np.int64)
+        else:
+            pos = np.broadcast_to(slot, (nb, g, m))
+        pos = np.minimum(pos, size[..., None] - 1)
+        vals = d_sorted[starts[pick][..., None] + pos]
+        out[b0 : b0 + nb] = np.where(valid, vals, 0.0).sum((1, 2)) / size.sum(1)
+    return out
+
+
+def _scipy_bootstrap(data, statistic, *, paired, n_boot, level, seed, method):
+    from scipy import stats
+
+    rng_kw = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+    n = len(data[0])
+    res = stats.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=n_boot,
+                          batch=max(1, 4_000_000 // n), confidence_level=level, method=method,
+                          **{rng_kw: np.random.default_rng(seed)})
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _interval(estimate, low, high, method, fn_name):
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{fn_name}: the {method} interval is undefined for these values (constant data?); "
+                         "use method='percentile'")
+    return float(estimate), float(low), float(high)
+
+
+def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0, clusters=None,
+                 method: str = "percentile", within: bool = True) -> tuple[float, float, float]:
+    """Mean of ``values`` and its bootstrap ``level`` interval: ``(mean, low, high)``.
+
+    ``values``: at least 2 finite numbers (any shape, flattened). Without ``clusters`` the interval is
+    :func:`scipy.stats.bootstrap` (``method``: ``"percentile"`` (default), ``"basic"`` or ``"BCa"``; Efron &
+    Tibshirani 1993) over ``n_boot`` resamples of the values. With ``clusters`` (one label per value, e.g. the
+    photo each crop comes from; at least 2 clusters) values of one cluster are not independent, so whole
+    clusters are resampled, then (``within=True``) the items inside each drawn cluster (two-stage bootstrap,
+    Davison & Hinkley 1997 §3.8; it errs on the wide side), and the percentile interval is returned.
+    ``n_boot`` must leave at least one resample beyond each end of the interval (>= 40 at level 0.95);
+    ``seed`` makes the result reproducible.
+
+    Raises TypeError for non-numeric input, ValueError for fewer than 2 values, NaN/inf values, ``level`` not
+    in (0, 1), too few ``n_boot``, an unknown ``method``, a ``clusters`` of the wrong length or with one cluster.
+    """
+    fn = "bootstrap_ci"
+    v = _finite_vector(values, "values", fn)
+    n_boot, level, seed = _boot_settings(n_boot, level, seed, method, fn)
+    if clusters is None:
+        lo, hi = _scipy_bootstrap((v,), np.mean, paired=False, n_boot=n_boot, level=level, seed=seed, method=method)
+        return _interval(v.mean(), lo, hi, method, fn)
+    if method != "percentile":
+        raise ValueError(f"{fn}: with clusters only method='percentile' is available, got {method!r}")
+    codes = _cluster_codes(clusters, v.size, fn)
+    means = _cluster_boot_means(v, codes, n_boot, np.random.default_rng(seed), within=bool(within))
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(v.mean()), float(lo), float(hi)
+    return _interval(v.mean(), lo, hi, method, fn)
+
+
+def _mean_difference(a, b, axis=-1):
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def paired_bootstrap_diff(a, b, clusters=None, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                          method: str = "percentile", within: bool = True) -> tuple[float, float, float]:
+    """Mean paired difference ``mean(a - b)`` and its bootstrap ``level`` interval: ``(diff, low, high)``.
+
+    ``a`` and ``b``: the same items measured two ways (e.g. the insertion AUC of SPADE's and the dense
+    model's map on the same crops), equal lengths >= 2, finite. Pairs are resampled together, so the
+    between-item spread cancels. Without ``clusters`` this is :func:`scipy.stats.bootstrap` with
+    ``paired=True``; with ``clusters`` (one label per pair, e.g. the photo a crop was cut from) whole clusters
+    are resampled, then pairs within them (see :func:`bootstrap_ci`). Other arguments and errors as in
+    :func:`bootstrap_ci`.
+    """
+    fn = "paired_bootstrap_diff"
+    av, bv = _finite_vector(a, "a", fn), _finite_vector(b, "b", fn)
+    if av.size != bv.size:
+        raise ValueError(f"{fn}: a and b must pair up, got {av.size} and {bv.size} values")
+    n_boot, level, seed = _boot_settings(n_boot, level, seed, method, fn)
+    d = av - bv
+    if clusters is None:
+        lo, hi = _scipy_bootstrap((av, bv), _mean_difference, paired=True, n_boot=n_boot, level=level, seed=seed,
+                                  method=method)
+        return _interval(d.mean(), lo, hi, method, fn)
+    if method != "percentile":
+        raise ValueError(f"{fn}: with clusters only method='percentile' is available, got {method!r}")
+    codes = _cluster_codes(clusters, d.size, fn)
+    means = _cluster_boot_means(d, codes, n_boot, np.random.default_rng(seed), within=bool(within))
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return _interval(d.mean(), lo, hi, method, fn)
 
 
 # --------------------------------------------------------------------------------------------------
-# Insertion and deletion AUC (the SPADE paper's Table 2 protocol)
+# Insertion and deletion AUC (the SPADE paper's Table 2 protocol, after RISE)
 # --------------------------------------------------------------------------------------------------
-def _insertion_inputs(model, x, saliency, target, n_steps, batch_size, fn_name):
-    import torch
-    from torch import nn
+def curve_fractions(n_steps: int):
+    """The insertion/deletion grid: the fractions ``k / n_steps`` of the pixels, ``k = 0 … n_steps``.
 
+    ``n_steps + 1`` points with both ends included (no pixel and every pixel), as in RISE (Petsiuk et al.
+    2018, "RISE: Randomized Input Sampling for Explanation of Black-box Models", §4.1). Returns float64 numpy
+    (n_steps + 1,). Raises TypeError/ValueError unless ``n_steps`` is an int >= 1.
+    """
+    n = check_int(n_steps, "n_steps", minimum=1)
+    return np.arange(n + 1, dtype=np.float64) / n
+
+
+def pixel_counts(n_steps: int, n_pixels: int):
+    """Pixels inserted (or deleted) at each step of the grid: ``round(k · n_pixels / n_steps)``, halves rounded
+    up, in exact integer arithmetic; ``k = 0 … n_steps``. Returns int64 numpy (n_steps + 1,), from 0 to
+    ``n_pixels``. When ``n_pixels`` is a multiple of ``n_steps`` the counts are exactly the grid of
+    :func:`curve_fractions`; otherwise a count is off the grid by at most half a pixel."""
+    n = check_int(n_steps, "n_steps", minimum=1)
+    p = check_int(n_pixels, "n_pixels", minimum=1)
+    k = np.arange(n + 1, dtype=np.int64)
+    return (2 * k * p + n) // (2 * n)
+
+
+def _check_targets(target, batch: int, fn_name: str) -> torch.Tensor:
+    """A class index for every image: an int (the same for all) or a sequence/array/1-d tensor of ints."""
+    if isinstance(target, (str, bytes)):
+        raise TypeError(f"{fn_name}: target must be an int or a sequence/tensor of ints, got {type(target).__name__}")
+    if isinstance(target, np.ndarray) and target.ndim == 0:
+        target = target.item()
+    if (isinstance(target, torch.Tensor) and target.dim() == 0) or not hasattr(target, "__len__"):
+        t = [check_class_index(target, "target")] * batch
+    else:
+        if isinstance(target, (torch.Tensor, np.ndarray)) and target.ndim != 1:
+            raise ValueError(f"{fn_name}: target must be 1-d, got shape {tuple(target.shape)}")
+        t = [check_class_index(v, f"target[{i}]") for i, v in enumerate(target)]
+    if len(t) != batch:
+        raise ValueError(f"{fn_name}: target has {len(t)} entries for a batch of {batch}")
+    return torch.tensor(t, dtype=torch.long)
+
+
+def _insertion_inputs(model, x, saliency, target, n_steps, batch_size, min_clean_prob, fn_name):
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn_name}: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
         raise ValueError(f"{fn_name}: x must be a float (B, C, H, W) tensor of normalised images")
+    if x.numel() == 0:
+        raise ValueError(f"{fn_name}: x is empty (shape {tuple(x.shape)})")
+    check_finite_tensor(x, "x")
     if not isinstance(saliency, torch.Tensor):
-        import numpy as np
-
         if not isinstance(saliency, np.ndarray):
             raise TypeError(f"{fn_name}: saliency must be a torch tensor or numpy array, got {type(saliency).__name__}")
         saliency = torch.from_numpy(saliency)
@@ -142,25 +352,15 @@ def _insertion_inputs(model, x, saliency, target, n_steps, batch_size, fn_name):
     if saliency.shape != (x.shape[0], *x.shape[2:]):
         raise ValueError(f"{fn_name}: saliency must be (B, H, W) (or (B, C, H, W), summed over C) matching x "
                          f"{tuple(x.shape)}, got {tuple(saliency.shape)}")
+    if saliency.dtype == torch.bool or saliency.is_complex():
+        raise TypeError(f"{fn_name}: saliency must hold real numbers, got {saliency.dtype}")
     if not torch.isfinite(saliency).all():
         raise ValueError(f"{fn_name}: saliency contains NaN or inf")
-    if isinstance(target, bool):
-        raise TypeError(f"{fn_name}: target must be an int or a sequence/tensor of ints")
-    if isinstance(target, int):
-        t = torch.full((x.shape[0],), target, dtype=torch.long)
-    else:
-        try:
-            t = torch.as_tensor(target).long().reshape(-1).cpu()
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"{fn_name}: target must be an int or a sequence/tensor of ints") from err
-    if t.numel() != x.shape[0]:
-        raise ValueError(f"{fn_name}: target has {t.numel()} entries for a batch of {x.shape[0]}")
-    for name, value in (("n_steps", n_steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{fn_name}: {name} must be an int, got {type(value).__name__}")
-        if value < (2 if name == "n_steps" else 1):
-            raise ValueError(f"{fn_name}: {name} must be >= {2 if name == 'n_steps' else 1}, got {value}")
-    return saliency.detach().float().cpu(), t
+    t = _check_targets(target, x.shape[0], fn_name)
+    check_int(n_steps, "n_steps", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    min_clean_prob = check_float(min_clean_prob, "min_clean_prob", low=0.0, high=1.0, low_open=True)
+    return saliency.detach().double().cpu(), t, min_clean_prob
 
 
 def pixel_ranks(saliency):
@@ -168,13 +368,33 @@ def pixel_ranks(saliency):
 
     Ties keep raster order (a stable sort), so the ranking is deterministic.
     """
-    import torch
-
     flat = torch.as_tensor(saliency).flatten(1)
     order = torch.sort(-flat, dim=1, stable=True).indices
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
     return ranks.view(torch.as_tensor(saliency).shape)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index is None or b.index is None or a.index == b.index
+
+
+def _probabilities(net, x, fn_name):
+    """Softmax probabilities (float64) of ``net`` on ``x``; refuses outputs that are not (B, C>=2) logits."""
+    out = net(x)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{fn_name}: model must return a logits tensor, got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"{fn_name}: model must return (B, n_classes) logits, got shape {tuple(out.shape)}")
+    if out.shape[1] < 2:
+        raise ValueError(f"{fn_name}: model returns {out.shape[1]} logit per image; a softmax over one class is "
+                         "always 1, so insertion/deletion would score 1 for every map (needs >= 2 classes)")
+    return torch.softmax(out.double(), dim=1)
 
 
 def insertion_deletion_curves(
@@ -187,105 +407,170 @@ def insertion_deletion_curves(
     n_steps: int = 100,
     batch_size: int = 50,
     device="auto",
+    min_clean_prob: float = 1e-3,
     progress: bool = False,
 ):
     """Class-probability curves as the most salient pixels are kept (insertion) or removed (deletion).
 
-    For step ``k = 0 … n_steps-1`` the top ``round(k / n_steps · H·W)`` pixels by the channel-summed map
-    are kept (insertion: every other pixel set to 0 in normalised space, i.e. the dataset mean colour) or
-    set to 0 (deletion). The score is the softmax probability of ``target`` on the masked image divided by
-    its probability on the unmasked image, clipped to [0, 1]. ``model`` should be the dense model (maps
-    from a SPADE trace are scored on the dense network). Returns a numpy array (B, n_steps).
+    Protocol (SPADE's Table 2, after RISE, Petsiuk et al. 2018): at step ``k = 0 … n_steps`` (``n_steps + 1``
+    points, both ends included, so not a 0…99% grid: see :func:`curve_fractions`) the top ``pixel_counts(n_steps, H·W)[k]``
+    pixels of the channel-summed map are kept (insertion: every other pixel set to 0 in normalised space, i.e.
+    the dataset mean colour) or set to 0 (deletion); ties in the map keep raster order (:func:`pixel_ranks`).
+    The score is the softmax probability of ``target`` on the masked image divided by its probability on the
+    intact image, clipped to [0, 1]; so insertion ends, and deletion starts, at 1.
+
+    ``model``: the dense model that scores every map (maps from a SPADE trace are scored on the dense
+    network), returning (B, n_classes >= 2) logits. ``x``: (B, C, H, W) normalised images, finite.
+    ``saliency``: (B, H, W) or (B, C, H, W) (summed over C), finite. ``target``: an int class index for all
+    images, or one per image (non-negative ints below n_classes). ``n_steps``: int >= 1. ``batch_size``:
+    masked images per forward pass. ``device``: ``"auto"`` (CUDA when present), a device, or ``None`` for the
+    model's own device; the model is never moved (work on another device runs on a copy) and inputs are cast
+    to its dtype. ``min_clean_prob`` in (0, 1]: a relative score of a class the model does not predict is
+    noise over a near-zero baseline (a clean probability of 1e-30 would score insertion = deletion = 1), so
+    images whose clean probability of ``target`` is below it are refused (the default 1e-3 is chance level
+    for 1000 classes).
+
+    Returns float64 numpy (B, n_steps + 1). Raises TypeError/ValueError naming the argument for bad input, a
+    target the model does not have, a model with one output, or a clean probability under ``min_clean_prob``.
     """
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
+    from .widgets import progress_bar as tqdm
 
-    from .models import resolve_device
-
+    fn = "insertion_deletion_curves"
     if mode not in ("insertion", "deletion"):
         raise ValueError(f"mode must be 'insertion' or 'deletion', got {mode!r}")
-    sal, targets = _insertion_inputs(model, x, saliency, target, n_steps, batch_size, "insertion_deletion_curves")
-    dev = resolve_device(device)
-    net = model
-    params = list(model.parameters())
-    if params and params[0].device != dev:
-        import copy
-
-        net = copy.deepcopy(model).to(dev)
-    was_training = net.training
+    sal, targets, min_clean_prob = _insertion_inputs(model, x, saliency, target, n_steps, batch_size,
+                                                     min_clean_prob, fn)
+    dev = model_device(model) if device is None else resolve_device(device)
+    net = model if _same_device(dev, model_device(model)) else copy.deepcopy(model).to(dev)
+    dtype = model_dtype(net)
     b, _, h, w = x.shape
-    counts = torch.round(torch.arange(n_steps, dtype=torch.float64) / n_steps * h * w).long()
+    counts = torch.from_numpy(pixel_counts(n_steps, h * w))
     ranks = pixel_ranks(sal)
-    curves = np.empty((b, n_steps))
-    try:
-        net.eval()
-        with torch.no_grad():
-            xd = x.detach().to(dev)
-            full = torch.softmax(net(xd).float(), dim=1)[torch.arange(b), targets.to(dev)]
-            for i in tqdm(range(b), disable=not progress, desc=mode, leave=False):
-                keep = (ranks[i][None] < counts[:, None, None]).to(dev)  # (n_steps, H, W): top pixels
-                if mode == "deletion":
-                    keep = ~keep
-                probs = []
-                for s in range(0, n_steps, batch_size):
-                    masked = xd[i][None] * keep[s : s + batch_size, None].to(xd.dtype)
-                    probs.append(torch.softmax(net(masked).float(), dim=1)[:, targets[i]])
-                ratio = torch.cat(probs) / full[i].clamp_min(torch.finfo(torch.float32).tiny)
-                curves[i] = ratio.clamp(0, 1).cpu().double().numpy()
-    finally:
-        net.train(was_training)
+    curves = np.empty((b, n_steps + 1))
+    with eval_mode(net), torch.no_grad():
+        xd = x.detach().to(device=dev, dtype=dtype)
+        clean = torch.cat([_probabilities(net, xd[s : s + batch_size], fn) for s in range(0, b, batch_size)])
+        n_classes = clean.shape[1]
+        bad = (targets >= n_classes).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"{fn}: target[{bad[0]}] = {int(targets[bad[0]])} but the model has {n_classes} classes")
+        full = clean[torch.arange(b), targets.to(dev)]
+        low = (full < min_clean_prob).nonzero().flatten().tolist()
+        if low:
+            raise ValueError(f"{fn}: the model gives target a clean probability below min_clean_prob="
+                             f"{min_clean_prob:g} on image(s) {low[:10]} (e.g. {float(full[low[0]]):.3g}); a score "
+                             "relative to it is meaningless: explain a class the model predicts, or lower "
+                             "min_clean_prob")
+        for i in tqdm(range(b), disable=not progress, desc=mode, leave=False):
+            keep = (ranks[i][None] < counts[:, None, None]).to(dev)  # (n_steps + 1, H, W): top pixels
+            if mode == "deletion":
+                keep = ~keep
+            probs = []
+            for s in range(0, n_steps + 1, batch_size):
+                masked = xd[i][None] * keep[s : s + batch_size, None].to(dtype)
+                probs.append(_probabilities(net, masked, fn)[:, targets[i]])
+            curves[i] = (torch.cat(probs) / full[i]).clamp(0, 1).cpu().numpy()
     return curves
 
 
-def curve_auc(curves):
-    """Trapezoid area under curves (…, n_steps) whose steps are spread evenly over [0, 1]."""
-    import numpy as np
+def curve_auc(curves, fractions=None):
+    """Area under curves (…, K) by the trapezoid rule (:func:`numpy.trapezoid`).
 
+    ``fractions``: the K x-positions in [0, 1], non-decreasing (e.g. ``pixel_counts(n, H·W) / (H·W)``); by
+    default K points spread evenly over [0, 1] with both ends included, the grid of :func:`curve_fractions`.
+    The rule is exact for curves linear between grid points. Returns float64 numpy of shape ``curves.shape[:-1]``
+    (a numpy float for one curve). Raises ValueError for fewer than 2 points, NaN/inf, or bad ``fractions``.
+    """
     c = np.asarray(curves, dtype=np.float64)
-    if c.shape[-1] < 2:
-        raise ValueError(f"curves need at least 2 steps, got shape {c.shape}")
-    return ((c[..., 1:] + c[..., :-1]) / 2).sum(-1) / (c.shape[-1] - 1)
+    if c.ndim == 0 or c.shape[-1] < 2:
+        raise ValueError(f"curves need at least 2 points on the last axis, got shape {c.shape}")
+    if not np.isfinite(c).all():
+        raise ValueError("curves hold NaN or inf")
+    if fractions is None:
+        xs = np.linspace(0.0, 1.0, c.shape[-1])
+    else:
+        xs = np.asarray(fractions, dtype=np.float64)
+        if xs.shape != (c.shape[-1],):
+            raise ValueError(f"fractions must have shape ({c.shape[-1]},), got {xs.shape}")
+        if not np.isfinite(xs).all() or xs[0] < 0 or xs[-1] > 1 or (np.diff(xs) < 0).any():
+            raise ValueError("fractions must be finite, non-decreasing and within [0, 1]")
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    return trapezoid(c, x=xs, axis=-1)
 
 
 def insertion_deletion_auc(model, x, saliency, target, *, n_steps: int = 100, batch_size: int = 50,
-                           device="auto", progress: bool = False):
-    """Insertion and deletion AUC per image: ``{"insertion": (B,), "deletion": (B,)}`` numpy arrays.
+                           device="auto", min_clean_prob: float = 1e-3, progress: bool = False):
+    """Insertion and deletion AUC per image: ``{"insertion": (B,), "deletion": (B,)}`` float64 numpy arrays.
 
-    Higher insertion and lower deletion AUC mean the map ranks the pixels that the model's decision rests
-    on first. See :func:`insertion_deletion_curves` for the protocol and :func:`curve_auc` for the area.
+    The curves of :func:`insertion_deletion_curves` (arguments and errors as there) integrated by the
+    trapezoid rule over the fraction of pixels actually inserted (``pixel_counts(n_steps, H·W) / (H·W)``), from
+    no pixel to every pixel. A score therefore does not drift with ``n_steps``: a curve linear in that fraction
+    gets its exact area at every step count (before this grid, the last point was step (n-1)/n and the area
+    assumed 1, which biased insertion down and deletion up by 1/(2n)). Higher insertion and lower deletion AUC
+    mean the map ranks the pixels that the model's decision rests on first.
     """
-    return {
-        mode: curve_auc(insertion_deletion_curves(model, x, saliency, target, mode=mode, n_steps=n_steps,
-                                                  batch_size=batch_size, device=device, progress=progress))
-        for mode in ("insertion", "deletion")
-    }
+    out = {}
+    for mode in ("insertion", "deletion"):
+        curves = insertion_deletion_curves(model, x, saliency, target, mode=mode, n_steps=n_steps,
+                                           batch_size=batch_size, device=device, min_clean_prob=min_clean_prob,
+                                           progress=progress)
+        n_pixels = x.shape[-2] * x.shape[-1]
+        out[mode] = curve_auc(curves, pixel_counts(n_steps, n_pixels) / n_pixels)
+    return out
 
 
-def summarize_aucs(table, *, baseline: str = "dense", n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+def summarize_aucs(table, *, baseline: str = "dense", cluster: str | None = None, n_boot: int = 2000,
+                   level: float = 0.95, seed: int = 0):
     """Per method and explainer: mean insertion/deletion AUC with bootstrap intervals, and the paired
     difference to the ``baseline`` explainer (same images) with its interval.
 
     ``table``: long DataFrame with columns image, method, explainer, insertion, deletion (as returned by
-    :func:`spade_utils.saliency.attribution_aucs`). Returns one row per (method, explainer).
+    :func:`spade_utils.saliency.attribution_aucs`), finite scores. ``cluster``: optional name of a column that
+    groups images that are not independent (e.g. the photo each crop was cut from); the intervals then
+    resample clusters, then images within them (:func:`bootstrap_ci`, :func:`paired_bootstrap_diff`).
+    Returns one row per (method, explainer) with ``n_images`` (and ``n_clusters`` with ``cluster``); a group
+    too small for an interval (one image, or one cluster) gets NaN bounds. Raises ValueError for a missing
+    column or baseline, or an explainer scored on images the baseline lacks.
     """
     import pandas as pd
 
-    needed = {"image", "method", "explainer", "insertion", "deletion"}
+    needed = {"image", "method", "explainer", "insertion", "deletion"} | ({cluster} if cluster is not None else set())
     if not isinstance(table, pd.DataFrame) or not needed <= set(table.columns):
         raise ValueError(f"table must be a DataFrame with columns {sorted(needed)}")
+    if len(table) == 0:
+        raise ValueError("table is empty")
     if baseline not in set(table["explainer"]):
         raise ValueError(f"baseline {baseline!r} is not an explainer in the table")
+    opts = dict(n_boot=n_boot, level=level, seed=seed)
+
+    def groups_of(frame):
+        return None if cluster is None else frame[cluster].to_numpy()
+
+    def enough(frame):
+        return len(frame) >= 2 and (cluster is None or frame[cluster].nunique() >= 2)
+
     rows = []
     for (method, explainer), group in table.groupby(["method", "explainer"], sort=False):
         row = {"method": method, "explainer": explainer, "n_images": len(group)}
+        if cluster is not None:
+            row["n_clusters"] = group[cluster].nunique()
         base = table[(table["method"] == method) & (table["explainer"] == baseline)].set_index("image")
+        missing = sorted(set(group["image"]) - set(base.index), key=str)
+        if explainer != baseline and missing:
+            raise ValueError(f"explainer {explainer!r} ({method}) has images the baseline lacks: {missing[:5]}")
         for metric in ("insertion", "deletion"):
-            mean, lo, hi = bootstrap_ci(group[metric].to_numpy(), n_boot=n_boot, level=level, seed=seed)
+            if enough(group):
+                mean, lo, hi = bootstrap_ci(group[metric].to_numpy(), clusters=groups_of(group), **opts)
+            else:
+                mean, lo, hi = float(group[metric].mean()), math.nan, math.nan
             row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
             if explainer != baseline:
-                diff = group.set_index("image")[metric] - base[metric].reindex(group["image"]).to_numpy()
-                d, dlo, dhi = bootstrap_ci(diff.to_numpy(), n_boot=n_boot, level=level, seed=seed)
+                a = group[metric].to_numpy()
+                b = base[metric].reindex(group["image"]).to_numpy()
+                if enough(group):
+                    d, dlo, dhi = paired_bootstrap_diff(a, b, groups_of(group), **opts)
+                else:
+                    d, dlo, dhi = float(np.mean(a - b)), math.nan, math.nan
                 row.update({f"{metric}_diff": d, f"{metric}_diff_lo": dlo, f"{metric}_diff_hi": dhi})
         rows.append(row)
     return pd.DataFrame(rows)

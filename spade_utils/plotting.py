@@ -1,8 +1,9 @@
-"""House style for figures and the one place that saves figures and tables into results/."""
+"""House style for figures and the one place that saves figures and tables (into results/ for quick and paper runs)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -12,9 +13,38 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def results_dir() -> Path:
-    """``$SPADE_RESULTS_DIR`` if set (the tests point it at a temporary folder), else ``results/``."""
-    return Path(os.environ.get("SPADE_RESULTS_DIR", REPO_ROOT / "results"))
+COMMITTED_RESULTS = REPO_ROOT / "results"
+PROFILES = ("smoke", "quick", "paper")
+RECORD_PROFILES = ("quick", "paper")  # the only profiles whose output may land in the committed results/
+
+
+def results_dir(profile: str) -> Path:
+    """The folder a notebook run in ``profile`` saves its figures and tables into.
+
+    - ``$SPADE_RESULTS_DIR`` when set and non-empty (the tests point it at a temporary folder);
+    - else, for ``quick`` and ``paper``, the committed ``results/`` at the repository root;
+    - else (``smoke``) ``<tempdir>/spade-results-smoke`` (``tempfile.gettempdir()``, so ``$TMPDIR``).
+
+    A smoke run never writes the committed record: ValueError when ``$SPADE_RESULTS_DIR`` points into the
+    committed ``results/`` with ``profile="smoke"``. ValueError when ``profile`` is not one of
+    ``("smoke", "quick", "paper")``, TypeError when it is not a string.
+    """
+    if not isinstance(profile, str):
+        raise TypeError(f"profile must be a str, one of {PROFILES}, got {type(profile).__name__}")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    override = os.environ.get("SPADE_RESULTS_DIR", "")
+    if override:
+        path = Path(override).expanduser()
+        if profile not in RECORD_PROFILES and path.resolve().is_relative_to(COMMITTED_RESULTS.resolve()):
+            raise ValueError(
+                f"SPADE_RESULTS_DIR={override!r} is the committed results/ folder, which only "
+                f"{' and '.join(RECORD_PROFILES)} runs may write; unset it or point it elsewhere for a {profile} run"
+            )
+        return path
+    if profile in RECORD_PROFILES:
+        return COMMITTED_RESULTS
+    return Path(tempfile.gettempdir()) / f"spade-results-{profile}"
 
 
 def set_style() -> None:
@@ -36,17 +66,24 @@ def set_style() -> None:
     )
 
 
-def save_figure(fig: plt.Figure, name: str) -> Path:
-    """Save ``fig`` as ``results/figures/<name>.png`` and return the path."""
-    path = results_dir() / "figures" / f"{Path(name).stem}.png"
+def save_figure(fig: plt.Figure, name: str, *, profile: str) -> Path:
+    """Save ``fig`` as ``<results_dir(profile)>/figures/<name>.png`` and return the path.
+
+    ``profile`` (required: the notebook's PROFILE) decides the folder, see :func:`results_dir`; a smoke run
+    never writes the committed ``results/``.
+    """
+    path = results_dir(profile) / "figures" / f"{Path(name).stem}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
 
 
-def save_table(table, name: str) -> Path:
-    """Save a pandas DataFrame as ``results/tables/<name>.csv`` and return the path."""
-    path = results_dir() / "tables" / f"{Path(name).stem}.csv"
+def save_table(table, name: str, *, profile: str) -> Path:
+    """Save a pandas DataFrame as ``<results_dir(profile)>/tables/<name>.csv`` and return the path.
+
+    ``profile`` as for :func:`save_figure`.
+    """
+    path = results_dir(profile) / "tables" / f"{Path(name).stem}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False, float_format="%.6g")
     return path

@@ -15,10 +15,21 @@ caller's model, a SPADE trace's weights included. On that copy:
   Captum's DeepLift and Guided Backprop need;
 - ``ReLU6`` (EfficientNet-Lite) becomes :class:`ClampedReLU`, a ``nn.ReLU`` subclass with the same
   forward, so Guided Backprop treats it as a ReLU and DeepLift applies its rescale rule to it;
-- for LRP, Zennit canonizers are chosen per architecture (``canonizer="auto"``): torchvision ResNets get
-  ``zennit.torchvision.ResNetCanonizer``; EfficientNet-Lite gets :class:`EfficientNetLiteCanonizer`
-  (batch-norm merging plus a ``Sum`` module for the residual add inside each MBConv block); other
-  models get ``SequentialMergeBatchNorm``.
+- for LRP, every batch norm is folded into the convolution or linear layer that feeds it, with the pairs
+  read from the **forward graph** of the copy (one probe forward with hooks: the batch norm's input tensor
+  must *be* the layer's output tensor, unmodified), not from registration order or leaf adjacency (Zennit's
+  ``SequentialMergeBatchNorm`` merges 0 of the 49 batch norms of EfficientNet-Lite0, whose convolutions own a
+  padding child, and folds ``bn1`` into ``conv2`` in a model that registers conv1, conv2, bn1, bn2). The fold
+  is Zennit's ``NamedMergeBatchNorm`` with those pairs, checked to leave the logits unchanged. A batch norm
+  fed by anything else (an activation, a sum, the input) or used twice makes LRP refuse (ValueError);
+- for LRP, residual adds are routed through ``zennit.layer.Sum`` modules (``canonizers="auto"``):
+  ``zennit.torchvision`` Bottleneck/BasicBlock canonizers for torchvision ResNets,
+  :class:`EfficientNetLiteCanonizer` for EfficientNet-Lite;
+- Guided Backprop (Captum changes the gradient of ``nn.ReLU`` modules only) and DeepLift (Captum applies
+  its rules to the nonlinearity *modules* it supports, each called once) are refused (ValueError) for a
+  model whose forward applies a nonlinearity they cannot see (``F.relu``, ``torch.sigmoid``, ``nn.SiLU``,
+  a reused activation module): one probe forward records every such call. DeepLift's attributions are
+  also checked for completeness (their sum equals ``f(x) - f(baseline)``, Shrikumar et al. 2017, eq. 1).
 
 Captum's own LRP is deliberately not offered: it silently returns wrong relevance on residual networks.
 """
@@ -26,16 +37,19 @@ Captum's own LRP is deliberately not offered: it silently returns wrong relevanc
 from __future__ import annotations
 
 import copy
+import math
 import types
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
+from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
 from zennit.layer import Sum
 
-from .models import resolve_device
+from .runtime import model_dtype, resolve_device
+from .validation import check_finite_tensor, check_float, check_positive_int, check_seed, numpy_seed
 
 __all__ = [
     "SALIENCY_METHODS",
@@ -185,8 +199,13 @@ def _prepare_for_captum(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- Zennit canonizers
 
 
-class _MBConvSumCanonizer(AttributeCanonizer):
-    """Routes the residual add of every ``MBConvBlock`` through a ``zennit.layer.Sum`` module."""
+class EfficientNetLiteCanonizer(AttributeCanonizer):
+    """Zennit canonizer for ``efficientnet_lite_pytorch`` models: routes the residual add of every
+    ``MBConvBlock`` through a ``zennit.layer.Sum`` module, so the add gets Zennit's ``Norm`` rule (relevance
+    split in proportion to the two summands) instead of being invisible to the rules.
+
+    Batch norms are not its job: :func:`attribute` folds every batch norm into the layer that feeds it, found
+    from the forward graph, for every model (see the module docstring)."""
 
     def __init__(self):
         super().__init__(self._attribute_map)
@@ -197,29 +216,198 @@ class _MBConvSumCanonizer(AttributeCanonizer):
             return {"forward": types.MethodType(_mbconv_forward, module), "spade_sum": Sum()}
         return None
 
-
-class EfficientNetLiteCanonizer(CompositeCanonizer):
-    """Zennit canonizer for ``efficientnet_lite_pytorch`` models.
-
-    Merges every batch norm into the convolution before it (the package registers them in forward order,
-    so ``SequentialMergeBatchNorm`` finds the pairs) and routes each MBConv block's residual add through a
-    ``zennit.layer.Sum`` module, so the add gets Zennit's ``Norm`` rule (relevance split in proportion to
-    the two summands) instead of being invisible to the rules."""
-
-    def __init__(self):
-        super().__init__((SequentialMergeBatchNorm(), _MBConvSumCanonizer()))
+    def copy(self):
+        return self.__class__()
 
 
 def _auto_canonizers(model: nn.Module) -> list:
+    """Residual-add canonizers by architecture (batch norms are folded separately, from the forward graph)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck
-    from zennit.torchvision import ResNetCanonizer
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
     modules = list(model.modules())
     if any(isinstance(m, (Bottleneck, BasicBlock)) for m in modules):
-        return [ResNetCanonizer()]
+        return [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
     if any(_is_mbconv(m) for m in modules):
         return [EfficientNetLiteCanonizer()]
-    return [SequentialMergeBatchNorm()]
+    return []
+
+
+def _module_names(net: nn.Module) -> dict[int, str]:
+    return {id(m): (n or "<model>") for n, m in net.named_modules()}
+
+
+def _describe(module, names) -> str:
+    return f"module {names.get(id(module), '?')!r} ({type(module).__name__})"
+
+
+def _batchnorm_pairs(net: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """(layer name, batch-norm name) for every batch norm that runs in ``net``'s forward on ``probe``, and the output.
+
+    The pairs come from the forward graph: hooks record which module returned each tensor; a batch norm is
+    paired with the convolution/linear layer whose output tensor *is* its input (same object, not modified in
+    place since). Raises ValueError for a batch norm that cannot be folded: fed by anything else, called more
+    than once, fed by a layer that runs more than once or feeds two batch norms, or using batch statistics."""
+    from zennit.types import BatchNorm as ZBatchNorm
+    from zennit.types import Linear as ZLinear
+
+    names = _module_names(net)
+    produced: dict[int, tuple[torch.Tensor, int, list]] = {}  # id(tensor) -> (tensor, version, producers)
+    sources: dict[int, list] = {}  # id(batch norm) -> producers of its input, per call
+    calls: Counter = Counter()
+
+    def hook(module, inputs, output):
+        calls[id(module)] += 1
+        if isinstance(module, ZBatchNorm):
+            inp = inputs[0] if inputs else None
+            entry = produced.get(id(inp))
+            ok = entry is not None and entry[0] is inp and entry[1] == inp._version
+            sources.setdefault(id(module), []).append(list(entry[2]) if ok else [])
+        if isinstance(output, torch.Tensor):
+            entry = produced.get(id(output))
+            if entry is not None and entry[0] is output and entry[1] == output._version:
+                entry[2].append(module)  # a wrapper returning its child's output: innermost producer first
+            else:
+                produced[id(output)] = (output, output._version, [module])
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            output = net(probe)
+    finally:
+        for h in handles:
+            h.remove()
+
+    pairs, used = [], {}
+    for name, bn in net.named_modules():
+        if not isinstance(bn, ZBatchNorm) or id(bn) not in sources:
+            continue
+        where = f"LRP needs every batch norm folded into the convolution or linear layer feeding it; batch norm {name!r}"
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError(f"{where} has no running statistics (track_running_stats=False), so it cannot be folded")
+        if calls[id(bn)] > 1:
+            raise ValueError(f"{where} runs {calls[id(bn)]} times in one forward pass, so it cannot be folded")
+        producers = sources[id(bn)][0]
+        linears = [m for m in producers if isinstance(m, ZLinear)]
+        if not linears:
+            fed_by = (", ".join(_describe(m, names) for m in producers) if producers else
+                      "a functional operation or the model input (no module returned that tensor unmodified)")
+            raise ValueError(f"{where} is fed by {fed_by}, not by a convolution or linear layer, so it cannot be "
+                             "folded; LRP is refused for this model (the other methods work)")
+        layer = linears[0]
+        if calls[id(layer)] > 1:
+            raise ValueError(f"{where} is fed by {_describe(layer, names)}, which runs {calls[id(layer)]} times in "
+                             "one forward pass, so folding would change its other uses")
+        if id(layer) in used:
+            raise ValueError(f"{where} and batch norm {used[id(layer)]!r} are both fed by {_describe(layer, names)}")
+        used[id(layer)] = name
+        pairs.append((names[id(layer)], name))
+    return pairs, output
+
+
+def _fold_batchnorms(net: nn.Module, probe: torch.Tensor) -> int:
+    """Fold every batch norm of ``net`` (a private copy, in eval mode) into the layer feeding it, in place.
+
+    Uses Zennit's ``NamedMergeBatchNorm`` with the pairs from :func:`_batchnorm_pairs`, then replaces each
+    folded batch norm by ``nn.Identity`` (Zennit's merged batch norm still divides by sqrt(1 + eps)). The pairs are
+    checked: folding them must leave the logits on ``probe`` unchanged to sqrt(machine epsilon) of their scale
+    (3.5e-4 in float32), which also catches a layer whose output is used elsewhere too, or a layer that does not
+    compute with its ``.weight``. Returns the number of batch norms folded."""
+    pairs, before = _batchnorm_pairs(net, probe)
+    if not pairs:
+        return 0
+    modules = dict(net.named_modules())
+    for _, bn_name in pairs:
+        bn = modules[bn_name]
+        if bn.weight is None:  # affine=False: the identity affine part, so the merge has parameters to rewrite
+            like = bn.running_mean
+            bn.weight = nn.Parameter(torch.ones_like(like), requires_grad=False)
+            bn.bias = nn.Parameter(torch.zeros_like(like), requires_grad=False)
+    NamedMergeBatchNorm([((layer,), bn) for layer, bn in pairs]).apply(net)  # never reverted: a private copy
+    for _, bn_name in pairs:  # Zennit leaves x / sqrt(1 + eps) behind, off by eps/2 per batch norm: make it exact
+        parent_name, _, child = bn_name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else net, child, nn.Identity())
+    with torch.no_grad():
+        after = net(probe)
+    err = float((after - before).abs().max()) if before.numel() else 0.0
+    scale = float(before.abs().max()) if before.numel() else 0.0
+    if not err <= math.sqrt(torch.finfo(before.dtype).eps) * max(scale, 1e-12):
+        raise ValueError(
+            f"folding the batch norms into the layers feeding them changes the model's output by {err:.3g} (scale "
+            f"{scale:.3g}): a layer's output is also used elsewhere, or a layer does not compute with its .weight; "
+            f"LRP is refused for this model. Pairs: {pairs}")
+    return len(pairs)
+
+
+_RECTIFIERS = frozenset({
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "rrelu", "rrelu_", "prelu",
+    "elu", "elu_", "selu", "selu_", "celu", "celu_", "gelu", "silu", "mish", "hardswish", "softplus", "threshold",
+    "threshold_", "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_", "glu",
+})
+_OTHER_NONLINEAR = frozenset({
+    "sigmoid", "sigmoid_", "tanh", "tanh_", "hardsigmoid", "logsigmoid", "softsign", "tanhshrink", "softshrink",
+    "hardshrink", "softmax", "log_softmax", "softmin", "max_pool1d", "max_pool2d", "max_pool3d",
+    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "fractional_max_pool2d", "fractional_max_pool3d",
+})
+
+
+def _check_captum_sees_nonlinearities(net: nn.Module, probe: torch.Tensor, method: str) -> None:
+    """Refuse Guided Backprop / DeepLift (ValueError) when the model's forward applies a nonlinearity the Captum
+    method cannot see. One probe forward under a ``TorchFunctionMode`` records every nonlinear torch function and
+    the innermost module running it: Guided Backprop needs each rectifier inside an ``nn.ReLU`` module; DeepLift
+    needs each nonlinearity inside a module of a type it supports, each such module called once."""
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+    from torch.overrides import TorchFunctionMode
+
+    guided = method in ("guided_backprop", "guided_grad_cam")
+    watched = _RECTIFIERS if guided else _RECTIFIERS | _OTHER_NONLINEAR
+    names = _module_names(net)
+    stack: list = []
+    calls: Counter = Counter()
+    invisible: dict[str, int] = {}
+
+    def push(module, args):
+        stack.append(module)
+        calls[id(module)] += 1
+
+    def pop(module, args, output):
+        if stack and stack[-1] is module:
+            stack.pop()
+
+    class Recorder(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            fname = getattr(func, "__name__", "")
+            if fname in watched:
+                inner = stack[-1] if stack else None
+                seen = isinstance(inner, nn.ReLU) if guided else inner is not None and type(inner) in SUPPORTED_NON_LINEAR
+                if not seen:
+                    key = f"{fname} in {_describe(inner, names)}" if inner is not None else f"{fname} in the model's forward"
+                    invisible[key] = invisible.get(key, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    handles = [h for m in net.modules() for h in (m.register_forward_pre_hook(push), m.register_forward_hook(pop))]
+    try:
+        with torch.no_grad(), Recorder():
+            net(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    if guided:
+        rule = "Captum's Guided Backprop changes the gradient of nn.ReLU modules only"
+    else:
+        rule = ("Captum's DeepLift applies its rescale rule only to nonlinearity modules of the types "
+                f"{sorted(t.__name__ for t in SUPPORTED_NON_LINEAR)}")
+        reused = [f"{_describe(m, names)} x{calls[id(m)]}" for m in net.modules()
+                  if type(m) in SUPPORTED_NON_LINEAR and calls[id(m)] > 1]
+        if reused:
+            raise ValueError(f"method={method!r} refused: {rule}, each called once per forward pass, but this model "
+                             f"reuses {', '.join(reused)}; give every use its own module")
+    if invisible:
+        found = ", ".join(f"{k} (x{v})" for k, v in invisible.items())
+        raise ValueError(f"method={method!r} refused: {rule}, but this model's forward applies {found}; the result "
+                         "would silently be the plain gradient there. Use modules (e.g. nn.ReLU instead of F.relu) "
+                         "or another method")
 
 
 def _lrp_composite(rule: str, canonizers: list):
@@ -291,14 +479,6 @@ def _targets(target, batch: int) -> torch.Tensor:
     return t
 
 
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 # ----------------------------------------------------------------------------- the one call
 
 
@@ -322,26 +502,37 @@ def attribute(
     seed: int = 0,
     device: str | torch.device = "auto",
 ) -> torch.Tensor:
-    """Saliency map of ``model`` for class ``target`` on normalised images ``x``: (B, H, W) on the CPU.
+    """Saliency map of ``model`` for class ``target`` on normalised images ``x``: (B, H, W) float32 on the CPU.
 
     Parameters
     ----------
-    model: classifier returning logits; never modified (attribution runs on a deep copy, in eval mode).
-    x: (B, 3, H, W) float tensor, normalised as the model expects.
+    model: classifier returning logits (B, classes); never modified: attribution runs on a deep copy in eval
+        mode, so the caller's weights, per-module train/eval flags, hooks, dtype and device stay as found.
+    x: (B, C, H, W) float tensor, normalised as the model expects; finite. It is fed to the model in the model's
+        own dtype (a float64 or bfloat16 model gets float64 or bfloat16 input).
     target: one class for all images (int) or one per image (sequence or 1-d tensor of ints).
     method: one of :data:`SALIENCY_METHODS`.
     layer: Grad-CAM / Guided Grad-CAM layer name (default: :func:`gradcam_layer`).
     n_steps, internal_batch_size: Integrated Gradients path steps and images per forward pass.
-    n_samples, stdevs: Gradient SHAP samples per image and input noise (baseline: the all-zero
-        normalised image, i.e. the dataset mean). DeepLift and IG use the same zero baseline.
+    n_samples, stdevs: Gradient SHAP samples per image and input noise standard deviation, in the model's
+        normalised input units. Baselines (Gradient SHAP, DeepLift, IG) are the all-zero normalised image, which
+        is the per-channel dataset mean under the model's own normalisation, whatever it is.
     window, stride, perturbations_per_eval: Occlusion square patch side, step, and patches per forward pass
-        (patches are replaced by zero in normalised space).
+        (patches are replaced by zero in normalised space: the dataset mean).
     rule: LRP rule set, one of :data:`LRP_RULES` (``"alpha1_beta0"`` is the paper's setting).
-    canonizers: ``"auto"`` (see the module docstring) or a list of Zennit canonizers for LRP.
+    canonizers: ``"auto"`` (residual-add canonizers by architecture, see the module docstring) or a list of Zennit
+        canonizers for LRP. Either way, batch norms are first folded from the forward graph.
     batch_size: images per attribution call (default: the whole batch).
     seed: seeds Gradient SHAP's random draws (each image gets the same draws whatever the batch, so a batch
-        equals its images attributed one by one); the global RNG state is restored.
+        equals its images attributed one by one); an int in [0, 2**63); the global RNG states are restored.
     device: ``"auto"`` -> CUDA when present.
+
+    Raises
+    ------
+    TypeError / ValueError naming the argument for bad input, before any attribution. ValueError for LRP on a
+    model whose batch norms cannot be folded from its forward graph, for Guided Backprop / Guided Grad-CAM /
+    DeepLift on a model whose nonlinearities those methods cannot see, and for DeepLift attributions that break
+    completeness (|sum - (f(x) - f(0))| above 1e-3 of the logits' scale).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -349,6 +540,9 @@ def attribute(
         raise TypeError("x must be a float torch tensor of shape (B, 3, H, W)")
     if x.dim() != 4:
         raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one image, got an empty batch")
+    check_finite_tensor(x, "x")
     if not isinstance(method, str):
         raise TypeError(f"method must be a str, got {type(method).__name__}")
     if method not in SALIENCY_METHODS:
@@ -357,11 +551,11 @@ def attribute(
         raise ValueError(f"unknown LRP rule {rule!r}; choose one of {LRP_RULES}")
     for name, value in (("n_steps", n_steps), ("internal_batch_size", internal_batch_size), ("n_samples", n_samples),
                         ("window", window), ("stride", stride), ("perturbations_per_eval", perturbations_per_eval)):
-        _check_positive_int(value, name)
+        check_positive_int(value, name)
+    stdevs = check_float(stdevs, "stdevs", low=0.0)
     if batch_size is not None:
-        _check_positive_int(batch_size, "batch_size")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        check_positive_int(batch_size, "batch_size")
+    seed = check_seed(seed)
     targets = _targets(target, x.shape[0])
     if layer is not None:
         if not isinstance(layer, str):
@@ -371,24 +565,30 @@ def attribute(
     if canonizers != "auto" and not isinstance(canonizers, (list, tuple)):
         raise TypeError("canonizers must be 'auto' or a list of Zennit canonizers")
     dev = resolve_device(device)
+    dtype = model_dtype(model)
 
     net = copy.deepcopy(model).to(dev).eval()
     for p in net.parameters():
         p.requires_grad_(False)
+    probe = x[:1].detach().to(device=dev, dtype=dtype)
     if method == "lrp":
+        _fold_batchnorms(net, probe)
         if canonizers == "auto":
             canonizers = _auto_canonizers(net)
         else:
             canonizers = [copy.deepcopy(c) for c in canonizers]
     else:
         _prepare_for_captum(net)
+        if method in ("guided_backprop", "guided_grad_cam", "deeplift"):
+            _register_clamped_relu_with_deeplift()
+            _check_captum_sees_nonlinearities(net, probe, method)
     if method in ("grad_cam", "guided_grad_cam"):
         layer = layer or gradcam_layer(net)
 
     step = batch_size or x.shape[0]
     maps = []
     for start in range(0, x.shape[0], step):
-        xb = x[start : start + step].detach().to(dev)
+        xb = x[start : start + step].detach().to(device=dev, dtype=dtype)
         tb = targets[start : start + step].to(dev)
         maps.append(_attribute_batch(net, xb, tb, method, layer=layer, n_steps=n_steps,
                                      internal_batch_size=internal_batch_size, n_samples=n_samples, stdevs=stdevs,
@@ -416,7 +616,8 @@ def _attribute_batch(net, x, t, method, *, layer, n_steps, internal_batch_size, 
         a = ca.GuidedBackprop(net).attribute(x, target=t)
     elif method == "deeplift":
         _register_clamped_relu_with_deeplift()
-        a = ca.DeepLift(net).attribute(x, baselines=zeros, target=t)
+        a, delta = ca.DeepLift(net).attribute(x, baselines=zeros, target=t, return_convergence_delta=True)
+        _check_completeness(net, x, zeros, t, delta)
     elif method == "gradient_shap":
         import numpy as np
 
@@ -426,7 +627,7 @@ def _attribute_batch(net, x, t, method, *, layer, n_steps, internal_batch_size, 
             for i in range(x.shape[0]):  # the same random draws for an image whatever batch it sits in
                 with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
                     torch.manual_seed(seed)
-                    np.random.seed(seed)
+                    np.random.seed(numpy_seed(seed))
                     parts.append(ca.GradientShap(net).attribute(x[i : i + 1], baselines=zeros[:1], target=t[i : i + 1],
                                                                 n_samples=n_samples, stdevs=stdevs))
         finally:
@@ -444,6 +645,20 @@ def _attribute_batch(net, x, t, method, *, layer, n_steps, internal_batch_size, 
         module = dict(net.named_modules())[layer]
         a = ca.GuidedGradCam(net, module).attribute(x, target=t, interpolate_mode="bilinear")
     return a.sum(1)
+
+
+def _check_completeness(net, x, baseline, t, delta) -> None:
+    """DeepLift's summation-to-delta (Shrikumar et al. 2017, eq. 1): refuse attributions that break it."""
+    with torch.no_grad():
+        fx = net(x).gather(1, t[:, None])[:, 0]
+        fb = net(baseline).gather(1, t[:, None])[:, 0]
+    scale = torch.maximum(fx.abs(), fb.abs()).clamp_min(1e-6)
+    worst = float((delta.detach().abs().to(scale.dtype) / scale).max())
+    if not worst <= 1e-3:
+        raise ValueError(
+            f"method='deeplift' refused: its attributions miss f(x) - f(baseline) by {worst:.2%} of the logit "
+            "(completeness is broken), so some nonlinearity of the model is not one Captum's DeepLift handles "
+            "(a functional activation, an elementwise product of activations, a normalisation layer, ...)")
 
 
 def _lrp(net, x, t, rule, canonizers) -> torch.Tensor:
@@ -481,9 +696,9 @@ def attribution_aucs(
     explainer, insertion, deletion.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from .metrics import insertion_deletion_auc
+    from .widgets import progress_bar as tqdm
 
     if not isinstance(explainers, dict) or not explainers:
         raise TypeError("explainers must be a non-empty dict label -> model")

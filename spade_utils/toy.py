@@ -17,7 +17,17 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from .runtime import model_device, model_dtype
+from .validation import (
+    check_finite_tensor,
+    check_float,
+    check_int,
+    check_positive_int,
+    check_seed,
+    check_sparsity,
+)
+from .widgets import progress_bar as tqdm
 
 BOX = (0.0, 9.0)
 LARGE_CENTER = (4.0, 4.0)
@@ -56,23 +66,14 @@ def _check_points(points, name: str = "points") -> torch.Tensor:
         raise ValueError(f"{name} must have shape (n, 2) or (2,), got {tuple(points.shape)}")
     if not points.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {points.dtype}")
-    return points
+    if points.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(points.shape)})")
+    return check_finite_tensor(points, name)
 
 
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_number(value, name: str, allow_zero: bool = False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return float(value)
+def _check_scale(value, name: str, allow_zero: bool = False) -> float:
+    """A finite number > 0 (>= 0 with ``allow_zero``)."""
+    return check_float(value, name, low=0.0, low_open=not allow_zero)
 
 
 def _check_region(region) -> str:
@@ -84,9 +85,9 @@ def _check_region(region) -> str:
 def _generator(seed) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(check_seed(seed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,17 +113,17 @@ def share_in(points: torch.Tensor, region: str) -> float:
 
 def uniform_points(n: int, seed=0) -> torch.Tensor:
     """``n`` points uniform over the square ``[0, 9]^2`` (``seed``: int or torch.Generator)."""
-    _check_int(n, "n")
+    n = check_positive_int(n, "n")
     g = _generator(seed)
     lo, hi = BOX
     return lo + (hi - lo) * torch.rand(n, 2, generator=g)
 
 
 def points_in_disc(n: int, region: str, seed=0, scale: float = 1.0) -> torch.Tensor:
-    """``n`` points uniform over ``region``'s disc, its radius multiplied by ``scale``."""
-    _check_int(n, "n")
+    """``n`` points uniform over ``region``'s disc, its radius multiplied by ``scale`` (finite, > 0)."""
+    n = check_positive_int(n, "n")
     centre, radius = REGIONS[_check_region(region)]
-    _check_number(scale, "scale")
+    scale = _check_scale(scale, "scale")
     g = _generator(seed)
     r = radius * scale * torch.rand(n, generator=g).sqrt()
     phi = 2 * torch.pi * torch.rand(n, generator=g)
@@ -136,8 +137,8 @@ def make_dataset(n_uniform: int = 20000, n_small: int = 6000, seed=0) -> tuple[t
     disc (1/9 of them inside it, the rest in the ring around it): the small region covers 1% of
     the square, so without them a network can ignore it and still reach 99% accuracy.
     """
-    _check_int(n_uniform, "n_uniform")
-    _check_int(n_small, "n_small", minimum=0)
+    n_uniform = check_positive_int(n_uniform, "n_uniform")
+    n_small = check_int(n_small, "n_small", minimum=0)
     g = _generator(seed)
     parts = [uniform_points(n_uniform, g)]
     if n_small:
@@ -151,17 +152,17 @@ def jitter(sample: torch.Tensor, n: int, generator: torch.Generator | None = Non
     sample = _check_points(sample, "sample")
     if sample.shape[0] != 1:
         raise ValueError(f"sample must be one point, got {sample.shape[0]}")
-    _check_int(n, "n")
-    _check_number(std, "std", allow_zero=True)
+    n = check_positive_int(n, "n")
+    std = _check_scale(std, "std", allow_zero=True)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    noise = torch.randn(n, 2, generator=generator, dtype=sample.dtype)
+    noise = torch.randn(n, 2, generator=generator, dtype=sample.dtype).to(sample.device)
     return sample + std * noise
 
 
 def make_jitter(std: float = 0.5):
     """The augmentation callable ``(sample, n, generator) -> (n, 2) batch`` that ``spade_trace`` takes."""
-    _check_number(std, "std", allow_zero=True)
+    std = _check_scale(std, "std", allow_zero=True)
 
     def augment(sample, n, generator=None):
         return jitter(sample, n, generator, std=std)
@@ -190,8 +191,8 @@ def make_mlp(hidden: Sequence[int] = (32, 32, 32), seed: int = 0, out_bias: bool
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden:
         raise ValueError(f"hidden must be a non-empty sequence of widths, got {hidden!r}")
     for h in hidden:
-        _check_int(h, "hidden width")
-    _check_int(seed, "seed", minimum=0)
+        check_positive_int(h, "hidden width")
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layers: list[tuple[str, nn.Module]] = [("rescale", Rescale())]
@@ -204,9 +205,18 @@ def make_mlp(hidden: Sequence[int] = (32, 32, 32), seed: int = 0, out_bias: bool
     return model.eval()
 
 
+def _on_model(model: nn.Module, points: torch.Tensor) -> torch.Tensor:
+    """``points`` on the model's device, in its dtype."""
+    return points.to(device=model_device(model), dtype=model_dtype(model))
+
+
 def logit(model: nn.Module, points: torch.Tensor) -> torch.Tensor:
-    """The output neuron's logit for each point, shape (n,)."""
-    return model(points).squeeze(-1)
+    """The output neuron's logit for each point, shape (n,), on the model's device.
+
+    ``points``: (n, 2) or (2,) float, finite, non-empty; fed to the model in its own dtype and on its device."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model(_on_model(model, _check_points(points))).squeeze(-1)
 
 
 def train_mlp(
@@ -226,10 +236,12 @@ def train_mlp(
     X = _check_points(X, "X")
     if not isinstance(y, torch.Tensor) or y.shape != (X.shape[0],):
         raise ValueError(f"y must be a tensor of shape ({X.shape[0]},)")
-    _check_int(epochs, "epochs")
-    _check_int(batch_size, "batch_size")
-    _check_number(lr, "lr")
+    check_finite_tensor(y, "y")
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    lr = _check_scale(lr, "lr")
     g = _generator(seed)
+    X, y = _on_model(model, X), _on_model(model, y)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = X.shape[0]
     steps = epochs * ((n + batch_size - 1) // batch_size)
@@ -241,8 +253,8 @@ def train_mlp(
         perm = torch.randperm(n, generator=g)
         total = 0.0
         for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            loss = loss_fn(logit(model, X[idx]), y[idx])
+            idx = perm[i : i + batch_size].to(X.device)
+            loss = loss_fn(model(X[idx]).squeeze(-1), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -256,9 +268,10 @@ def train_mlp(
 @torch.no_grad()
 def evaluate(model: nn.Module, n_test: int = 20000, seed: int = 12345) -> dict[str, float]:
     """Held-out accuracy over the square and recall inside each disc (fresh points, own seed)."""
-    _check_int(n_test, "n_test", minimum=10)
+    n_test = check_int(n_test, "n_test", minimum=10)
+    seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 2)
     X = uniform_points(n_test, seed)
-    acc = float(((logit(model, X) > 0) == labels(X).bool()).float().mean())
+    acc = float(((logit(model, X) > 0).cpu() == labels(X).bool()).float().mean())
     out = {"accuracy": acc}
     for region in REGIONS:
         P = points_in_disc(n_test // 10, region, seed + 1)
@@ -288,35 +301,39 @@ def feature_visualization(
     annealed geometrically over the steps: a wide blur first lets every start feel the whole
     landscape (no start is stranded on a flat piece or a tiny bump), the narrow end lets the
     points settle. Steps are normalised gradient steps whose length decays linearly from ``lr``
-    to ``lr / 20``; points are clamped to the square. Returns the final points (n_points, 2).
+    to ``lr / 20``; points are clamped to the square. ``n_points``, ``n_noise`` ints >= 1, ``steps`` >= 0,
+    ``lr`` > 0 and ``noise_std`` (a sigma >= 0, or a pair of sigmas > 0) finite; ``starts`` (n, 2) replaces
+    the uniform starts. The model runs on its own device and dtype. Returns the final points (n_points, 2)
+    on the CPU in the model's dtype. Raises TypeError/ValueError naming the argument.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_int(n_points, "n_points")
-    _check_int(steps, "steps", minimum=0)
-    _check_int(n_noise, "n_noise")
-    _check_number(lr, "lr")
+    n_points = check_positive_int(n_points, "n_points")
+    steps = check_int(steps, "steps", minimum=0)
+    n_noise = check_positive_int(n_noise, "n_noise")
+    lr = _check_scale(lr, "lr")
     if isinstance(noise_std, (tuple, list)):
         if len(noise_std) != 2:
             raise ValueError(f"noise_std must be a number or a (start, end) pair, got {noise_std!r}")
-        sigma0, sigma1 = (_check_number(v, "noise_std") for v in noise_std)
+        sigma0, sigma1 = (_check_scale(v, "noise_std") for v in noise_std)
     else:
-        sigma0 = sigma1 = _check_number(noise_std, "noise_std", allow_zero=True)
+        sigma0 = sigma1 = _check_scale(noise_std, "noise_std", allow_zero=True)
     g = _generator(seed)
     lo, hi = BOX
     x = uniform_points(n_points, g) if starts is None else _check_points(starts, "starts").detach().clone()
+    x = _on_model(model, x)
     for t in range(steps):
         frac = t / max(1, steps - 1)
         size = lr * (1.0 - 0.95 * frac)
         sigma = sigma0 * (sigma1 / sigma0) ** frac if sigma0 > 0 else 0.0
         x.requires_grad_(True)
-        eps = torch.randn(n_noise, *x.shape, generator=g) * sigma
-        value = logit(model, (x.unsqueeze(0) + eps).reshape(-1, 2)).reshape(n_noise, -1).mean(0).sum()
+        eps = (torch.randn(n_noise, *x.shape, generator=g) * sigma).to(device=x.device, dtype=x.dtype)
+        value = model((x.unsqueeze(0) + eps).reshape(-1, 2)).squeeze(-1).reshape(n_noise, -1).mean(0).sum()
         (grad,) = torch.autograd.grad(value, x)
         with torch.no_grad():
             step = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
             x = (x + size * step).clamp(lo, hi)
-    return x.detach()
+    return x.detach().cpu()
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +373,7 @@ def train_toy(recipe: ToyRecipe, seed: int, progress: bool = False) -> nn.Module
     """Data, initialisation and training of one toy model, all from ``seed``."""
     if not isinstance(recipe, ToyRecipe):
         raise TypeError(f"recipe must be a ToyRecipe, got {type(recipe).__name__}")
-    _check_int(seed, "seed", minimum=0)
+    seed = check_seed(seed)
     model = make_mlp(recipe.hidden, seed, out_bias=recipe.out_bias)
     X, y = make_dataset(recipe.n_uniform, recipe.n_small, seed)
     train_mlp(model, X, y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed, progress=progress)
@@ -446,11 +463,11 @@ def sparsity_sweep(
     share_in_region, share_in_other); with ``keep_points`` also a dict
     ``(solver, scenario, sparsity) -> points``.
     """
-    if not sparsities:
-        raise ValueError("sparsities must be a non-empty sequence")
-    for s in sparsities:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
-            raise ValueError(f"sparsities must lie in [0, 1), got {s!r}")
+    if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Sequence) or not sparsities:
+        raise ValueError(f"sparsities must be a non-empty sequence, got {sparsities!r}")
+    sparsities = [check_sparsity(s, "sparsities") for s in sparsities]
+    if isinstance(solvers, (str, bytes)) or not isinstance(solvers, Sequence) or not solvers:
+        raise ValueError(f"solvers must be a non-empty sequence of solver names, got {solvers!r}")
     rows, kept = [], {}
     jobs = [(solver, name, s) for solver in solvers for name in SCENARIOS for s in sparsities]
     for solver, name, s in tqdm(jobs, disable=not progress, desc="sweep", leave=False):

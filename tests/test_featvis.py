@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from spade_utils.featvis import count_hooks, image_distance, visualize
+from spade_utils.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
 
 def tiny_net(seed=0):
@@ -19,7 +20,7 @@ def tiny_net(seed=0):
     ).eval()
 
 
-FAST = dict(steps=15, size=32, input_size=40, progress=False, device="cpu")
+FAST = dict(steps=15, size=32, input_size=40, mean=IMAGENET_MEAN, std=IMAGENET_STD, progress=False, device="cpu")
 
 
 def test_shape_range_and_no_hooks_left():
@@ -76,7 +77,8 @@ def test_objective_increases_and_model_untouched():
     net = tiny_net()
     state = {k: v.clone() for k, v in net.state_dict().items()}
     net.train()
-    img = visualize(net, 4, steps=40, size=32, input_size=None, transforms=None, progress=False, device="cpu")
+    img = visualize(net, 4, steps=40, size=32, input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, transforms=None,
+                    progress=False, device="cpu")
     assert net.training  # mode restored
     assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
@@ -121,3 +123,126 @@ def test_image_distance():
         image_distance(a, a[:1])
     with pytest.raises(ValueError, match="pool"):
         image_distance(a, a, pool=0)
+
+
+class FrozenBatchNormNet(nn.Module):
+    """A training model with one frozen (eval-mode) batch norm and an unused module."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.unused = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_per_module_train_flags_and_hooks_left_as_found():
+    net = FrozenBatchNormNet().train()
+    net.bn.eval()  # frozen batch norm inside a training model
+    seen = []
+    net.fc.register_forward_hook(lambda m, i, o: seen.append(1))  # the caller's own hook stays
+    flags = [(name, m.training) for name, m in net.named_modules()]
+    hooks = count_hooks(net)
+    visualize(net, 1, **FAST)
+    assert [(name, m.training) for name, m in net.named_modules()] == flags
+    assert count_hooks(net) == hooks == 1
+    with pytest.raises(ValueError, match="channel"):
+        visualize(net, "conv:99", **FAST)  # the same after an error
+    assert [(name, m.training) for name, m in net.named_modules()] == flags
+    assert count_hooks(net) == hooks
+
+
+def test_channel_objective_on_a_layer_the_forward_never_calls():
+    net = FrozenBatchNormNet().eval()
+    with pytest.raises(ValueError, match="never ran"):
+        visualize(net, "unused:0", **FAST)
+    assert count_hooks(net) == 0
+
+
+class TupleNet(nn.Module):
+    """Returns (logits, features) or {"logits", "features"}: the shape of many detection / multi-head models."""
+
+    def __init__(self, as_dict=False):
+        super().__init__()
+        self.net, self.as_dict = tiny_net(), as_dict
+
+    def forward(self, x):
+        logits = self.net(x)
+        return {"logits": logits, "features": x.mean((2, 3))} if self.as_dict else (logits, x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("as_dict, output", [(False, 0), (False, lambda out: out[0]), (True, "logits"),
+                                             (True, lambda out: out["logits"])])
+def test_models_returning_tuples_or_dicts(as_dict, output):
+    wrapped = TupleNet(as_dict)
+    with pytest.raises(ValueError, match="output="):
+        visualize(wrapped, 2, **FAST)
+    # the oracle: the same network returning its logits directly gives the same image from the same seed
+    assert torch.equal(visualize(wrapped, 2, output=output, **FAST), visualize(tiny_net(), 2, **FAST))
+    assert count_hooks(wrapped) == 0
+
+
+def test_output_argument_is_checked():
+    with pytest.raises(ValueError, match="output="):
+        visualize(TupleNet(), 2, output=5, **FAST)
+    with pytest.raises(ValueError, match="output="):
+        visualize(TupleNet(True), 2, output="nope", **FAST)
+    with pytest.raises(TypeError, match="output"):
+        visualize(TupleNet(), 2, output=1.5, **FAST)
+    with pytest.raises(ValueError, match="shape"):
+        visualize(TupleNet(), 2, output=lambda out: out[0][0], **FAST)  # one logit vector, not (batch, classes)
+
+
+def test_any_valid_seed_works_and_bad_seeds_are_refused():
+    net = tiny_net()
+    a = visualize(net, 1, seed=2**32, **FAST)  # beyond NumPy's legacy seed range
+    assert torch.equal(a, visualize(net, 1, seed=2**32, **FAST))
+    with pytest.raises(ValueError, match="seed"):
+        visualize(net, 1, seed=-1, **FAST)
+    with pytest.raises(TypeError, match="seed"):
+        visualize(net, 1, seed=1.7, **FAST)
+
+
+class RecordingNet(nn.Module):
+    """Records the shape and range of every input it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.seen = tiny_net(), []
+
+    def forward(self, x):
+        self.seen.append((tuple(x.shape), float(x.min()), float(x.max()), x.dtype))
+        return self.net(x)
+
+
+def test_input_size_and_normalisation_follow_the_model():
+    net = RecordingNet()
+    fast = {k: v for k, v in FAST.items() if k not in ("input_size", "mean", "std")}
+    with pytest.raises(ValueError, match="input_size"):  # neither given nor stated: refuse, no silent 224-px ImageNet
+        visualize(net, 1, **fast)
+    assert net.seen == []
+    net.spade_input_spec = InputSpec(24, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # a 24-px model taking [0, 1] input
+    img = visualize(net, 1, **fast)
+    assert {shape for shape, *_ in net.seen} == {(1, 3, 24, 24)}
+    assert min(lo for _, lo, _, _ in net.seen) >= 0 and max(hi for _, _, hi, _ in net.seen) <= 1  # not normalised
+    assert torch.equal(img, visualize(net, 1, input_size=24, mean=(0, 0, 0), std=(1, 1, 1), **fast))
+    net.seen.clear()
+    visualize(net, 1, input_size=40, mean=IMAGENET_MEAN, std=IMAGENET_STD, **fast)  # explicit arguments win
+    assert {shape for shape, *_ in net.seen} == {(1, 3, 40, 40)}
+    assert min(lo for _, lo, _, _ in net.seen) < 0  # ImageNet-normalised
+    with pytest.raises(ValueError, match="std"):
+        visualize(net, 1, std=(1.0, 0.0, 1.0), **fast)
+
+
+def test_visualizations_follow_the_model_dtype():
+    net = RecordingNet()
+    wide = RecordingNet().double()
+    a = visualize(net, 3, **FAST)
+    b = visualize(wide, 3, **FAST)
+    assert {dtype for *_, dtype in wide.seen} == {torch.float64}
+    assert b.dtype == torch.float32 and next(wide.parameters()).dtype == torch.float64
+    assert image_distance(a, b).max() < 1e-3  # the same optimisation up to float32 rounding

@@ -132,3 +132,114 @@ def test_depthwise_hessian_on_cuda_matches_unfold():
     x1, x2 = torch.randn(3, 12, 15, 15), torch.randn(2, 12, 15, 15)
     H, _ = _record(conv.cuda(), x1.cuda(), x2.cuda())
     torch.testing.assert_close(H.double().cpu(), _explicit(conv.cpu(), torch.cat([x1, x2])), rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# padding the layer really applies, and the blocked Gram path, against explicit F.pad + F.unfold
+# --------------------------------------------------------------------------------------------
+def _unfold_oracle(conv: nn.Conv2d, x: torch.Tensor, pads, mode="constant") -> torch.Tensor:
+    """2/n sum x x^T per group of F.unfold's columns after F.pad(x, pads, mode), in float64."""
+    xp = F.pad(x.double(), pads, mode=mode) if any(pads) else x.double()
+    u = F.unfold(xp, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    g = conv.groups
+    n, D, L = u.shape
+    u = u.reshape(n, g, D // g, L).permute(1, 2, 0, 3).reshape(g, D // g, n * L)
+    return 2 * u @ u.transpose(1, 2) / (n * L)
+
+
+def _tf_same_pads(conv: nn.Conv2d, x: torch.Tensor):
+    """TensorFlow 'SAME': output ceil(n / s), the odd pixel of padding on the right/bottom."""
+    pads = []
+    for i in (1, 0):
+        n, k, s, d = x.shape[2 + i], conv.kernel_size[i], conv.stride[i], conv.dilation[i]
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
+class _PadsInForward(nn.Conv2d):
+    """TF-same padding inside forward under an arbitrary class name (like timm's Conv2dSame)."""
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, _tf_same_pads(self, x)), self.weight, self.bias, self.stride, 0, self.dilation,
+                        self.groups)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 11, 9), (2, 6, 10, 12)], ids=["odd", "even"])
+@pytest.mark.parametrize("stride, dilation, groups", [(2, 1, 1), (1, 2, 2), (2, 1, 6)], ids=["s2", "d2g2", "dw"])
+def test_dynamic_same_padding_matches_unfold(shape, stride, dilation, groups):
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+
+    torch.manual_seed(7)
+    x = torch.randn(shape)
+    for conv, pre_pad in ((Conv2dDynamicSamePadding(6, 6, 3, stride=stride, dilation=dilation, groups=groups), None),
+                          (_PadsInForward(6, 6, 3, stride=stride, dilation=dilation, groups=groups), "tf_same")):
+        with HessianRecorder({"l": conv}, pre_pad=None if pre_pad is None else {"l": pre_pad}) as rec, \
+                torch.no_grad():
+            y = conv(x)
+        H = rec.hessians()["l"]
+        H = H if H.dim() == 3 else H.unsqueeze(0)
+        ref = _unfold_oracle(conv, x, _tf_same_pads(conv, x))
+        assert rec.counts["l"] == y.shape[0] * y.shape[2] * y.shape[3]
+        torch.testing.assert_close(H.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", [
+    dict(kernel_size=3, padding="valid"),
+    dict(kernel_size=3, padding="valid", stride=2, dilation=2),
+    dict(kernel_size=(3, 2), padding="valid", stride=(1, 2), groups=2),
+    dict(kernel_size=3, padding="valid", padding_mode="reflect"),
+])
+def test_valid_padding_matches_unfold(spec):
+    torch.manual_seed(8)
+    conv = nn.Conv2d(6, 4, **spec)
+    x = torch.randn(3, 6, 11, 9)
+    H, n = _record(conv, x)
+    assert n == conv(x).shape[0] * conv(x).shape[2] * conv(x).shape[3]
+    torch.testing.assert_close(H.double(), _unfold_oracle(conv, x, [0, 0, 0, 0]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), (4, 1), ((3, 5), (2, 1))])
+def test_same_padding_with_a_padding_mode_matches_unfold(mode, kernel, dilation):
+    """padding='same' with a non-zero padding_mode pads with that mode (it was built with zeros: H 14% off)."""
+    torch.manual_seed(9)
+    conv = nn.Conv2d(5, 4, kernel, padding="same", padding_mode=mode, dilation=dilation)
+    x = torch.randn(2, 5, 12, 11)
+    H, _ = _record(conv, x)
+    pads = []
+    for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation), strict=True):
+        total = d * (k - 1)
+        pads += [total // 2, total - total // 2]
+    torch.testing.assert_close(H.double(), _unfold_oracle(conv, x, pads, mode), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: nn.Conv2d(48, 4, 3, stride=2, padding=1), (2, 48, 9, 9)),  # unfold path: D = 432 columns
+    (lambda: nn.Conv2d(400, 4, 1), (2, 400, 5, 4)),  # 1x1: one diagonal block of 400 channels
+    (lambda: nn.Conv2d(2 * 200, 4, 1, groups=2), (2, 400, 5, 4)),  # two groups of 200: below the threshold
+], ids=["unfold-432", "1x1-400", "groups-200"])
+def test_blocked_gram_path_matches_unfold(monkeypatch, make, shape):
+    """hessian._sym_gram computes U^T U in column blocks above 1.5 blocks (D > 384); each block is exact."""
+    from spade_utils import hessian
+
+    sizes = []
+    real = hessian._sym_gram
+    monkeypatch.setattr(hessian, "_sym_gram", lambda U: sizes.append(U.shape[1]) or real(U))
+    torch.manual_seed(10)
+    conv = make()
+    x = torch.randn(shape).relu()
+    H, _ = _record(conv, x)
+    torch.testing.assert_close(H.double(), _unfold_oracle(conv, x, list(conv._reversed_padding_repeated_twice)),
+                               rtol=1e-5, atol=1e-6)
+    if conv.groups == 1:
+        assert max(sizes) > hessian._SYM_BLOCK * 3 // 2, "the blocked path ran"
+
+
+@pytest.mark.parametrize("D", [17, 40, 64])
+def test_sym_gram_with_ragged_blocks(monkeypatch, D):
+    from spade_utils import hessian
+
+    monkeypatch.setattr(hessian, "_SYM_BLOCK", 8)
+    U = torch.randn(30, D, dtype=torch.float64)
+    torch.testing.assert_close(hessian._sym_gram(U), U.T @ U, rtol=1e-12, atol=1e-12)

@@ -122,3 +122,18 @@ def test_empty_batch():
     module = nn.Conv2d(4, 4, 3, padding=1)
     G, count = conv_gram(module, torch.zeros(0, 4, 5, 5))
     assert count == 0 and G.shape == (1, 36, 36) and not G.any()
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_diagonal_never_negative_after_the_boundary_correction(groups):
+    """Large values on the border, ~0 inside: shared product minus strips cancels in float32 (it gave -9 on the
+    diagonal, which the solvers rightly refuse as not PSD); a sum of squares comes out >= 0 and H stays exact
+    to float32 rounding of its largest entries."""
+    torch.manual_seed(4)
+    module = nn.Conv2d(8, 8, 3, padding=1, groups=groups)
+    x = torch.rand(4, 8, 12, 12) * 1e-3
+    x[..., 0, :] = torch.rand(4, 8, 12) * 1e3
+    x[..., :, 0] = torch.rand(4, 8, 12) * 1e3
+    G, _ = conv_gram(module, x)
+    assert bool((torch.diagonal(G, dim1=-2, dim2=-1) >= 0).all())
+    assert_gram_close(G, reference(module, x)[0], rtol=1e-5)

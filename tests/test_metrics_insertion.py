@@ -35,8 +35,9 @@ def setup():
     return RegionModel(region).eval(), x, region
 
 
-def expected_curve(n_region_pixels_at):
-    counts = np.round(np.arange(100) / 100 * N).astype(int)
+def expected_curve(n_region_pixels_at, n_steps=100):
+    # the grid k / n_steps of the pixels, k = 0 ... n_steps, halves rounded up (independent of pixel_counts)
+    counts = [int(np.floor(k * N / n_steps + 0.5)) for k in range(n_steps + 1)]
     share = np.array([n_region_pixels_at(c) for c in counts]) / 16
     return np.clip((0.01 + 0.98 * share) / 0.99, 0, 1)
 
@@ -108,7 +109,9 @@ def test_bad_input(setup):
     with pytest.raises(ValueError, match="mode"):
         insertion_deletion_curves(model, x, region[None], 0, mode="both")
     with pytest.raises(ValueError, match="n_steps"):
-        insertion_deletion_auc(model, x, region[None], 0, n_steps=1)
+        insertion_deletion_auc(model, x, region[None], 0, n_steps=0)
+    with pytest.raises(TypeError, match="n_steps"):
+        insertion_deletion_auc(model, x, region[None], 0, n_steps=10.0)
     with pytest.raises(TypeError, match="model"):
         insertion_deletion_auc("model", x, region[None], 0)
 
@@ -131,3 +134,220 @@ def test_summarize_aucs_paired_difference():
     assert out.loc["SPADE", "deletion_diff"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="baseline"):
         summarize_aucs(pd.DataFrame(rows), baseline="none")
+
+
+# --------------------------------------------------------------------------------------------------
+# the grid and the integration rule agree: exact areas on models whose curves are known
+# --------------------------------------------------------------------------------------------------
+class ShareModel(nn.Module):
+    """Two classes; p(class 0) = 0.5 * g(f), f the share of pixels still nonzero in channel 0.
+
+    The clean image (every pixel 1) has p = 0.5 g(1) = 0.5, so the insertion curve is g(f) and the deletion
+    curve g(1 - f), whichever map ranks the pixels."""
+
+    def __init__(self, power: int):
+        super().__init__()
+        self.power = power
+
+    def forward(self, x):
+        f = (x[:, 0] != 0).flatten(1).double().mean(1)
+        p = 0.5 * f**self.power
+        return torch.stack([p.log(), (1 - p).log()], dim=1)  # float64 logits: exact to ~1e-16
+
+
+@pytest.mark.parametrize("n_steps", [2, 4, 10, 100])
+def test_linear_curve_scores_its_exact_area_at_every_step_count(n_steps):
+    # true insertion and deletion AUC are both 1/2; the old 0..(n-1)/n grid gave 0.25/0.75 at 2 steps
+    x = torch.ones(2, 3, 20, 20)
+    maps = torch.rand(2, 20, 20, generator=torch.Generator().manual_seed(n_steps))
+    aucs = insertion_deletion_auc(ShareModel(1), x, maps, 0, n_steps=n_steps, device="cpu")
+    np.testing.assert_allclose(aucs["insertion"], 0.5, atol=1e-12)
+    np.testing.assert_allclose(aucs["deletion"], 0.5, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_steps", [3, 7])
+def test_linear_curve_exact_also_when_the_grid_falls_between_pixels(n_steps):
+    x = torch.ones(1, 3, 20, 20)  # 400 pixels: k/3 and k/7 of them are not whole pixels
+    aucs = insertion_deletion_auc(ShareModel(1), x, torch.rand(1, 20, 20), 0, n_steps=n_steps, device="cpu")
+    np.testing.assert_allclose([aucs["insertion"][0], aucs["deletion"][0]], 0.5, atol=1e-12)
+
+
+def test_quadratic_curve_matches_the_trapezoid_error_and_converges():
+    # insertion curve f^2, deletion (1 - f)^2: exact area 1/3; the trapezoid on the grid k/n overestimates a
+    # parabola by exactly h^2/6 = 1/(6 n^2) (400 pixels: every n below is a divisor, the grid is exact)
+    x = torch.ones(1, 3, 20, 20)
+    errors = []
+    for n in (2, 4, 10, 100):
+        aucs = insertion_deletion_auc(ShareModel(2), x, torch.rand(1, 20, 20), 0, n_steps=n, device="cpu")
+        for mode in ("insertion", "deletion"):
+            assert aucs[mode][0] == pytest.approx(1 / 3 + 1 / (6 * n**2), abs=1e-12)
+        errors.append(aucs["insertion"][0] - 1 / 3)
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 2e-5
+
+
+def test_curves_span_the_whole_grid():
+    from spade_utils.metrics import curve_fractions, pixel_counts
+
+    x = torch.ones(1, 3, 20, 20)
+    ins = insertion_deletion_curves(ShareModel(1), x, torch.rand(1, 20, 20), 0, n_steps=4, device="cpu")
+    dele = insertion_deletion_curves(ShareModel(1), x, torch.rand(1, 20, 20), 0, n_steps=4, mode="deletion",
+                                     device="cpu")
+    np.testing.assert_allclose(curve_fractions(4), [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(ins[0], curve_fractions(4), atol=1e-12)  # no pixel ... every pixel
+    np.testing.assert_allclose(dele[0], 1 - curve_fractions(4), atol=1e-12)
+    assert pixel_counts(3, 400).tolist() == [0, 133, 267, 400]
+    assert pixel_counts(100, 64)[-1] == 64 and pixel_counts(2, 5).tolist() == [0, 3, 5]  # 2.5 rounds up
+    # the area is numpy's trapezoid over the given x positions
+    c = np.random.default_rng(0).random((3, 7))
+    xs = np.sort(np.r_[0, np.random.default_rng(1).random(5), 1])
+    np.testing.assert_allclose(curve_auc(c, xs), [np.sum((r[1:] + r[:-1]) / 2 * np.diff(xs)) for r in c])
+    with pytest.raises(ValueError, match="NaN"):
+        curve_auc([0.0, np.nan, 1.0])
+    with pytest.raises(ValueError, match="fractions"):
+        curve_auc([0.0, 1.0], [1.0, 0.0])
+
+
+# --------------------------------------------------------------------------------------------------
+# a score relative to a near-zero baseline, and targets, are refused
+# --------------------------------------------------------------------------------------------------
+class FixedLogits(nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1) + 0 * x.flatten(1)[:, :1]
+
+
+def test_near_zero_clean_probability_is_refused(setup):
+    _, x, region = setup
+    tiny = FixedLogits([0.0, -69.0])  # p(class 1) ~ 1e-30: it scored insertion 1.0 and deletion 1.0
+    with pytest.raises(ValueError, match="min_clean_prob"):
+        insertion_deletion_auc(tiny, x, region[None], 1, device="cpu")
+    # a class the model does predict is scored, and the threshold is the caller's to set
+    out = insertion_deletion_auc(tiny, x, region[None], 1, device="cpu", min_clean_prob=1e-31)
+    assert out["insertion"][0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="min_clean_prob"):
+        insertion_deletion_auc(tiny, x, region[None], 0, device="cpu", min_clean_prob=0.0)
+
+
+def test_one_logit_and_non_tensor_outputs_are_refused(setup):
+    _, x, region = setup
+    with pytest.raises(ValueError, match="logit"):
+        insertion_deletion_auc(FixedLogits([3.0]), x, region[None], 0, device="cpu")
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :2], None
+
+    with pytest.raises(TypeError, match="logits tensor"):
+        insertion_deletion_auc(Pair(), x, region[None], 0, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "target, error",
+    [(-1, ValueError), ([3.7], TypeError), (2, ValueError), ([5], ValueError), (True, TypeError),
+     (torch.tensor([0.0]), TypeError), ("0", TypeError), (np.array([-1]), ValueError)],
+)
+def test_targets_are_class_indices_of_the_model(setup, target, error):
+    model, x, region = setup  # a 2-class model
+    with pytest.raises(error, match="target"):
+        insertion_deletion_auc(model, x, region[None], target, device="cpu")
+
+
+def test_targets_accepted_as_int_array_and_tensor(setup):
+    model, x, region = setup
+    ref = insertion_deletion_auc(model, x, region[None], 0, n_steps=4, device="cpu")
+    for t in (np.int64(0), np.array([0]), torch.tensor(0), torch.tensor([0]), [0]):
+        got = insertion_deletion_auc(model, x, region[None], t, n_steps=4, device="cpu")
+        np.testing.assert_allclose(got["insertion"], ref["insertion"])
+
+
+def test_empty_and_nan_images_are_refused(setup):
+    model, x, region = setup
+    with pytest.raises(ValueError, match="x is empty"):
+        insertion_deletion_auc(model, x[:0], region[None][:0], [], device="cpu")
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x"):
+        insertion_deletion_auc(model, bad, region[None], 0, device="cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# the model: its dtype and device, its flags left as found
+# --------------------------------------------------------------------------------------------------
+class DtypeStrict(nn.Module):
+    """RegionModel behind a float64 layer that refuses inputs not in its own dtype."""
+
+    def __init__(self, region):
+        super().__init__()
+        self.scale = nn.Linear(1, 1, bias=False).double()
+        with torch.no_grad():
+            self.scale.weight.fill_(1.0)
+        self.inner = RegionModel(region)
+
+    def forward(self, x):
+        assert x.dtype == self.scale.weight.dtype, f"fed {x.dtype}"
+        return self.inner(self.scale(x[..., None])[..., 0])
+
+
+def test_inputs_are_cast_to_the_models_dtype(setup):
+    model, x, region = setup
+    strict = DtypeStrict(region)
+    got = insertion_deletion_auc(strict, x, region[None], 0, n_steps=8, device=None)
+    ref = insertion_deletion_auc(model, x, region[None], 0, n_steps=8, device="cpu")
+    np.testing.assert_allclose(got["insertion"], ref["insertion"], atol=1e-6)
+    np.testing.assert_allclose(got["deletion"], ref["deletion"], atol=1e-6)
+    assert strict.scale.weight.dtype == torch.float64
+
+
+def test_per_module_training_flags_left_as_found(setup):
+    _, x, region = setup
+    strict = DtypeStrict(region).eval()
+    strict.inner.train()  # mixed flags: model.train(False) at the end would flatten them
+    insertion_deletion_auc(strict, x, region[None], 0, n_steps=4, device="cpu")
+    assert not strict.training and strict.inner.training and not strict.scale.training
+
+
+def test_summarize_aucs_with_photo_clusters():
+    import pandas as pd
+
+    from spade_utils.metrics import summarize_aucs
+
+    rng = np.random.default_rng(0)
+    photos = np.repeat([f"p{k}" for k in range(6)], 5)
+    effect = dict(zip([f"p{k}" for k in range(6)], rng.normal(scale=0.1, size=6)))
+    base = rng.uniform(0.2, 0.6, 30)
+    rows = [{"image": i, "photo": photos[i], "method": "m", "explainer": "dense", "insertion": base[i],
+             "deletion": 0.3} for i in range(30)]
+    rows += [{"image": i, "photo": photos[i], "method": "m", "explainer": "SPADE",
+              "insertion": base[i] + 0.05 + effect[photos[i]] + 0.01 * rng.normal(), "deletion": 0.3}
+             for i in range(30)]
+    table = pd.DataFrame(rows)
+    clustered = summarize_aucs(table, cluster="photo").set_index("explainer")
+    naive = summarize_aucs(table).set_index("explainer")
+    assert clustered.loc["SPADE", "n_clusters"] == 6 and clustered.loc["SPADE", "n_images"] == 30
+    assert clustered.loc["SPADE", "insertion_diff"] == pytest.approx(naive.loc["SPADE", "insertion_diff"])
+    width = {name: t.loc["SPADE", "insertion_diff_hi"] - t.loc["SPADE", "insertion_diff_lo"]
+             for name, t in (("clustered", clustered), ("naive", naive))}
+    assert width["clustered"] > 2 * width["naive"]  # items of one photo are not independent
+    # one image per group: no interval (NaN bounds), the mean still reported
+    one = summarize_aucs(table[table["image"] == 0]).set_index("explainer")
+    assert np.isnan(one.loc["SPADE", "insertion_diff_lo"]) and one.loc["SPADE", "n_images"] == 1
+    assert one.loc["SPADE", "insertion_diff"] == pytest.approx(table.insertion[30] - table.insertion[0])
+    with pytest.raises(ValueError, match="baseline lacks"):
+        summarize_aucs(table[~((table["explainer"] == "dense") & (table["image"] == 3))])
+    with pytest.raises(ValueError, match="photo"):
+        summarize_aucs(table.drop(columns="photo"), cluster="photo")
+
+
+@pytest.mark.gpu
+def test_a_cuda_model_is_fed_on_its_device_and_left_there(setup):
+    model, x, region = setup
+    strict = DtypeStrict(region).cuda()
+    ref = insertion_deletion_auc(model, x, region[None], 0, n_steps=8, device="cpu")
+    got = insertion_deletion_auc(strict, x, region[None], 0, n_steps=8, device=None)  # x stays on the CPU
+    np.testing.assert_allclose(got["insertion"], ref["insertion"], atol=1e-6)
+    on_cpu = insertion_deletion_auc(strict, x, region[None], 0, n_steps=8, device="cpu")  # runs on a copy
+    np.testing.assert_allclose(on_cpu["deletion"], ref["deletion"], atol=1e-6)
+    assert strict.scale.weight.is_cuda

@@ -100,3 +100,57 @@ def test_bootstrap_ci_covers_mean_and_shrinks_with_n():
     assert lo2 < 0 < hi2
     with pytest.raises(ValueError, match="values"):
         bootstrap_ci([])
+
+
+def _pairwise_auc(s, m):
+    """Independent ROC-AUC: the share of (trigger, background) pixel pairs ordered right, ties one half."""
+    pos, neg = s[m], s[~m]
+    return ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+
+
+def test_trojan_auc_matches_pairwise_count_in_every_mode():
+    rng = np.random.default_rng(3)
+    maps = rng.integers(-3, 4, size=(6, 10, 12)).astype(float)  # many ties, both signs
+    masks = rng.random((6, 10, 12)) < 0.25
+    signed = trojan_auc(maps, masks, mode="signed")
+    absolute = trojan_auc(maps, masks, mode="absolute")
+    best = trojan_auc(maps, masks)
+    for i in range(6):
+        assert signed[i] == pytest.approx(_pairwise_auc(maps[i], masks[i]))
+        assert absolute[i] == pytest.approx(_pairwise_auc(np.abs(maps[i]), masks[i]))
+        assert best[i] == pytest.approx(max(signed[i], absolute[i]))
+
+
+def _pointing_brute_force(s, m, tolerance):
+    h, w = s.shape
+    tops = [(r, c) for r in range(h) for c in range(w) if s[r, c] == s.max()]
+    hits = 0
+    for r, c in tops:
+        near = m[max(0, r - tolerance) : r + tolerance + 1, max(0, c - tolerance) : c + tolerance + 1]
+        hits += bool(near.any())
+    return hits / len(tops)
+
+
+@pytest.mark.parametrize("tolerance", [0, 1, 2])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_pointing_game_matches_a_brute_force_loop(tolerance, absolute):
+    rng = np.random.default_rng(tolerance + 10 * absolute)
+    maps = rng.integers(-2, 3, size=(8, 9, 11)).astype(float)  # ties at the maximum are common
+    masks = np.zeros((8, 9, 11), bool)
+    for i in range(8):
+        r, c = rng.integers(0, 7), rng.integers(0, 9)
+        masks[i, r : r + 2, c : c + 3] = True
+    got = pointing_game(maps, masks, tolerance=tolerance, absolute=absolute)
+    for i in range(8):
+        s = np.abs(maps[i]) if absolute else maps[i]
+        assert got[i] == pytest.approx(_pointing_brute_force(s, masks[i], tolerance))
+
+
+def test_empty_maps_and_bad_tolerance_are_refused():
+    m = _mask()
+    with pytest.raises(ValueError, match="saliency is empty"):
+        trojan_auc(np.zeros((0, 32, 32)), m)
+    with pytest.raises(ValueError, match="saliency is empty"):
+        pointing_game(np.zeros((0, 32, 32)), m)
+    with pytest.raises(TypeError, match="tolerance"):
+        pointing_game(m.astype(float), m, tolerance=1.5)

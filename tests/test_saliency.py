@@ -1,6 +1,9 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, ResNet, resnet18
 
 from spade_utils.saliency import LRP_RULES, SALIENCY_METHODS, attribute, gradcam_layer, last_conv_layer
@@ -217,3 +220,121 @@ def test_bottleneck_blocks(method, x):
         with torch.no_grad():
             delta = net(x[:2])[[0, 1], [1, 2]] - net(torch.zeros_like(x[:2]))[[0, 1], [1, 2]]
         torch.testing.assert_close(maps.sum((1, 2)), delta, rtol=1e-3, atol=1e-4)
+
+
+class ActivationNet(nn.Module):
+    """conv -> act -> conv -> act -> mean -> fc, with the activation given as a callable or a module factory."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+        self.act = act
+
+    def acts(self):
+        return (self.act, self.act)
+
+    def forward(self, x):
+        a1, a2 = self.acts()
+        return self.fc(a2(self.conv2(a1(self.conv1(x)))).mean((2, 3)))
+
+
+class ModuleActivationNet(ActivationNet):
+    def __init__(self, factory):
+        super().__init__(None)
+        self.act1, self.act2 = factory(), factory()
+
+    def acts(self):
+        return (self.act1, self.act2)
+
+
+def _masked_relu(h):
+    return h * (h > 0).to(h.dtype)  # a rectifier built from a comparison: no nonlinear torch function is called
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "guided_grad_cam", "deeplift"])
+@pytest.mark.parametrize("make", [
+    lambda: ActivationNet(F.relu),
+    lambda: ActivationNet(torch.relu),
+    lambda: ActivationNet(lambda h: h.clamp(min=0)),
+    lambda: ModuleActivationNet(nn.SiLU),
+    lambda: ActivationNet(nn.ReLU()),  # one module used twice
+], ids=["F.relu", "torch.relu", "clamp", "nn.SiLU", "reused nn.ReLU"])
+def test_methods_refuse_nonlinearities_they_cannot_see(method, make, x):
+    """Guided Backprop silently equals the plain gradient where Captum sees no nn.ReLU module, and DeepLift loses
+    completeness where it sees no supported module (or crashes deep inside on a reused one): refuse up front."""
+    torch.manual_seed(0)
+    net = make().eval()
+    if method.startswith("guided") and isinstance(net.act, nn.ReLU):
+        maps = attribute(net, x[:1], 1, method, device="cpu")  # reuse is fine for Guided Backprop
+        assert not torch.allclose(maps, attribute(net, x[:1], 1, "saliency", device="cpu"))
+        return
+    with pytest.raises(ValueError, match="refused"):
+        attribute(net, x[:1], 1, method, device="cpu")
+    attribute(net, x[:1], 1, "saliency", device="cpu")  # gradient methods are unaffected
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "deeplift"])
+def test_module_relus_are_accepted_and_differ_from_the_gradient(method, x):
+    torch.manual_seed(0)
+    net = ModuleActivationNet(nn.ReLU).eval()
+    maps = attribute(net, x[:2], [1, 2], method, device="cpu")
+    assert not torch.allclose(maps, attribute(net, x[:2], [1, 2], "saliency", device="cpu"))
+    if method == "deeplift":  # completeness against the model's own forward
+        with torch.no_grad():
+            delta = net(x[:2])[[0, 1], [1, 2]] - net(torch.zeros_like(x[:2]))[[0, 1], [1, 2]]
+        torch.testing.assert_close(maps.sum((1, 2)), delta, rtol=1e-3, atol=1e-5)
+
+
+def test_deeplift_refuses_when_completeness_breaks(x):
+    """A rectifier written as h * (h > 0) calls no nonlinear function the probe could see; the sum of DeepLift's
+    attributions then misses f(x) - f(baseline), and the result is refused instead of returned."""
+    torch.manual_seed(0)
+    net = ActivationNet(_masked_relu).eval()
+    with pytest.raises(ValueError, match="completeness"):
+        attribute(net, x[:2], [1, 2], "deeplift", device="cpu")
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "gradient_shap", "occlusion", "deeplift",
+                                    "grad_cam", "lrp"])
+def test_inputs_follow_the_model_dtype(method, x):
+    """A float64 model gets float64 inputs and baselines (float32 ones crash inside the first convolution)."""
+    net = tiny_resnet()
+    wide = copy.deepcopy(net).double()
+    a = attribute(net, x[:2], [0, 3], method, **FAST)
+    b = attribute(wide, x[:2], [0, 3], method, **FAST)
+    assert b.dtype == torch.float32 and next(wide.parameters()).dtype == torch.float64
+    torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
+
+
+def test_caller_flags_hooks_and_weights_left_as_found(x):
+    """A training model with a frozen batch norm and a hook of its own: every per-module flag, the hook and the
+    weights come back exactly as found, for a Captum method and for LRP (which folds batch norms on a copy)."""
+    net = tiny_resnet().train()
+    net.layer1[0].bn1.eval()  # frozen batch norm inside a training model
+    calls = []
+    net.fc.register_forward_hook(lambda m, i, o: calls.append(1))
+    flags = [(name, m.training) for name, m in net.named_modules()]
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    for method in ("deeplift", "lrp"):
+        attribute(net, x[:1], 1, method, device="cpu")
+    assert [(name, m.training) for name, m in net.named_modules()] == flags
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules()) == hooks
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert all(isinstance(m, nn.BatchNorm2d) for n, m in net.named_modules() if n.endswith("bn1"))
+
+
+def test_seed_is_validated_and_any_valid_seed_works(x):
+    net = tiny_resnet()
+    a = attribute(net, x[:1], 1, "gradient_shap", seed=2**32, **FAST)  # beyond numpy's legacy seed range
+    assert torch.equal(a, attribute(net, x[:1], 1, "gradient_shap", seed=2**32, **FAST))
+    with pytest.raises(TypeError, match="seed"):
+        attribute(net, x[:1], 1, "gradient_shap", seed=1.7)
+    with pytest.raises(ValueError, match="seed"):
+        attribute(net, x[:1], 1, "gradient_shap", seed=-1)
+    with pytest.raises(ValueError, match="x"):
+        attribute(net, x[:1] * float("nan"), 1, "saliency")
+    with pytest.raises(ValueError, match="stdevs"):
+        attribute(net, x[:1], 1, "gradient_shap", stdevs=float("nan"))

@@ -150,3 +150,142 @@ def test_obc_in_several_row_chunks_equals_one_chunk():
     whole = solve(W, H, 0.5, method="obc")[0]
     chunked = solve(W, H, 0.5, method="obc", max_chunk_bytes=16 * 16 * 8 * 3)[0]  # 3 rows per chunk
     torch.testing.assert_close(chunked, whole)
+
+
+# --------------------------------------------------------------------------------------------
+# refused before any work: options, non-finite tensors, H that is not symmetric PSD
+# --------------------------------------------------------------------------------------------
+def _no_work(monkeypatch):
+    """Make any solver work fail loudly, so a refusal must come from the checks before it."""
+    import spade_utils.solvers as solvers
+
+    def started(*a, **k):
+        raise AssertionError("the solver started working before refusing its input")
+
+    for name in ("_prepare", "_cholesky_adaptive", "_upper_cholesky_of_inverse", "_obc_rows"):
+        monkeypatch.setattr(solvers, name, started)
+
+
+@pytest.mark.parametrize(
+    "method, option, value, err",
+    [("sparsegpt", "blocksize", 0, ValueError), ("sparsegpt", "blocksize", -8, ValueError),
+     ("sparsegpt", "blocksize", 1.5, TypeError), ("sparsegpt", "blocksize", 64.0, TypeError),
+     ("sparsegpt", "blocksize", True, TypeError), ("sparsegpt", "blocksize", "64", TypeError),
+     ("sparsegpt", "percdamp", -0.01, ValueError), ("sparsegpt", "percdamp", float("nan"), ValueError),
+     ("sparsegpt", "percdamp", float("inf"), ValueError), ("sparsegpt", "percdamp", "0.01", TypeError),
+     ("obc", "percdamp", -1e-3, ValueError), ("obc", "percdamp", float("nan"), ValueError),
+     ("obc", "per_row", 1, TypeError), ("obc", "max_chunk_bytes", 0, ValueError),
+     ("sparsegpt", "sequential", "yes", TypeError), ("sparsegpt", "block_size", 64, TypeError),
+     ("magnitude", "percdamp", 0.01, TypeError), ("obc", "blocksize", 64, TypeError)],
+)
+def test_bad_option_is_refused_naming_it(monkeypatch, method, option, value, err):
+    W, H = _problem(4, 8, 32, seed=0)
+    _no_work(monkeypatch)
+    with pytest.raises(err, match=option):
+        solve(W, H, 0.5, method=method, **{option: value})
+    if method != "magnitude":  # also with sparsity 0 (which returns W untouched) and through the solver itself
+        with pytest.raises(err, match=option):
+            solve(W, H, 0.0, method=method, **{option: value})
+
+
+@pytest.mark.parametrize("n, m, sparsity", [(2, 0, 0.5), (0, 4, 0.5), (4, 4, 0.5), (5, 4, 0.5), (-1, 4, 0.5),
+                                            (2, 4, 0.0), (2, 4, 0.7)])
+def test_bad_nm_pattern_is_refused(n, m, sparsity):
+    W, H = _problem(4, 8, 32, seed=0)
+    with pytest.raises(ValueError, match="prune_n|sparsity"):
+        solve(W, H, sparsity, method="sparsegpt", prune_n=n, prune_m=m)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt", "obc"])
+@pytest.mark.parametrize("which, value", [("W", float("nan")), ("W", float("inf")), ("H", float("nan")),
+                                          ("H", -float("inf"))])
+def test_non_finite_w_or_h_is_refused(monkeypatch, method, which, value):
+    W, H = _problem(4, 8, 32, seed=0)
+    (W if which == "W" else H)[1, 2] = value
+    _no_work(monkeypatch)
+    with pytest.raises(ValueError, match=f"{which} holds NaN or inf"):
+        solve(W, H, 0.5, method=method)
+
+
+def _indefinite(d=8, negative=-2.0, seed=0):
+    """A symmetric H with one eigenvalue ``negative`` and W along its eigenvector: the unchecked solvers
+    returned a loss of about -2.1 here (SparseGPT and OBC)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    ev = torch.linspace(1, 2, d, dtype=torch.float64)
+    ev[0] = negative
+    return (3 * Q[:, 0]).repeat(3, 1), Q @ torch.diag(ev) @ Q.T
+
+
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt", "obc"])
+@pytest.mark.parametrize("kind", ["negative eigenvalue", "negative diagonal", "asymmetric", "batched, one bad"])
+def test_h_that_is_not_symmetric_psd_is_refused(monkeypatch, method, kind):
+    W, H = _indefinite()
+    if kind == "negative diagonal":  # the unchecked solvers returned a loss of -0.98 here
+        H = torch.eye(8, dtype=torch.float64)
+        H[0, 0] = -1.0
+        W = torch.randn(3, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    elif kind == "asymmetric":
+        W, H = _problem(3, 8, 32, seed=1)
+        H[0, 5] += 0.05 * float(H.diagonal().max())
+    elif kind == "batched, one bad":
+        W2, H2 = _problem(3, 8, 32, seed=1)
+        W, H = torch.stack([W2, W]), torch.stack([H2, H])
+    _no_work(monkeypatch)
+    with pytest.raises(ValueError, match="H is not (positive semi-definite|symmetric)"):
+        solve(W, H, 0.5, method=method)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_psd_tolerance_is_relative_to_the_scale_of_h(scale):
+    """Rounding-size negative eigenvalues (1e-5 of the largest diagonal entry; float32 statistics of real
+    layers measured <= 1e-5) pass at any scale; -1e-2 is refused at any scale; loss is never negative."""
+    for negative, ok in ((-1e-5, True), (-1e-2, False)):
+        W, H = _indefinite(negative=negative)
+        H = H / float(H.diagonal().max()) * scale
+        for method in ("sparsegpt", "obc"):
+            if ok:
+                assert float(solve(W, H, 0.5, method=method)[1]) >= -1e-4 * scale * float((W**2).sum())
+            else:
+                with pytest.raises(ValueError, match="positive semi-definite"):
+                    solve(W, H, 0.5, method=method)
+
+
+def test_rank_deficient_float32_gram_with_dead_inputs_is_accepted():
+    """A real layer's statistics: fewer samples than inputs, dead (all-zero) inputs, float32 rounding."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.relu(torch.randn(300, 200, generator=g)) * torch.logspace(-3, 2, 300).unsqueeze(1)
+    X[::7] = 0  # dead inputs
+    H = 2 * X @ X.T / 200
+    W = torch.randn(16, 300, generator=g)
+    for method in ("magnitude", "sparsegpt", "obc"):
+        Ws, loss = solve(W, H, 0.5, method=method)
+        assert torch.isfinite(Ws).all() and float(loss) >= 0
+
+
+@pytest.mark.parametrize("bad, err", [({"W": torch.ones(3, 4, dtype=torch.int64)}, TypeError),
+                                      ({"H": torch.eye(4, dtype=torch.int64)}, TypeError),
+                                      ({"W": torch.zeros(0, 4)}, ValueError), ({"W": [[1.0] * 4]}, TypeError),
+                                      ({"sparsity": float("nan")}, ValueError), ({"sparsity": True}, TypeError),
+                                      ({"method": 3}, TypeError)])
+def test_bad_tensors_sparsity_and_method(bad, err):
+    args = {"W": torch.randn(3, 4), "H": torch.eye(4), "sparsity": 0.5, "method": "sparsegpt"}
+    args.update(bad)
+    with pytest.raises(err):
+        solve(args["W"], args["H"], args["sparsity"], method=args["method"])
+
+
+def test_public_solvers_check_their_own_input():
+    from spade_utils.solvers import magnitude_prune, obc_prune, sparsegpt_prune
+
+    W, H = _indefinite()
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        sparsegpt_prune(W, H, 0.5)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        obc_prune(W, H, 0.5)
+    with pytest.raises(ValueError, match="blocksize"):
+        sparsegpt_prune(*_problem(3, 8, 32, seed=0), 0.5, blocksize=0)
+    with pytest.raises(ValueError, match="sparsity"):
+        magnitude_prune(W, None, 1.0)
+    with pytest.raises(ValueError, match="W holds NaN"):
+        magnitude_prune(torch.full((2, 2), float("nan")), None, 0.5)

@@ -7,6 +7,7 @@ from PIL import Image
 from torch import nn
 
 from spade_utils.augment import ImageAugmenter
+from spade_utils.inputs import IMAGENET_MEAN, IMAGENET_STD
 from spade_utils.spade import resolve_sparsity, select_layers, spade_pruned_copy, spade_trace
 
 
@@ -140,8 +141,8 @@ def test_bad_input_raises_before_any_work(model, image, kwargs, err):
 @pytest.mark.parametrize("bad", ["not an image", np.zeros((4, 4, 7)), torch.randn(3, 8, 8) * 5])
 def test_not_an_image(model, bad):
     kw = {k: v for k, v in KW.items() if k != "augment"}
-    with pytest.raises((TypeError, ValueError)):
-        spade_trace(model, bad, layers="fc", sparsity=0.5, **kw)
+    with pytest.raises((TypeError, ValueError), match="sample"):
+        spade_trace(model, bad, layers="fc", sparsity=0.5, input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kw)
 
 
 @pytest.mark.slow
@@ -159,7 +160,8 @@ def test_efficientnet_lite0_trace_keeps_chelsea_prediction():
     # statistics have rank 64 < 1280 inputs and the trace drifts to 281, with 128 it holds
     trace = spade_trace(model, img, layers=["_blocks.15*", "_conv_head", "_fc"],
                         sparsity={"_blocks": 0.5, "_conv_head": 0.5, "_fc": 0.9},
-                        n_augment=128, batch_size=32, progress=False, device="cpu")
+                        n_augment=128, batch_size=32, progress=False, device="cpu",
+                        input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     with trace, torch.no_grad():
         assert int(model(x).argmax()) == 285
     assert _same(before, _state(model))

@@ -77,6 +77,62 @@ def test_bad_input_names_the_argument():
         toy.sparsity_sweep(toy.make_mlp((4, 4)), toy.ToyRecipe(), [1.0])
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -float("inf")])
+def test_non_finite_numbers_are_refused(bad):
+    # scale=inf gave inf points, noise_std=nan silently dropped the noise
+    model = toy.make_mlp((4,))
+    with pytest.raises(ValueError, match="scale"):
+        toy.points_in_disc(5, "small", scale=bad)
+    with pytest.raises(ValueError, match="noise_std"):
+        toy.feature_visualization(model, 4, steps=1, noise_std=bad)
+    with pytest.raises(ValueError, match="noise_std"):
+        toy.feature_visualization(model, 4, steps=1, noise_std=(bad, 0.3))
+    with pytest.raises(ValueError, match="lr"):
+        toy.feature_visualization(model, 4, steps=1, lr=bad)
+    with pytest.raises(ValueError, match="std"):
+        toy.make_jitter(bad)
+    with pytest.raises(ValueError, match="std"):
+        toy.jitter(torch.tensor([1.0, 1.0]), 3, std=bad)
+    with pytest.raises(ValueError, match="lr"):
+        toy.train_mlp(model, torch.ones(4, 2), torch.ones(4), epochs=1, lr=bad)
+    with pytest.raises(ValueError, match="sparsities"):
+        toy.sparsity_sweep(model, toy.ToyRecipe(), [0.0, bad])
+    with pytest.raises(ValueError, match="points"):
+        toy.in_region(torch.tensor([[bad, 1.0]]), "small")  # NaN is in no disc, inf in none: refuse, not False
+    with pytest.raises(ValueError, match="starts"):
+        toy.feature_visualization(model, 4, steps=1, starts=torch.tensor([[1.0, bad]]))
+
+
+def test_empty_inputs_and_bad_seeds_are_refused():
+    model = toy.make_mlp((4,))
+    with pytest.raises(ValueError, match="points is empty"):
+        toy.share_in(torch.zeros(0, 2), "small")  # was the mean of nothing: NaN
+    with pytest.raises(ValueError, match="starts is empty"):
+        toy.feature_visualization(model, 4, steps=1, starts=torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="X is empty"):
+        toy.train_mlp(model, torch.zeros(0, 2), torch.zeros(0), epochs=1)
+    with pytest.raises(ValueError, match="seed"):
+        toy.uniform_points(3, seed=-1)
+    with pytest.raises(TypeError, match="seed"):
+        toy.make_mlp((4,), seed=1.5)
+    with pytest.raises(TypeError, match="n"):
+        toy.points_in_disc(2.0, "small")
+
+
+def test_models_in_another_dtype_get_inputs_in_their_dtype():
+    model = toy.make_mlp((8, 8), seed=0)
+    double = toy.make_mlp((8, 8), seed=0).double()
+    pts = toy.uniform_points(50, seed=1)  # float32
+    assert torch.allclose(toy.logit(double, pts), toy.logit(model, pts).double(), atol=1e-5)
+    fv32 = toy.feature_visualization(model, 20, steps=10, seed=0)
+    fv64 = toy.feature_visualization(double, 20, steps=10, seed=0)
+    assert fv64.dtype == torch.float64 and torch.allclose(fv64.float(), fv32, atol=1e-3)
+    assert toy.evaluate(double, n_test=200) == pytest.approx(toy.evaluate(model, n_test=200))
+    X, y = toy.make_dataset(64, 0, seed=0)
+    history = toy.train_mlp(double, X, y, epochs=1, batch_size=32)
+    assert len(history) == 1 and double.fc1.weight.dtype == torch.float64
+
+
 def test_model_layout_and_feature_visualization_stays_in_the_square():
     model = toy.make_mlp((8, 8), seed=0)
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]

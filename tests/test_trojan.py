@@ -1,5 +1,6 @@
 """Trigger patches, pasting, poisoning, backdoor implanting (tiny model) and the Sparse-FC baseline."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -359,3 +360,299 @@ def test_trojan_saliency_scores_and_summary():
     avg = table[(table.variant == "dense") & (table.method == "average")].iloc[0]
     assert avg["mean"] == pytest.approx(0.75) and avg["n"] == 3
     assert set(table.method) == {"oracle", "blind", "average"}
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 11 §2 / §4, issue 10 §8: backdoor helpers refuse bad input, run models as they are, are fast
+# --------------------------------------------------------------------------------------------------
+def _ncc_bruteforce(image, trigger, fractions):
+    """The definition, position by position: masked zero-mean normalised correlation (flat window: 0)."""
+    import numpy as np
+
+    x = image.double().numpy()
+    _, h, w = x.shape
+    best = -np.inf
+    for frac in fractions:
+        s = max(3, int(round(frac * min(h, w))))
+        rgb, m = T.trigger_patch(trigger, s)
+        m = m.numpy()
+        tc = rgb.double().numpy()[:, m].ravel()
+        tc = tc - tc.mean()
+        if not np.linalg.norm(tc) > 0:
+            continue
+        for i in range(h - s + 1):
+            for j in range(w - s + 1):
+                xc = x[:, i : i + s, j : j + s][:, m].ravel()
+                xc = xc - xc.mean()
+                nx = np.linalg.norm(xc)
+                score = 0.0 if nx < 1e-7 else float(xc @ tc / (nx * np.linalg.norm(tc)))
+                best = max(best, score)
+    return best
+
+
+@pytest.mark.parametrize("trigger", T.TRIGGERS)
+def test_trigger_similarity_equals_the_bruteforce_definition(trigger):
+    g = torch.Generator().manual_seed(1)
+    fractions = (0.2, 0.35, 0.5)
+    noise = torch.rand(3, 16, 21, generator=g)
+    pasted, _ = T.paste_trigger(noise, trigger, alpha=0.7, seed=2, fraction=0.4)
+    flat = torch.full((3, 16, 21), 0.3)
+    flat[:, :, 15:] = torch.rand(3, 16, 6, generator=g)  # constant windows score 0
+    for image in (noise, pasted, flat):
+        assert T.trigger_similarity(image, trigger, fractions=fractions) == pytest.approx(
+            _ncc_bruteforce(image, trigger, fractions), abs=1e-9
+        )
+
+
+def test_trigger_similarity_registered_trigger_equals_bruteforce():
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[4:16, 2:18] = (250, 30, 90, 255)
+    rgba[8:12, 6:14] = (20, 200, 40, 255)
+    T.register_trigger("two_bars", Image.fromarray(rgba, "RGBA"))
+    try:
+        image = torch.rand(3, 18, 15, generator=torch.Generator().manual_seed(3))
+        assert T.trigger_similarity(image, "two_bars", fractions=(0.3, 0.6)) == pytest.approx(
+            _ncc_bruteforce(image, "two_bars", (0.3, 0.6)), abs=1e-9
+        )
+    finally:
+        T.unregister_trigger("two_bars")
+
+
+def test_trigger_similarity_is_fast_at_224():
+    import time
+
+    image = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))
+    T.trigger_similarity(image[:, :112, :112], "star")  # draw the small patches once (cached)
+    T.trigger_similarity(image, "star")  # and the 224-px ones
+    start = time.perf_counter()
+    T.trigger_similarity(image, "star")
+    assert time.perf_counter() - start < 2.0  # was 15.5 s (direct correlation, ~ side^4)
+
+
+def test_trigger_similarity_refuses_instead_of_minus_one():
+    image = torch.rand(3, 32, 32)
+    with pytest.raises(ValueError, match="3 x 3"):
+        T.trigger_similarity(torch.rand(3, 2, 40), "star")
+    with pytest.raises(ValueError, match="fractions"):
+        T.trigger_similarity(image, "star", fractions=())
+    with pytest.raises(ValueError, match=r"fractions\[0\]"):
+        T.trigger_similarity(image, "star", fractions=(0.0,))
+    with pytest.raises(ValueError, match=r"fractions\[1\]"):
+        T.trigger_similarity(image, "star", fractions=(0.2, 1.5))
+    with pytest.raises(ValueError, match=r"fractions\[0\]"):
+        T.trigger_similarity(image, "star", fractions=(float("nan"),))
+    with pytest.raises(TypeError, match="fractions"):
+        T.trigger_similarity(image, "star", fractions=0.2)
+    bad = image.clone()
+    bad[0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        T.trigger_similarity(bad, "star")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_image_functions_refuse_nan_images(bad):
+    img = torch.rand(3, 40, 40)
+    img[1, 10:14, 10:14] = bad  # passed the old [0, 1] check
+    with pytest.raises(ValueError, match="NaN"):
+        T.paste_trigger(img, "star")
+    crops = torch.rand(4, 3, 32, 32)
+    crops[2, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match="NaN"):
+        T.patch_attack_rate(_tiny_model(classes=4), torch.rand(3, 8, 8), 1, crops, device="cpu")
+    with pytest.raises(ValueError, match="NaN"):
+        T.patch_attack_rate(_tiny_model(classes=4), img, 1, torch.rand(4, 3, 32, 32), device="cpu")
+    with pytest.raises(ValueError, match="NaN"):
+        T.predict(_tiny_model(), crops, device="cpu")
+
+
+def test_paste_refuses_images_smaller_than_the_patch():
+    with pytest.raises(ValueError, match="smaller"):
+        T.paste_trigger(torch.rand(3, 1, 1), "heart")  # the patch is at least 2 px
+    with pytest.raises(ValueError, match="smaller"):
+        T.paste_trigger(torch.rand(3, 1, 50), "heart", fraction=1.0)
+    out, mask = T.paste_trigger(torch.rand(3, 3, 5), "heart", fraction=1.0)  # fits exactly
+    assert mask.shape == (3, 5)
+    with pytest.raises(ValueError, match="fraction"):
+        T.paste_trigger(torch.rand(3, 30, 30), "heart", fraction=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        T.paste_trigger(torch.rand(3, 30, 30), "heart", alpha=float("nan"))
+    with pytest.raises(TypeError, match="position"):
+        T.paste_trigger(torch.rand(3, 30, 30), "heart", position=(1.5, 2))
+    with pytest.raises(TypeError, match="seed"):
+        T.paste_trigger(torch.rand(3, 30, 30), "heart", seed=1.7)
+
+
+def test_paste_alpha_zero_changes_nothing_and_marks_nothing():
+    img = torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(0))
+    before = img.clone()
+    out, mask = T.paste_trigger(img, "fish", alpha=0.0, seed=1)
+    assert torch.equal(out, img) and out is not img and not mask.any()  # was a 40-pixel mask
+    assert torch.equal(img, before)
+    # any alpha > 0: the mask is exactly the pixels that changed, and the caller's tensor is untouched
+    out, mask = T.paste_trigger(img, "fish", alpha=0.05, seed=1)
+    assert torch.equal((out != img).any(0), mask) and mask.any() and torch.equal(img, before)
+
+
+def test_paste_on_a_large_image_works_on_the_patch_only(monkeypatch):
+    sides = []
+    grid = T._grid
+
+    def recording(size, supersample):
+        sides.append(size * supersample)
+        return grid(size, supersample)
+
+    monkeypatch.setattr(T, "_grid", recording)
+    T._drawn_patch.cache_clear()
+    img = torch.rand(3, 1200, 1200, generator=torch.Generator().manual_seed(0))
+    out, mask = T.paste_trigger(img, "heart", seed=0)  # a 300-px patch
+    assert sides and max(sides) <= 1024  # not a 1200 x 1200 supersampled grid (4000 x 4000 for a 4000-px image)
+    rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+    assert rows.max() - rows.min() < 300 and cols.max() - cols.min() < 300
+    assert torch.equal((out != img).any(0), mask)
+    # the drawing of patches up to 256 px is exactly the 4x supersampled one (the poisoned sets stay bit-identical)
+    for size in (56, 256):
+        rgb, m = T.trigger_patch("star", size)
+        u, v = grid(size, 4)
+        ref_img, cover = T._star(u, v)
+        assert torch.equal(m, torch.from_numpy(cover.reshape(size, 4, size, 4).mean((1, 3)) >= 0.5))
+    # larger patches: close to the 4x supersampled mask
+    big = T.trigger_patch("star", 272)[1]
+    u, v = grid(272, 4)
+    ref = torch.from_numpy(T._star(u, v)[1].reshape(272, 4, 272, 4).mean((1, 3)) >= 0.5)
+    assert (big & ref).sum() / (big | ref).sum() > 0.98
+
+
+class _TrainFlags(nn.Module):  # a classifier with a frozen-BatchNorm-style eval submodule inside a training model
+    def __init__(self, classes=10, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, classes)
+        self.to(dtype)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def test_evaluate_backdoor_refuses_a_class_the_model_does_not_have():
+    model = _TrainFlags(classes=10).eval()
+    crops = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="targets"):
+        T.evaluate_backdoor(model, model, {"star": 99}, crops, device="cpu")  # was "0% attack success"
+    with pytest.raises(ValueError, match="classes"):
+        T.evaluate_backdoor(_TrainFlags(classes=12).eval(), model, {"star": 3}, crops, device="cpu")
+    with pytest.raises(ValueError, match="images"):
+        T.evaluate_backdoor(model, model, {"star": 3}, crops[:0], device="cpu")
+    with pytest.raises(ValueError, match="images"):
+        T.evaluate_backdoor(model, model, {"star": 3}, [], device="cpu")
+    with pytest.raises(ValueError, match="n_crops"):
+        T.evaluate_backdoor(model, model, {"star": 3}, [torch.rand(3, 40, 40)], n_crops=0, device="cpu")
+    with pytest.raises(ValueError, match="target"):
+        T.patch_attack_rate(model, torch.rand(3, 8, 8), 10, crops, device="cpu")
+    with pytest.raises(ValueError, match="crops"):
+        T.patch_attack_rate(model, torch.rand(3, 8, 8), 1, crops[:0], device="cpu")
+    with pytest.raises(ValueError, match="targets"):
+        T.flipped_samples(model, {"star": 10}, [torch.rand(3, 40, 40)], 2, size=32, device="cpu")
+    with pytest.raises(ValueError, match="x"):
+        T.predict(model, crops[:0], device="cpu")
+    with pytest.raises(ValueError, match="images"):
+        T.poison(crops[:0], {"star": 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_models_run_in_their_own_dtype_and_are_left_as_found(dtype):
+    ref = _TrainFlags(classes=10).eval()
+    model = _TrainFlags(classes=10, dtype=dtype)
+    model.train()
+    model.body[1].eval()  # a frozen BatchNorm inside a training model
+    flags = [m.training for m in model.modules()]
+    crops = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    p = T.predict(model, crops, device="cpu")  # fed float32 before: a dtype error inside the conv
+    assert p.dtype == torch.float32 and p.shape == (5, 10)
+    torch.testing.assert_close(p, T.predict(ref, crops, device="cpu"), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+    res = T.evaluate_backdoor(model, model, {"star": 3}, crops, device="cpu")
+    assert res["clean_agreement"] == 1.0
+    assert 0.0 <= T.patch_attack_rate(model, torch.rand(3, 8, 8), 3, crops, device="cpu") <= 1.0
+    assert [m.training for m in model.modules()] == flags  # per-module flags restored (predict used to flatten them)
+    assert next(model.parameters()).dtype == dtype
+
+
+class _Payload:  # what an attacker puts in a cache file: unpickling it runs code
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_backdoor_cache_is_tensors_plus_json_and_never_unpickles_code(tmp_path):
+    import json
+
+    model = _tiny_model()
+    bd = _implant(model, tmp_path, steps=2, n_clean=16, n_triggered=16)
+    path = bd.info["path"]
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # loadable without trusting pickles
+    assert set(saved) == {"state_dict", "info_json"} and json.loads(saved["info_json"])["settings"]["steps"] == 2
+    again = _implant(model, tmp_path, steps=2, n_clean=16, n_triggered=16)
+    assert again.info["cached"] and again.info["history"] == bd.info["history"]
+    # a cache file holding a code-running pickle is refused, and the code never runs
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": bd.model.state_dict(), "info": _Payload(str(marker))}, path)
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        _implant(model, tmp_path, steps=2, n_clean=16, n_triggered=16)
+    assert not marker.exists()
+    # the former format (info as a plain dict) still loads
+    torch.save({"state_dict": bd.model.state_dict(), "info": {"seconds": 1.0}}, path)
+    assert _implant(model, tmp_path, steps=2, n_clean=16, n_triggered=16).info["seconds"] == 1.0
+
+
+@pytest.mark.gpu
+def test_cuda_half_model_runs_on_its_device_in_its_dtype():
+    model = _TrainFlags(classes=10, dtype=torch.float16).cuda().eval()
+    crops = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # CPU crops
+    p = T.predict(model, crops)  # "auto": the model's own device; the model is not moved
+    assert p.device.type == "cpu" and p.dtype == torch.float32 and next(model.parameters()).device.type == "cuda"
+    torch.testing.assert_close(p, T.predict(_TrainFlags(classes=10).eval(), crops, device="cpu"), atol=2e-3, rtol=0)
+    res = T.evaluate_backdoor(model, model, {"star": 3}, crops)
+    assert res["clean_agreement"] == 1.0
+    out, mask = T.paste_trigger(torch.rand(3, 40, 40, device="cuda"), "star", seed=0)
+    assert out.shape == (3, 40, 40) and mask.any()
+
+
+def _score_table(rng, n_photos=3, crops=4):
+    import pandas as pd
+
+    rows = []
+    for p in range(n_photos):
+        for c in range(crops):
+            sample = f"p{p}/c{c}"
+            base = rng.normal()
+            for method in ("saliency", "lrp"):
+                rows.append(dict(variant="Dense", method=method, sample=sample, photo=f"p{p}", auc=base))
+                rows.append(dict(variant="SPADE", method=method, sample=sample, photo=f"p{p}", auc=base + 0.1 * (c + 1)))
+    return pd.DataFrame(rows)
+
+
+def test_paired_differences_pair_samples_and_resample_photos():
+    from spade_utils.metrics import paired_bootstrap_diff
+
+    scores = _score_table(np.random.default_rng(0))
+    table = T.paired_differences(scores, baseline="Dense", cluster="photo", seed=3)
+    avg = table[(table.variant == "SPADE") & (table.method == "average")].iloc[0]
+    # SPADE - Dense is 0.1 * (crop + 1) on every sample, whatever the sample's own level
+    assert avg["diff"] == pytest.approx(0.25)
+    assert avg["wins"] == 1.0 and avg["n"] == 12
+    d = np.tile(0.1 * np.arange(1, 5), 3)
+    ref = paired_bootstrap_diff(d, np.zeros(12), np.repeat(["p0", "p1", "p2"], 4), seed=3)
+    assert (avg["low"], avg["high"]) == pytest.approx(ref[1:])
+    with pytest.raises(ValueError, match="baseline"):
+        T.paired_differences(scores, baseline="dense")
+
+
+def test_summarize_scores_gives_nan_bounds_for_a_single_sample_instead_of_failing():
+    scores = _score_table(np.random.default_rng(1), n_photos=1, crops=1)
+    table = T.summarize_scores(scores, cluster="photo")
+    assert table["low"].isna().all() and np.isfinite(table["mean"]).all()
