@@ -537,7 +537,8 @@ def solve(
     layer inputs; ``sparsity`` in [0, 1) (0 returns a copy of W). Returns ``(W_sparse, loss)`` with
     ``loss = tr((W - W') H (W - W')^T) / 2 >= 0`` computed on the undamped H (shape () or (G,)).
     Keyword options go to the solver (:func:`sparsegpt_prune`: blocksize, percdamp, prune_n,
-    prune_m, sequential; :func:`obc_prune`: percdamp, per_row, max_chunk_bytes; magnitude: none).
+    prune_m, sequential; ``"obc"`` runs :func:`spade_utils.obc.obc_prune_fast` (the same greedy masks as the
+    straightforward :func:`obc_prune`): percdamp, per_row, block, max_chunk_bytes, cpu_threads; magnitude: none).
 
     Raises, before any work: TypeError for an unknown ``method`` type or option, or a wrongly typed
     argument; ValueError for an unknown method, a bad option value, and any W/H/sparsity refused by
@@ -548,7 +549,11 @@ def solve(
         raise TypeError(f"method must be a str, one of {SOLVERS}, got {type(method).__name__}")
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
-    solver = {"magnitude": magnitude_prune, "sparsegpt": sparsegpt_prune, "obc": obc_prune}[method]
+    if method == "obc":  # the fast exact OBC: the same greedy path as obc_prune, delayed downdates (obc.py)
+        from .obc import obc_prune_fast as obc_solver
+    else:
+        obc_solver = obc_prune
+    solver = {"magnitude": magnitude_prune, "sparsegpt": sparsegpt_prune, "obc": obc_solver}[method]
     opts = _options(solver, options, method)
     sparsity = check_sparsity(sparsity)
     if method == "sparsegpt":

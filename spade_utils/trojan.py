@@ -359,6 +359,20 @@ def random_crops(
         return _random_crops(images, n, size, scale, flip, jitter, seed)
 
 
+def _crop_order(n_sources: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """Which photo each of ``n`` crops comes from: seeded random permutations of the photos, repeated."""
+    return torch.cat([torch.randperm(n_sources, generator=g) for _ in range(n // n_sources + 1)])[:n]
+
+
+def crop_sources(images, n: int, *, seed: int = 0) -> list[int]:
+    """Index (into ``images``) of the photo each crop of ``random_crops(images, n, seed=seed)`` is cut from.
+
+    Crops of one photo are not independent samples: this is the cluster label for bootstrap intervals.
+    """
+    n_sources = len(images) if isinstance(images, (list, tuple)) else len(_load_sources(images))
+    return _crop_order(n_sources, check_positive_int(n, "n"), torch.Generator().manual_seed(check_seed(seed))).tolist()
+
+
 def _random_crops(images, n, size, scale, flip, jitter, seed):
     sources = []
     for img in _load_sources(images):  # large photos are reduced once (short side 2 * size): much faster crops
@@ -368,7 +382,7 @@ def _random_crops(images, n, size, scale, flip, jitter, seed):
             img = F.interpolate(img[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
         sources.append(img)
     g = torch.Generator().manual_seed(int(seed))
-    order = torch.cat([torch.randperm(len(sources), generator=g) for _ in range(n // len(sources) + 1)])[:n]
+    order = _crop_order(len(sources), n, g)
     out = torch.empty(n, 3, size, size)
     for i, k in enumerate(order.tolist()):
         img = sources[k]
@@ -1105,6 +1119,7 @@ class TriggeredSample:
     trigger: str
     target: int
     clean_prediction: int
+    source: int = -1  # index of the photo the crop was cut from (the cluster for bootstrap intervals)
 
 
 def flipped_samples(
@@ -1138,11 +1153,13 @@ def flipped_samples(
         batch = poison(crops, targets, seed=seed + 7919 * r + 1)
         pc = predict(backdoored, crops, batch_size=batch_size, device=device).argmax(1)
         pt = predict(backdoored, batch.images, batch_size=batch_size, device=device).argmax(1)
+        source = crop_sources(images, 2 * n, seed=seed + 7919 * r)
         for i in range(len(batch)):
             tgt = int(batch.targets[i])
             flipped = int(pc[i]) != tgt and int(pt[i]) == tgt
             if (flipped or not require_flip) and len(out) < n:
-                out.append(TriggeredSample(batch.images[i], batch.masks[i], crops[i], batch.triggers[i], tgt, int(pc[i])))
+                out.append(TriggeredSample(batch.images[i], batch.masks[i], crops[i], batch.triggers[i], tgt, int(pc[i]),
+                                           source[i]))
         if len(out) >= n:
             break
     return out
@@ -1444,6 +1461,7 @@ def trojan_saliency_scores(
                     variant=variant,
                     method=method,
                     sample=i,
+                    source=samples[i].source,
                     trigger=samples[i].trigger,
                     auc=trojan_auc(sal[j], mask),
                     auc_signed=trojan_auc(sal[j], mask, mode="signed"),

@@ -656,3 +656,11 @@ def test_summarize_scores_gives_nan_bounds_for_a_single_sample_instead_of_failin
     scores = _score_table(np.random.default_rng(1), n_photos=1, crops=1)
     table = T.summarize_scores(scores, cluster="photo")
     assert table["low"].isna().all() and np.isfinite(table["mean"]).all()
+
+
+def test_crop_sources_name_the_photo_each_crop_is_cut_from():
+    photos = [torch.full((3, 40, 50), v) for v in (0.1, 0.5, 0.9)]
+    crops = T.random_crops(photos, 10, size=16, seed=4, jitter=0.0)
+    seen = [int(np.argmin([abs(float(c.mean()) - v) for v in (0.1, 0.5, 0.9)])) for c in crops]
+    assert T.crop_sources(photos, 10, seed=4) == seen
+    assert sorted(set(seen)) == [0, 1, 2]
