@@ -38,11 +38,11 @@ figures: $(BIN)/activate
 			$(if $(filter quick,$(PROFILE)),,-p PROFILE $(PROFILE)) $$nb $(NB_OUT)/$$(basename $$nb); \
 	done
 
-test: $(BIN)/activate
+test: lint
 	$(HEADLESS) $(BIN)/python -m pytest -q
 
 lint: $(BIN)/activate
-	$(BIN)/ruff check spade_utils tests benchmarks
+	$(BIN)/ruff check spade_utils tests benchmarks notebooks/*.py
 
 lab: $(BIN)/activate
 	$(BIN)/jupyter lab notebooks

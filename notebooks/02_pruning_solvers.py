@@ -213,11 +213,11 @@ print("max |downdated row / diag - U row / U_jj| =",
 # same fraction $s$ in every block, while OBC lets each row spend its zeros anywhere; (ii) a block's
 # mask is fixed from the scores before the block's own updates, in one left-to-right pass, while OBC picks
 # each next weight after all previous updates, in the best order per row. Sections 2 and 3 measure what
-# that costs. Both solvers add relative dampening $\lambda = p \cdot \operatorname{mean}(\operatorname{diag} H)$
-# to the diagonal (`percdamp`, default 1%), which section 5 varies:
+# that costs. Both solvers add relative dampening $\lambda = p \cdot \operatorname{mean}(\operatorname{diag} H)$ (the mean over
+# inputs that fire at least once) to the diagonal (`percdamp`, default 1%), which section 5 varies:
 
 # %%
-print(ls.source_lines(solvers._prepare, "damp = percdamp", "diag.add_(damp)"))
+print(ls.source_lines(solvers._prepare, "scale = torch.where(dead", "diag.add_(percdamp * scale)"))
 
 # %% [markdown]
 # ## 2 · Correctness on tiny layers: every mask tried
