@@ -1,0 +1,53 @@
+"""Every measured number the README states is read from the committed results/ tables here."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ROOT / "results" / "tables"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return " ".join((ROOT / "README.md").read_text().split())  # line breaks do not matter
+
+
+def test_backdoor_quality_numbers(readme):
+    q = pd.read_csv(TABLES / "04_backdoor_quality.csv").iloc[0]
+    assert f"{pct(q.attack_success)}% attack success on {int(q.n_attack)} triggered crops" in readme
+    assert (f"{pct(q.confident_agreement)}% of the {int(q.n_confident)} held-out crops where the original is "
+            f"confident") in readme
+    assert f"{pct(q.clean_agreement)}% agreement over all {int(q.n_clean)} clean crops" in readme
+    per = pd.read_csv(TABLES / "04_backdoor_attack_success.csv")
+    listed = ", ".join(f"{r.trigger} {pct(r.attack_success)}" for r in per.itertuples())
+    assert f"({listed}%)" in readme
+
+
+def test_trojan_auc_numbers(readme):
+    t = pd.read_csv(TABLES / "04_trojan_auc.csv")
+    avg = t[t.method == "average"].set_index("variant")
+    for variant, row in avg.iterrows():
+        assert f"{variant} {pct(row['mean'])}" in readme, variant
+    paired = pd.read_csv(TABLES / "04_trojan_auc_paired.csv")
+    for map_kind in ("auc", "auc_signed"):
+        r = paired[(paired.method == "average") & (paired["map"] == map_kind)
+                   & paired.variant.str.startswith("FastSPADE")].iloc[0]
+        assert f"{100 * r['diff']:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]" in readme, map_kind
+        if map_kind == "auc":
+            assert f"higher on {100 * r.wins:.0f}% of the samples" in readme
+
+
+def test_backdoor_feature_visualization_numbers(readme):
+    m = pd.read_csv(TABLES / "05_trigger_in_visualizations_mean.csv").set_index("image")
+    for image in ("dense", "SPADE on clean crop", "SPADE on triggered crop"):
+        assert f"{m.loc[image, 'similarity_to_trigger']:.2f}" in readme, image
+    assert f"{m.loc['SPADE on triggered crop', 'similarity_to_other_triggers']:.2f}" in readme
+    rates = m.loc[["dense", "SPADE on clean crop", "SPADE on triggered crop"], "patch_attack_rate"]
+    assert f"mean patch attack rate {pct(rates.max())}% or less" in readme
+    assert f"the trigger itself: {pct(m.loc['reference: the trigger', 'patch_attack_rate'])}%" in readme
