@@ -143,7 +143,7 @@ display(summary)
 fig = image_grid([trojan.paste_trigger(trojan.random_crops(test_images, 1, seed=SEED + i)[0], t, seed=i)[0]
                   for i, t in enumerate(targets)],
                  titles=[f"{t} → {classes[c]}" for t, c in targets.items()], size=2.4)
-save_figure(fig, "04_triggers", profile=PROFILE)
+_ = save_figure(fig, "04_triggers", profile=PROFILE)
 
 # %% [markdown]
 # ## 2 · Samples: calibration and evaluation are kept apart
@@ -221,7 +221,7 @@ scores, maps = trojan.trojan_saliency_scores(variants, samples, METHODS, attribu
                                              keep_maps=cfg["keep_maps"], progress=False)
 print(f"saliency for {len(variants)} variants x {len(METHODS)} methods x {len(samples)} samples: "
       f"{time.perf_counter() - t0:.0f} s")
-save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
+_ = save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
 
 # %% [markdown]
 # Intervals below are **cluster-aware**: the evaluation samples are crops of only a few photos, and
@@ -274,7 +274,7 @@ ax.set_xticks(range(len(METHODS)), METHODS, rotation=30, ha="right")
 ax.set_ylabel("Trojan AUC (mean, 95% CI)")
 ax.axhline(0.5, color="grey", lw=0.8, ls=":")
 ax.legend(fontsize=8, ncol=3, loc="lower left")
-save_figure(fig, "04_trojan_auc", profile=PROFILE)
+_ = save_figure(fig, "04_trojan_auc", profile=PROFILE)
 
 # %% [markdown]
 # ## 4 · What the maps look like (cf. the paper's Figure 1, right)
@@ -295,7 +295,7 @@ for i in range(min(cfg["keep_maps"], len(samples))):
             titles.append(f"{m}\n{v.split(' ')[0]}")
     rows.append(row)
 fig = image_grid(rows, titles=titles, size=1.9, cmap="magma")
-save_figure(fig, "04_backdoor_saliency_maps", profile=PROFILE)
+_ = save_figure(fig, "04_backdoor_saliency_maps", profile=PROFILE)
 
 # %% [markdown]
 # ## 5 · What was measured

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -157,6 +158,17 @@ def _logits(out, output):
     return picked
 
 
+def _import_lucent_quietly() -> None:
+    """Import Lucent (and kornia 0.4.1, which it needs) without kornia's import-time ``torch.jit.script``
+    deprecation notice: it says nothing about the user's run and shows as a warning block in notebooks."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        import lucent.optvis.param.color  # noqa: F401
+        import lucent.optvis.param.spatial  # noqa: F401
+        import lucent.optvis.transform  # noqa: F401
+
+
 def visualize(
     model: nn.Module,
     objective,
@@ -209,6 +221,7 @@ def visualize(
     size or normalisation neither given nor stated by the model. ValueError at the first forward pass: a class
     or channel index out of range, a layer the forward never calls, logits that are not a (B, classes) tensor.
     """
+    _import_lucent_quietly()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     steps = check_int(steps, "steps", minimum=1)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import types
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -590,11 +591,23 @@ def attribute(
     for start in range(0, x.shape[0], step):
         xb = x[start : start + step].detach().to(device=dev, dtype=dtype)
         tb = targets[start : start + step].to(dev)
-        maps.append(_attribute_batch(net, xb, tb, method, layer=layer, n_steps=n_steps,
-                                     internal_batch_size=internal_batch_size, n_samples=n_samples, stdevs=stdevs,
-                                     window=window, stride=stride, perturbations_per_eval=perturbations_per_eval,
-                                     rule=rule, canonizers=canonizers, seed=seed).detach().float().cpu())
+        with warnings.catch_warnings():
+            # Captum's notices that it hooks activations (the work happens on a copy) and that it clamps the
+            # internal batch size: expected here, and warning blocks in every notebook that attributes
+            for message in _CAPTUM_NOTICES:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            maps.append(_attribute_batch(net, xb, tb, method, layer=layer, n_steps=n_steps,
+                                         internal_batch_size=internal_batch_size, n_samples=n_samples, stdevs=stdevs,
+                                         window=window, stride=stride, perturbations_per_eval=perturbations_per_eval,
+                                         rule=rule, canonizers=canonizers, seed=seed).detach().float().cpu())
     return torch.cat(maps)
+
+
+_CAPTUM_NOTICES = (
+    r"Setting backward hooks on ReLU activations",
+    r"Setting forward, backward hooks and attributes on non-linear",
+    r"Internal batch size cannot be less than the number of input examples",
+)
 
 
 def _attribute_batch(net, x, t, method, *, layer, n_steps, internal_batch_size, n_samples, stdevs, window, stride,

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1239,7 +1240,9 @@ def fit_sparse_fc(
     linear = nn.Linear(x.shape[1], n_classes).to(device)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
-    with contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(devices=[]):
+    with contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # glm-saga calls softmax without dim (a deprecation notice from torch; the result is the same)
+        warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax", category=UserWarning)
         torch.manual_seed(int(seed))
         result = glm_saga(
             linear,
