@@ -252,12 +252,7 @@ def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int =
     if clusters is None:
         lo, hi = _scipy_bootstrap((v,), np.mean, paired=False, n_boot=n_boot, level=level, seed=seed, method=method)
         return _interval(v.mean(), lo, hi, method, fn)
-    if method != "percentile":
-        raise ValueError(f"{fn}: with clusters only method='percentile' is available, got {method!r}")
-    codes = _cluster_codes(clusters, v.size, fn)
-    means = _cluster_boot_means(v, codes, n_boot, np.random.default_rng(seed), within=bool(within))
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return _interval(v.mean(), lo, hi, method, fn)
+    return _cluster_interval(v, clusters, n_boot, level, seed, method, within, fn)
 
 
 def _mean_difference(a, b, axis=-1):
@@ -285,12 +280,17 @@ def paired_bootstrap_diff(a, b, clusters=None, *, n_boot: int = 2000, level: flo
         lo, hi = _scipy_bootstrap((av, bv), _mean_difference, paired=True, n_boot=n_boot, level=level, seed=seed,
                                   method=method)
         return _interval(d.mean(), lo, hi, method, fn)
+    return _cluster_interval(d, clusters, n_boot, level, seed, method, within, fn)
+
+
+def _cluster_interval(v, clusters, n_boot, level, seed, method, within, fn):
+    """Mean of ``v`` and the percentile interval of the two-stage cluster bootstrap (see :func:`bootstrap_ci`)."""
     if method != "percentile":
         raise ValueError(f"{fn}: with clusters only method='percentile' is available, got {method!r}")
-    codes = _cluster_codes(clusters, d.size, fn)
-    means = _cluster_boot_means(d, codes, n_boot, np.random.default_rng(seed), within=bool(within))
+    codes = _cluster_codes(clusters, v.size, fn)
+    means = _cluster_boot_means(v, codes, n_boot, np.random.default_rng(seed), within=bool(within))
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return _interval(d.mean(), lo, hi, method, fn)
+    return _interval(v.mean(), lo, hi, method, fn)
 
 
 # --------------------------------------------------------------------------------------------------
