@@ -125,7 +125,7 @@ for r in results:
     rows.append([r["sample"].image, patch] + list(r["vis"].values()))
     titles += [f"{r['trigger']} → {classes[r['target']]}", "trigger"] + list(r["vis"])
 fig = image_grid(rows, titles=titles, size=2.3)
-save_figure(fig, "05_backdoor_feature_visualization", profile=PROFILE)
+_ = save_figure(fig, "05_backdoor_feature_visualization", profile=PROFILE)
 
 # %% [markdown]
 # ## Does the trigger appear? Two checks per visualization
