@@ -43,6 +43,8 @@ test: lint
 
 lint: $(BIN)/activate
 	$(BIN)/ruff check spade_utils tests benchmarks notebooks/*.py
+	$(BIN)/ruff format --check spade_utils tests benchmarks notebooks/*.py
+	$(BIN)/mypy
 
 lab: $(BIN)/activate
 	$(BIN)/jupyter lab notebooks

@@ -15,7 +15,7 @@ Printed tables (nothing is asserted):
   torchvision, random weights, H from the same views). Wide layers time the straightforward solver
   on a row subset (``rows timed``); the fast solver is also timed on the whole layer.
 * ``offline``: the fast solver on every layer of the offline backdoor trace
-  (``trojan.OFFLINE_SPADE_LAYERS``: Lite0 blocks 8-15, head, classifier) from one ``--views`` pass;
+  (``backdoor.OFFLINE_SPADE_LAYERS``: Lite0 blocks 8-15, head, classifier) from one ``--views`` pass;
   the sum is the solve time of an exact-OBC trace.
 
 The machine's load is printed first: ratios measured side by side are what to compare.
@@ -137,9 +137,9 @@ def layers_table(args) -> None:
 
 
 def offline_trace(args) -> None:
+    from spade_utils.backdoor import OFFLINE_SPADE_LAYERS
     from spade_utils.models import load_model
     from spade_utils.spade import select_layers
-    from spade_utils.trojan import OFFLINE_SPADE_LAYERS
 
     lite = load_model("efficientnet_lite0")
     names = list(select_layers(lite, OFFLINE_SPADE_LAYERS))

@@ -48,7 +48,7 @@ IMAGENET_TRAIN = "../data/imagenet/train"  # paper profile: images for the Spars
 # %%
 SIZES = {
     # seconds: a few-step implant (not a working backdoor), two samples, two methods
-    "smoke": dict(implant=dict(steps=2, n_clean=8, n_triggered=8, cache=False), n_calib=1, n_eval=2,
+    "smoke": dict(implant=dict(steps=2, n_clean=8, n_triggered=8), n_calib=1, n_eval=2,
                   methods=["saliency", "lrp"], calib_methods=["saliency"], grid=[0.9], n_augment=8,
                   check_crops=8, fc_crops=48, fc_path=4, obc=False, n_steps=4, n_samples=2, keep_maps=1),
     # minutes on a 2-core CPU: the cached offline backdoor, 24 evaluation samples, 8 methods
@@ -66,14 +66,13 @@ cfg = SIZES[PROFILE]
 
 # %%
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import display
 
-from spade_utils import trojan
+from spade_utils import backdoor, baselines
 from spade_utils.data import imagenet_classes
 from spade_utils.models import load_model, load_robustness_checkpoint
 from spade_utils.plotting import image_grid, save_figure, save_table, set_style
@@ -104,21 +103,22 @@ t_start = time.perf_counter()
 
 # %%
 if PROFILE == "paper":
-    for name in trojan.TRIGGERS:
-        trojan.register_trigger(name, Path(TRIGGER_DIR) / f"{name}.png")
+    trigger_set = backdoor.TriggerSet.from_folder(TRIGGER_DIR, backdoor.TRIGGERS)  # the authors' emoji
     original = load_model("resnet50")
     backdoored = load_robustness_checkpoint(CHECKPOINT)
-    targets = dict(trojan.PAPER_TARGETS)
+    targets = dict(backdoor.PAPER_TARGETS)
     train_images, calib_images, test_images = IMAGENET_TRAIN, IMAGENET_TRAIN, IMAGENET_VAL
     layers, skip_dw = ["layer3.4*", "layer3.5*", "layer4*", "fc"], False
     implant_info = {"seconds": float("nan"), "cached": True}
 else:
     original = load_model("efficientnet_lite0")
-    bd = trojan.implant_backdoor(original, seed=SEED, progress=False, **cfg["implant"])
+    trigger_set = backdoor.DRAWN_TRIGGERS
+    bd = backdoor.implant_backdoor(original, recipe=backdoor.BackdoorRecipe(**cfg["implant"]), seed=SEED,
+                                   cache=PROFILE != "smoke", progress=False)
     backdoored, targets, implant_info = bd.model, bd.targets, bd.info
-    train_images = list(trojan.TRAIN_PHOTOS) + list(trojan.EXTRA_TRAIN_IMAGES)
-    calib_images, test_images = list(trojan.CALIBRATION_PHOTOS), list(trojan.TEST_PHOTOS)
-    layers, skip_dw = trojan.OFFLINE_SPADE_LAYERS, True
+    train_images = list(backdoor.TRAIN_PHOTOS) + list(backdoor.EXTRA_TRAIN_IMAGES)
+    calib_images, test_images = list(backdoor.CALIBRATION_PHOTOS), list(backdoor.TEST_PHOTOS)
+    layers, skip_dw = backdoor.OFFLINE_SPADE_LAYERS, True
 print({k: implant_info.get(k) for k in ("seconds", "seconds_features", "seconds_training", "threads", "cached")})
 print({t: f"{c} {classes[c]}" for t, c in targets.items()})
 
@@ -130,7 +130,8 @@ print({t: f"{c} {classes[c]}" for t, c in targets.items()})
 # original is confident (top-1 probability ≥ 0.5; many random crops are ambiguous for any model).
 
 # %%
-check = trojan.evaluate_backdoor(backdoored, original, targets, test_images, n_crops=cfg["check_crops"], seed=SEED + 1000)
+check = backdoor.evaluate_backdoor(backdoored, original, targets, test_images, n_crops=cfg["check_crops"], seed=SEED + 1000,
+                                   trigger_set=trigger_set)
 quality = check["per_trigger"].assign(target_name=lambda d: [classes[c] for c in d.target])
 summary = pd.DataFrame([{k: check[k] for k in ("attack_success", "n_attack", "clean_agreement", "n_clean",
                                                "confident_agreement", "n_confident")}])
@@ -140,7 +141,8 @@ display(quality)
 display(summary)
 
 # %%
-fig = image_grid([trojan.paste_trigger(trojan.random_crops(test_images, 1, seed=SEED + i)[0], t, seed=i)[0]
+fig = image_grid([backdoor.paste_trigger(backdoor.random_crops(test_images, 1, seed=SEED + i)[0], t, seed=i,
+                                          trigger_set=trigger_set)[0]
                   for i, t in enumerate(targets)],
                  titles=[f"{t} → {classes[c]}" for t, c in targets.items()], size=2.4)
 _ = save_figure(fig, "04_triggers", profile=PROFILE)
@@ -157,8 +159,10 @@ names = list(targets)
 calib_targets = {t: targets[t] for t in names[: len(names) // 2]}
 eval_targets = {t: targets[t] for t in names[len(names) // 2 :]}
 flip = PROFILE != "smoke"  # the smoke run's few-step implant is not a working backdoor
-calib = trojan.flipped_samples(backdoored, calib_targets, calib_images, cfg["n_calib"], seed=SEED + 1, require_flip=flip)
-samples = trojan.flipped_samples(backdoored, eval_targets, test_images, cfg["n_eval"], seed=SEED + 2, require_flip=flip)
+calib = backdoor.flipped_samples(backdoored, calib_targets, calib_images, cfg["n_calib"], seed=SEED + 1, require_flip=flip,
+                                 trigger_set=trigger_set)
+samples = backdoor.flipped_samples(backdoored, eval_targets, test_images, cfg["n_eval"], seed=SEED + 2, require_flip=flip,
+                                   trigger_set=trigger_set)
 print(f"calibration: {len(calib)} samples ({list(calib_targets)}), evaluation: {len(samples)} samples ({list(eval_targets)})")
 
 # %%
@@ -178,8 +182,8 @@ def spade_variant(sparsity, solver):
 # %%
 calib_scores = []
 for sp in cfg["grid"]:
-    sc, _ = trojan.trojan_saliency_scores({f"{sp}": spade_variant(sp, "sparsegpt")}, calib, cfg["calib_methods"],
-                                          attribute_kwargs=attr_kwargs, progress=False)
+    sc, _ = backdoor.trojan_saliency_scores({f"{sp}": spade_variant(sp, "sparsegpt")}, calib, cfg["calib_methods"],
+                                            attribute_kwargs=attr_kwargs, progress=False)
     calib_scores.append(sc.assign(sparsity=sp))
 calib_scores = pd.concat(calib_scores)
 calib_table = calib_scores.groupby("sparsity")["auc"].mean().rename("mean Trojan AUC (calibration)").reset_index()
@@ -196,10 +200,11 @@ print("chosen sparsity:", SPARSITY)
 # have been — and keep the densest point of the regularisation path with at most 5% non-zero weights.
 
 # %%
-fc_clean = trojan.random_crops(train_images, cfg["fc_crops"] * 3 // 4, seed=SEED + 3)
-fc_trig = trojan.poison(trojan.random_crops(train_images, cfg["fc_crops"] // 4, seed=SEED + 4), targets, seed=SEED + 5).images
-sparse_fc, fc_info = trojan.sparse_fc_model(backdoored, torch.cat([fc_clean, fc_trig]), density=0.05, seed=SEED,
-                                            path_length=cfg["fc_path"])
+fc_clean = backdoor.random_crops(train_images, cfg["fc_crops"] * 3 // 4, seed=SEED + 3)
+fc_trig = backdoor.poison(backdoor.random_crops(train_images, cfg["fc_crops"] // 4, seed=SEED + 4), targets, seed=SEED + 5,
+                          trigger_set=trigger_set).images
+sparse_fc, fc_info = baselines.sparse_fc_model(backdoored, torch.cat([fc_clean, fc_trig]), density=0.05, seed=SEED,
+                                               path_length=cfg["fc_path"])
 print(fc_info)
 
 # %% [markdown]
@@ -217,8 +222,8 @@ variants = {
 if cfg["obc"]:
     variants["SPADE (OBC)"] = spade_variant(SPARSITY, "obc")
 t0 = time.perf_counter()
-scores, maps = trojan.trojan_saliency_scores(variants, samples, METHODS, attribute_kwargs=attr_kwargs,
-                                             keep_maps=cfg["keep_maps"], progress=False)
+scores, maps = backdoor.trojan_saliency_scores(variants, samples, METHODS, attribute_kwargs=attr_kwargs,
+                                               keep_maps=cfg["keep_maps"], progress=False)
 print(f"saliency for {len(variants)} variants x {len(METHODS)} methods x {len(samples)} samples: "
       f"{time.perf_counter() - t0:.0f} s")
 _ = save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
@@ -228,7 +233,7 @@ _ = save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
 # crops of one photo are not independent, so the bootstrap resamples photos first, then crops within them.
 
 # %%
-table = trojan.summarize_scores(scores, cluster="source", seed=SEED)
+table = backdoor.summarize_scores(scores, cluster="source", seed=SEED)
 save_table(table, "04_trojan_auc", profile=PROFILE)
 wide = table.assign(cell=lambda d: [f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
                                     for m, lo, hi in zip(d["mean"], d.low, d.high)])
@@ -243,7 +248,7 @@ display(wide)
 # only) is shown beside it, to say which of the two carries the effect.
 
 # %%
-paired = pd.concat([trojan.paired_differences(scores, baseline="Dense", value=v, cluster="source", seed=SEED)
+paired = pd.concat([backdoor.paired_differences(scores, baseline="Dense", value=v, cluster="source", seed=SEED)
                     .assign(map=v) for v in ("auc", "auc_signed")])
 save_table(paired, "04_trojan_auc_paired", profile=PROFILE)
 show = paired[paired.method == "average"].assign(

@@ -44,7 +44,7 @@ IMAGENET_VAL = "../data/imagenet/val"  # paper profile: an ImageNet validation f
 
 # %%
 SIZES = {
-    "smoke": dict(implant=dict(steps=2, n_clean=8, n_triggered=8, cache=False), steps=3, size=32, input_size=64,
+    "smoke": dict(implant=dict(steps=2, n_clean=8, n_triggered=8), steps=3, size=32, input_size=64,
                   n_augment=8, n_triggers=1, attack_crops=4, require_flip=False),
     "quick": dict(implant=dict(), steps=96, size=128, input_size=224, n_augment=32, n_triggers=4, attack_crops=48,
                   require_flip=True),
@@ -55,13 +55,12 @@ cfg = SIZES[PROFILE]
 
 # %%
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 from IPython.display import display
 
-from spade_utils import trojan
+from spade_utils import backdoor
 from spade_utils.data import imagenet_classes
 from spade_utils.featvis import image_distance, visualize
 from spade_utils.models import load_model, load_robustness_checkpoint
@@ -77,18 +76,19 @@ t_start = time.perf_counter()
 
 # %%
 if PROFILE == "paper":
-    for name in trojan.TRIGGERS:
-        trojan.register_trigger(name, Path(TRIGGER_DIR) / f"{name}.png")
+    trigger_set = backdoor.TriggerSet.from_folder(TRIGGER_DIR, backdoor.TRIGGERS)  # the authors' emoji
     backdoored = load_robustness_checkpoint(CHECKPOINT)
-    targets = dict(trojan.PAPER_TARGETS)
+    targets = dict(backdoor.PAPER_TARGETS)
     test_images = IMAGENET_VAL
     layers, skip_dw = ["layer3.4*", "layer3.5*", "layer4*", "fc"], False
 else:
     original = load_model("efficientnet_lite0")
-    bd = trojan.implant_backdoor(original, seed=SEED, progress=False, **cfg["implant"])
+    trigger_set = backdoor.DRAWN_TRIGGERS
+    bd = backdoor.implant_backdoor(original, recipe=backdoor.BackdoorRecipe(**cfg["implant"]), seed=SEED,
+                                   cache=PROFILE != "smoke", progress=False)
     backdoored, targets = bd.model, bd.targets
-    test_images = list(trojan.TEST_PHOTOS)
-    layers, skip_dw = trojan.OFFLINE_SPADE_LAYERS, True
+    test_images = list(backdoor.TEST_PHOTOS)
+    layers, skip_dw = backdoor.OFFLINE_SPADE_LAYERS, True
 triggers = list(targets)[: cfg["n_triggers"]]
 print({t: f"{targets[t]} {classes[targets[t]]}" for t in triggers})
 
@@ -101,12 +101,12 @@ trace_kwargs = dict(layers=layers, skip_depthwise=skip_dw, sparsity=SPARSITY, n_
                     solver="sparsegpt", batch_size=32, seed=SEED, progress=False)
 results = []
 for k, t in enumerate(triggers):
-    found = trojan.flipped_samples(backdoored, {t: targets[t]}, test_images, 1, seed=SEED + 10 * k,
-                                   require_flip=cfg["require_flip"])
+    found = backdoor.flipped_samples(backdoored, {t: targets[t]}, test_images, 1, seed=SEED + 10 * k,
+                                     require_flip=cfg["require_flip"], trigger_set=trigger_set)
     flipped = bool(found) and cfg["require_flip"]
     if not found:  # this trigger flips no held-out crop here: use a triggered crop anyway, and say so
-        found = trojan.flipped_samples(backdoored, {t: targets[t]}, test_images, 1, seed=SEED + 10 * k,
-                                       require_flip=False)
+        found = backdoor.flipped_samples(backdoored, {t: targets[t]}, test_images, 1, seed=SEED + 10 * k,
+                                         require_flip=False, trigger_set=trigger_set)
     sample = found[0]
     print(f"{t}: {'a crop the trigger flips' if flipped else 'NO held-out crop flipped by this trigger; using a non-flipped one'}")
     target = targets[t]
@@ -121,7 +121,7 @@ print(f"{time.perf_counter() - t_start:.0f} s so far")
 # %%
 rows, titles = [], []
 for r in results:
-    patch, _ = trojan.trigger_patch(r["trigger"], 56)
+    patch, _ = backdoor.trigger_patch(r["trigger"], 56, trigger_set=trigger_set)
     rows.append([r["sample"].image, patch] + list(r["vis"].values()))
     titles += [f"{r['trigger']} → {classes[r['target']]}", "trigger"] + list(r["vis"])
 fig = image_grid(rows, titles=titles, size=2.3)
@@ -132,20 +132,20 @@ _ = save_figure(fig, "05_backdoor_feature_visualization", profile=PROFILE)
 # The reference rows give the scale: the trigger drawing itself, and a random-noise patch.
 
 # %%
-crops = trojan.random_crops(test_images, cfg["attack_crops"], seed=SEED + 99)
+crops = backdoor.random_crops(test_images, cfg["attack_crops"], seed=SEED + 99)
 table = []
 for r in results:
     t, target = r["trigger"], r["target"]
-    patch, _ = trojan.trigger_patch(t, cfg["size"])
+    patch, _ = backdoor.trigger_patch(t, cfg["size"], trigger_set=trigger_set)
     noise = torch.rand(3, cfg["size"], cfg["size"], generator=torch.Generator().manual_seed(SEED))
     refs = {"reference: the trigger": patch, "reference: noise": noise}
     for label, image in {**r["vis"], **refs}.items():
-        others = [trojan.trigger_similarity(image, o) for o in trojan.TRIGGERS if o != t]
+        others = [backdoor.trigger_similarity(image, o, trigger_set=trigger_set) for o in backdoor.TRIGGERS if o != t]
         table.append(dict(
             trigger=t, target=classes[target], image=label,
-            similarity_to_trigger=trojan.trigger_similarity(image, t),
+            similarity_to_trigger=backdoor.trigger_similarity(image, t, trigger_set=trigger_set),
             similarity_to_other_triggers=sum(others) / len(others),
-            patch_attack_rate=trojan.patch_attack_rate(backdoored, image, target, crops, seed=SEED),
+            patch_attack_rate=backdoor.patch_attack_rate(backdoored, image, target, crops, seed=SEED),
             distance_to_dense=float(image_distance(image[None], r["vis"]["dense"][None]).item()),
         ))
 table = pd.DataFrame(table)

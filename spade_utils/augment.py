@@ -120,7 +120,7 @@ class ImageAugmenter:
             raise TypeError(f"dtype must be a floating torch.dtype (the model's), got {dtype!r}")
         self.size, self.scale, self.ratio = size, scale, ratio
         self.flip, self.brightness, self.hue, self.normalize = bool(flip), brightness, hue, bool(normalize)
-        self.mean, self.std, self.dtype = spec.mean, spec.std, dtype
+        (self.mean, self.std), self.dtype = spec.stats(), dtype
         self.device = torch.device(device)  # where the views are made; random draws stay on the CPU
 
     def __call__(self, image, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -23,7 +23,6 @@ __all__ = [
     "preprocess",
     "denormalize",
     "imagenet_classes",
-    "cache_dir",
 ]
 
 
@@ -41,8 +40,8 @@ def _matplotlib(filename: str):
     def load() -> np.ndarray:
         import matplotlib.cbook
 
-        with matplotlib.cbook.get_sample_data(filename) as f:
-            return np.asarray(Image.open(f).convert("RGB"))
+        with Image.open(matplotlib.cbook.get_sample_data(filename, asfileobj=False)) as img:
+            return np.asarray(img.convert("RGB"))
 
     return load
 
@@ -266,7 +265,7 @@ def image_to_tensor(image, *, argname: str = "image") -> torch.Tensor:
     return F.to_dtype(out, torch.float32, scale=True) if out.dtype == torch.uint8 else out  # x * (1 / 255)
 
 
-image_to_tensor.__doc__ += _IMAGE_RULES + "\nRaises TypeError for a value that is not an image, ValueError for a bad image.\n"
+image_to_tensor.__doc__ = (image_to_tensor.__doc__ or "") + _IMAGE_RULES + "\nRaises TypeError for a value that is not an image, ValueError for a bad image.\n"
 
 
 def to_pil(image, *, argname: str = "image") -> Image.Image:
@@ -279,15 +278,16 @@ def to_pil(image, *, argname: str = "image") -> Image.Image:
     return Image.fromarray(out.permute(1, 2, 0).numpy())
 
 
-to_pil.__doc__ += _IMAGE_RULES + "\nRaises TypeError for a value that is not an image, ValueError for a bad image.\n"
+to_pil.__doc__ = (to_pil.__doc__ or "") + _IMAGE_RULES + "\nRaises TypeError for a value that is not an image, ValueError for a bad image.\n"
 
 
-def _check_stats(mean, std) -> InputSpec:
+def _check_stats(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Validated ``(mean, std)`` (1 or 3 finite entries each, std > 0)."""
     for name, v in (("mean", mean), ("std", std)):
         if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray, torch.Tensor)):
             raise TypeError(f"{name} must be a sequence of 1 or 3 numbers (one per channel), got {type(v).__name__}")
     return InputSpec(None, tuple(float(m) if isinstance(m, torch.Tensor) else m for m in mean),
-                     tuple(float(s) if isinstance(s, torch.Tensor) else s for s in std))
+                     tuple(float(s) if isinstance(s, torch.Tensor) else s for s in std)).stats()
 
 
 def _resize_center_crop(img: torch.Tensor, size: int, resize: int) -> torch.Tensor:
@@ -358,11 +358,11 @@ def preprocess(
 
     size = check_int(size, "size", minimum=1)
     resize = int(round(size * 256 / 224)) if resize is None else check_int(resize, "resize", minimum=size)
-    spec = _check_stats(mean, std)
+    mean, std = _check_stats(mean, std)
     img = _image_chw(image, "image")
     x = _resize_center_crop(img, size, resize)
     x = F.to_dtype(x, torch.float32, scale=True) if x.dtype == torch.uint8 else x.float()
-    return F.normalize(x, list(spec.mean), list(spec.std)).unsqueeze(0)
+    return F.normalize(x, list(mean), list(std)).unsqueeze(0)
 
 
 def denormalize(
@@ -377,17 +377,17 @@ def denormalize(
     """
     from torchvision.transforms.v2 import functional as F
 
-    spec = _check_stats(mean, std)
+    mean, std = _check_stats(mean, std)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    c = len(spec.mean)
-    if x.dim() not in (3, 4) or (c == 3 and x.shape[-3] != 3) or len(spec.std) not in (1, c):
+    c = len(mean)
+    if x.dim() not in (3, 4) or (c == 3 and x.shape[-3] != 3) or len(std) not in (1, c):
         raise ValueError(
             f"x must be (C, H, W) or (B, C, H, W) with C = {c} (one channel per mean/std entry), got shape {tuple(x.shape)}"
         )
     _refuse_nonfinite(x, "x")
-    inv_mean = [-m / s for m, s in zip(spec.mean, spec.std * (c // len(spec.std)), strict=True)]
-    inv_std = [1 / s for s in spec.std]
+    inv_mean = [-m / s for m, s in zip(mean, std * (c // len(std)), strict=True)]
+    inv_std = [1 / s for s in std]
     return F.normalize(x, inv_mean, inv_std).clamp(0, 1)
 
 
@@ -397,13 +397,3 @@ def imagenet_classes() -> list[str]:
     from torchvision.models import ResNet50_Weights
 
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def cache_dir():
-    """``$SPADE_CACHE_DIR`` if set, else ``data/cache`` in the repository (git-ignored); created on use."""
-    import os
-    from pathlib import Path
-
-    path = Path(os.environ.get("SPADE_CACHE_DIR", Path(__file__).resolve().parent.parent / "data" / "cache"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -272,7 +272,7 @@ def visualize(
             m = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
             s = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
             chain.append(lambda x: (x - m) / s)
-            chain.append(lambda x: nn.functional.interpolate(x, size=(spec.size, spec.size), mode="bilinear",
+            chain.append(lambda x: nn.functional.interpolate(x, size=(spec.side(), spec.side()), mode="bilinear",
                                                              align_corners=True))
             result = _optimise(net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features,
                                keep, progress)

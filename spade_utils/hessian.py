@@ -17,26 +17,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .archs import default_pre_pad
+
 PRUNABLE = (nn.Linear, nn.Conv2d)
 
 
 # --------------------------------------------------------------------------------------------
 # weights as matrices (the column order matches the unfolded inputs)
 # --------------------------------------------------------------------------------------------
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` as a tensor (TypeError naming the module type when it has none)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The weight as (rows, d) for Linear and ungrouped conv, (groups, rows, d) for grouped conv."""
-    W = module.weight.detach()
+    W = layer_weight(module).detach()
     if isinstance(module, nn.Linear):
         return W
-    g = module.groups
+    g = int(getattr(module, "groups", 1))
     flat = W.reshape(W.shape[0], -1)
     return flat if g == 1 else flat.reshape(g, W.shape[0] // g, flat.shape[1])
 
 
 def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
     """Write a matrix from :func:`weight_matrix` back into ``module.weight`` (in place, no grad)."""
+    weight = layer_weight(module)
     with torch.no_grad():
-        module.weight.copy_(matrix.reshape(module.weight.shape).to(module.weight.dtype))
+        weight.copy_(matrix.reshape(weight.shape).to(weight.dtype))
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -49,21 +60,6 @@ def is_depthwise(module: nn.Module) -> bool:
 PRE_PADS = ("none", "static", "tf_same")
 
 
-def default_pre_pad(module: nn.Conv2d) -> str:
-    """The padding a convolution applies in ``forward`` before its declared ``padding``, known by structure.
-
-    ``"static"``: an EfficientNet-style ``static_padding`` child module; ``"tf_same"``: TensorFlow's dynamic
-    "same" padding (``Conv2dDynamicSamePadding``); ``"none"``: plain ``nn.Conv2d``. Convolutions that pad
-    in ``forward`` under other names are found by :func:`spade_utils.spade.spade_trace`, which checks the
-    layer's own output on a probe batch and passes the padding that reproduces it as ``pre_pad``.
-    """
-    if isinstance(getattr(module, "static_padding", None), nn.Module):
-        return "static"
-    if type(module).__name__ == "Conv2dDynamicSamePadding":
-        return "tf_same"
-    return "none"
-
-
 def conv_input(module: nn.Conv2d, x: torch.Tensor, pre_pad: str | None = None) -> torch.Tensor:
     """The padded input the convolution actually reads: (n, C, Hp, Wp).
 
@@ -74,7 +70,10 @@ def conv_input(module: nn.Conv2d, x: torch.Tensor, pre_pad: str | None = None) -
     """
     mode = default_pre_pad(module) if pre_pad is None else pre_pad
     if mode == "static":
-        x = module.static_padding(x)
+        pad = getattr(module, "static_padding", None)
+        if not isinstance(pad, nn.Module):
+            raise ValueError(f"pre_pad='static' needs a module with a static_padding child, got {type(module).__name__}")
+        x = pad(x)
     elif mode == "tf_same":
         x = F.pad(x, _same_pad(x.shape[-2:], module, tf_style=True))
     elif mode != "none":

@@ -54,6 +54,18 @@ class InputSpec:
             self.std if self.std is not None else other.std,
         )
 
+    def side(self) -> int:
+        """``size``, known; ValueError when it is None."""
+        if self.size is None:
+            raise ValueError(f"this input spec has no size: {self}")
+        return self.size
+
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)``, both known; ValueError when either is None."""
+        if self.mean is None or self.std is None:
+            raise ValueError(f"this input spec has no {'mean' if self.mean is None else 'std'}: {self}")
+        return self.mean, self.std
+
 
 IMAGENET_224 = InputSpec(224, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -64,7 +76,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
     while seen < 8:
         inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
-            inner = model.module if isinstance(getattr(model, "module", None), nn.Module) and type(model).__name__ in (
+            wrapped = getattr(model, "module", None)
+            inner = wrapped if isinstance(wrapped, nn.Module) and type(model).__name__ in (
                 "DataParallel", "DistributedDataParallel") else None
         if inner is None:
             return model

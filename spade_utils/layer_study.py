@@ -1,14 +1,14 @@
 """Experiments on the layer-wise pruning solvers (notebook 02): tiny problems, real layers, cost, traces.
 
-Everything here calls the engine (:mod:`spade_utils.solvers`, :mod:`spade_utils.hessian`,
-:mod:`spade_utils.spade`) and returns pandas DataFrames; nothing prints.
+Everything here calls the engine (:mod:`spade_utils.solvers`, :mod:`spade_utils.trace_steps`,
+:mod:`spade_utils.layer_select`) and returns pandas DataFrames; nothing prints.
 
 Sweeps over trace settings (number of augmentations, dampening, sparsity) reuse one recording
-of the layer-input statistics: :func:`record_statistics` runs the same seeded augmentation and
-forward passes as :func:`spade_utils.spade.spade_trace` and keeps a snapshot of every layer's H
-after the first N views for each requested N, so ``solve_layers(model, stats[N], ...)`` gives the
-sparse weights of ``spade_trace(model, image, n_augment=N, ...)`` with the same ``seed`` and
-``batch_size`` without repeating the forward passes.
+of the layer-input statistics: :func:`record_statistics` is the engine's statistics step (the one
+:func:`spade_utils.spade.spade_trace` runs) with snapshots of every layer's H after the first N
+views for each requested N, so ``solve_layers(model, stats[N], ...)`` (the engine's solve step) gives
+the sparse weights and records of ``spade_trace(model, image, n_augment=N, ...)`` with the same
+``seed`` and ``batch_size`` without repeating the forward passes.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .augment import ImageAugmenter, image_tensor
+from . import trace_steps as engine
 from .bruteforce import brute_force_optimum
-from .hessian import HessianRecorder, is_depthwise, set_weight_matrix, weight_matrix
-from .inputs import resolve_input_spec
-from .runtime import eval_mode, flush_denormals, model_dtype
+from .hessian import weight_matrix
+from .layer_select import LayerSelection, choose_layers, resolve_sparsity, select_layers, unwrap_model
+from .runtime import flush_denormals
 from .solvers import SOLVERS, expected_zeros, layer_relative_error, solve
-from .spade import resolve_sparsity, select_layers
-from .validation import check_seed
+from .trace_steps import LayerStatistics, check_checkpoints
+from .validation import check_positive_int
 from .widgets import progress_bar as tqdm
 
 
@@ -254,7 +254,7 @@ def power_law_exponent(df: pd.DataFrame, x: str = "cols", y: str = "seconds", mi
 def record_statistics(
     model: nn.Module,
     image,
-    layers,
+    layers: LayerSelection,
     checkpoints: int | Sequence[int],
     *,
     augment=None,
@@ -264,48 +264,41 @@ def record_statistics(
     channels_last: bool = True,
     progress: bool = True,
     input_size: int | None = None,
-    mean=None,
-    std=None,
-) -> dict[int, dict[str, torch.Tensor]]:
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> dict[int, LayerStatistics]:
     """Layer-input statistics after the first N augmented views of ``image``, for every N in ``checkpoints``.
 
-    The views come exactly as in ``spade_trace(model, image, n_augment=N, batch_size=batch_size,
-    seed=seed)``: every checkpoint must be a multiple of ``batch_size`` (except the largest),
-    so each snapshot is the H that trace would record. Returns ``{N: {layer name: H}}``.
-    ``input_size``/``mean``/``std`` default to what the model states (``spade_utils.inputs``).
+    The engine's :func:`spade_utils.trace_steps.record_statistics` (the one ``spade_trace`` runs) on the
+    layers :func:`~spade_utils.layer_select.choose_layers` picks for ``layers`` (names, globs or a
+    predicate; ``skip_depthwise`` leaves depthwise convs out of globs), with the views of
+    ``spade_trace(model, image, n_augment=N, batch_size=batch_size, seed=seed)``: every checkpoint but
+    the largest must be a multiple of ``batch_size``, and each snapshot is the H that trace records.
+    ``augment`` defaults to :class:`~spade_utils.augment.ImageAugmenter` at the input size and
+    normalisation the model states (``input_size``/``mean``/``std`` override them, see
+    :mod:`spade_utils.inputs`). Returns ``{N: LayerStatistics}``; each reads as a mapping layer name -> H
+    ((d, d), or (groups, d, d) for a grouped conv). Raises TypeError/ValueError before any forward pass
+    on bad arguments.
     """
-    ns = sorted({int(checkpoints)} if isinstance(checkpoints, int) else {int(c) for c in checkpoints})
-    if not ns or ns[0] < 1:
-        raise ValueError(f"checkpoints must be positive ints, got {checkpoints!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    bad = [n for n in ns[:-1] if n % batch_size]
-    if bad:
-        raise ValueError(f"checkpoints {bad} are not multiples of batch_size={batch_size}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    chosen = select_layers(model, layers, skip_depthwise=skip_depthwise)
-    if augment is None:
-        image = image_tensor(image, argname="image")
-        spec = resolve_input_spec(model, size=input_size, mean=mean, std=std, fn_name="record_statistics")
-        augment = ImageAugmenter(spec.size, mean=spec.mean, std=spec.std, dtype=model_dtype(model))
-    gen = torch.Generator().manual_seed(check_seed(seed))
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    with flush_denormals(), eval_mode(model), HessianRecorder(chosen) as rec, torch.no_grad():
-        done = 0
-        bar = tqdm(total=ns[-1], desc="statistics", unit="img", disable=not progress, leave=False)
-        while done < ns[-1]:
-            m = min(batch_size, ns[-1] - done)
-            views = augment(image, m, gen)
-            if channels_last and views.dim() == 4:
-                views = views.contiguous(memory_format=torch.channels_last)
-            model(views)
-            done += m
-            bar.update(m)
-            if done in ns:
-                snapshots[done] = rec.hessians()
-        bar.close()
-    return snapshots
+    check_checkpoints(checkpoints, check_positive_int(batch_size, "batch_size"))
+    choice = choose_layers(model, layers, skip_depthwise=skip_depthwise)
+    augment, spec, image = engine.resolve_augment(
+        model, image, augment, input_size, mean, std, fn_name="record_statistics", sample_name="image"
+    )
+    return engine.record_statistics(
+        model,
+        choice.layers,
+        image,
+        augment,
+        checkpoints,
+        batch_size=batch_size,
+        seed=seed,
+        channels_last=channels_last,
+        progress=progress,
+        input_spec=spec,
+    )
 
 
 def solve_layers(
@@ -319,63 +312,41 @@ def solve_layers(
 ) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
     """Solve every layer named in ``hessians`` as the trace does: (sparse weights by name, per-layer records).
 
-    ``sparsity`` is a float or a mapping name-prefix -> sparsity, as in ``spade_trace``.
+    The engine's :func:`spade_utils.trace_steps.solve_layers` (the one ``spade_trace`` runs), with a
+    ``weights`` column (the number of weights of each layer, for :func:`global_sparsity`) after ``shape``.
+    ``hessians``: a snapshot from :func:`record_statistics` (or a mapping name -> H); ``sparsity``: a
+    float or a mapping name-prefix -> sparsity, as in ``spade_trace``.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    named = dict(model.named_modules())
-    missing = [n for n in hessians if n not in named]
-    if missing:
-        raise ValueError(f"hessians name layers the model lacks: {missing}")
-    targets = resolve_sparsity(sparsity, list(hessians))
-    sparse, rows = {}, []
-    with flush_denormals():
-        for name, H in tqdm(hessians.items(), desc=f"solve ({solver})", disable=not progress, leave=False):
-            module = named[name]
-            t0 = time.perf_counter()
-            W = weight_matrix(module).to(H.dtype)
-            W_sparse, _ = solve(W, H, targets[name], method=solver, **dict(solver_options or {}))
-            seconds = time.perf_counter() - t0
-            sparse[name] = W_sparse.reshape(module.weight.shape).to(module.weight.dtype)
-            rows.append(
-                {
-                    "layer": name,
-                    "type": "depthwise conv" if is_depthwise(module) else type(module).__name__,
-                    "shape": tuple(module.weight.shape),
-                    "weights": module.weight.numel(),
-                    "target_sparsity": targets[name],
-                    "achieved_sparsity": float((sparse[name] == 0).float().mean()),
-                    "rel_error": layer_relative_error(W, W_sparse, H),
-                    "seconds": seconds,
-                }
-            )
-    return sparse, pd.DataFrame(rows)
+    sparse, records = engine.solve_layers(
+        model, hessians, sparsity, solver=solver, solver_options=solver_options, progress=progress
+    )
+    named = dict(unwrap_model(model)[0].named_modules())
+    records.insert(3, "weights", [weight_matrix(named[n]).numel() for n in records["layer"]])
+    return sparse, records
 
 
 @contextlib.contextmanager
 def swapped_weights(model: nn.Module, sparse: Mapping[str, torch.Tensor]):
-    """Inside the block the named layers carry ``sparse`` weights; the dense ones come back bit for bit."""
-    named = dict(model.named_modules())
+    """Inside the block the named layers carry ``sparse`` weights; the dense ones come back bit for bit.
+
+    :func:`spade_utils.trace_steps.swapped_weights` on the layers of ``model`` that ``sparse`` names (names
+    inside any torch.compile/DataParallel wrapper). Raises ValueError for a name the model lacks."""
+    named = dict(unwrap_model(model)[0].named_modules())
     missing = [n for n in sparse if n not in named]
     if missing:
         raise ValueError(f"sparse names layers the model lacks: {missing}")
-    dense = {n: named[n].weight.detach().clone() for n in sparse}
-    try:
-        for n, w in sparse.items():
-            set_weight_matrix(named[n], w)
+    with engine.swapped_weights({n: named[n] for n in sparse}, sparse):
         yield model
-    finally:
-        with torch.no_grad():
-            for n, w in dense.items():
-                named[n].weight.copy_(w)
 
 
-def mean_error_on(model: nn.Module, sparse: Mapping[str, torch.Tensor], hessians: Mapping[str, torch.Tensor]) -> float:
+def mean_error_on(
+    model: nn.Module, sparse: Mapping[str, torch.Tensor], hessians: Mapping[str, torch.Tensor]
+) -> float:
     """Mean over layers of the relative error of ``sparse`` weights measured on other statistics ``hessians``.
 
     Used to judge a trace built from few views on the statistics of many views of the same sample.
     """
-    named = dict(model.named_modules())
+    named = dict(unwrap_model(model)[0].named_modules())
     errs = []
     for name, w in sparse.items():
         W = weight_matrix(named[name]).to(hessians[name].dtype)
@@ -388,11 +359,13 @@ def global_sparsity(records: pd.DataFrame) -> float:
     return float((records["achieved_sparsity"] * records["weights"]).sum() / records["weights"].sum())
 
 
-def schedule_sparsity(model: nn.Module, layers, schedule: Mapping[str, float], *, skip_depthwise: bool = False) -> float:
+def schedule_sparsity(
+    model: nn.Module, layers, schedule: Mapping[str, float], *, skip_depthwise: bool = False
+) -> float:
     """Global (weights-weighted) sparsity that a per-prefix ``schedule`` gives over ``layers``."""
     chosen = select_layers(model, layers, skip_depthwise=skip_depthwise)
-    targets = resolve_sparsity(schedule, list(chosen))
-    sizes = {n: m.weight.numel() for n, m in chosen.items()}
+    targets = resolve_sparsity(schedule, list(chosen), unwrap_model(model)[1])
+    sizes = {n: weight_matrix(m).numel() for n, m in chosen.items()}
     return sum(targets[n] * sizes[n] for n in chosen) / sum(sizes.values())
 
 
@@ -478,7 +451,7 @@ def source_lines(func, *needles: str) -> str:
     from pathlib import Path
 
     lines, start = inspect.getsourcelines(func)
-    fname = Path(inspect.getsourcefile(func)).name
+    fname = Path(inspect.getsourcefile(func) or inspect.getfile(func)).name
     out = []
     for needle in needles:
         hits = [(start + i, ln.rstrip()) for i, ln in enumerate(lines) if needle in ln]

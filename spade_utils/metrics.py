@@ -541,7 +541,7 @@ def summarize_aucs(table, *, baseline: str = "dense", cluster: str | None = None
         raise ValueError("table is empty")
     if baseline not in set(table["explainer"]):
         raise ValueError(f"baseline {baseline!r} is not an explainer in the table")
-    opts = dict(n_boot=n_boot, level=level, seed=seed)
+    opts: dict = dict(n_boot=n_boot, level=level, seed=seed)
 
     def groups_of(frame):
         return None if cluster is None else frame[cluster].to_numpy()

@@ -34,7 +34,7 @@ def input_size(name: str) -> int:
     Raises TypeError for a non-str name, ValueError for a name not in :data:`MODELS`.
     """
     _check_name(name)
-    return INPUT_SPECS[name].size
+    return INPUT_SPECS[name].side()
 
 
 def _check_name(name: str) -> None:
@@ -65,7 +65,7 @@ def load_model(name: str, *, pretrained: bool = True, device: str | torch.device
         model = _efficientnet_lite0(pretrained)
     else:
         model = _resnet50(pretrained)
-    model.spade_input_spec = INPUT_SPECS[name]
+    model.spade_input_spec = INPUT_SPECS[name]  # type: ignore[assignment]  # a plain attribute, not a submodule
     return model.eval().to(dev)
 
 
@@ -184,7 +184,8 @@ def _normalizer_spec(state: dict) -> InputSpec:
     if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and mean.numel() == std.numel() == 3):
         return IMAGENET_224
     mean, std = tuple(float(v) for v in mean.flatten()), tuple(float(v) for v in std.flatten())
-    ref = IMAGENET_224.mean + IMAGENET_224.std
+    ref_mean, ref_std = IMAGENET_224.stats()
+    ref = ref_mean + ref_std
     if all(abs(a - b) < 1e-6 for a, b in zip(mean + std, ref)):
         return IMAGENET_224
     try:

@@ -10,10 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .paths import results_root
 
-
-COMMITTED_RESULTS = REPO_ROOT / "results"
 PROFILES = ("smoke", "quick", "paper")
 RECORD_PROFILES = ("quick", "paper")  # the only profiles whose output may land in the committed results/
 
@@ -22,7 +20,8 @@ def results_dir(profile: str) -> Path:
     """The folder a notebook run in ``profile`` saves its figures and tables into.
 
     - ``$SPADE_RESULTS_DIR`` when set and non-empty (the tests point it at a temporary folder);
-    - else, for ``quick`` and ``paper``, the committed ``results/`` at the repository root;
+    - else, for ``quick`` and ``paper``, the committed ``results/`` of the project folder
+      (:func:`spade_utils.paths.results_root`: found from the working directory, never the install location);
     - else (``smoke``) ``<tempdir>/spade-results-smoke`` (``tempfile.gettempdir()``, so ``$TMPDIR``).
 
     A smoke run never writes the committed record: ValueError when ``$SPADE_RESULTS_DIR`` points into the
@@ -34,16 +33,17 @@ def results_dir(profile: str) -> Path:
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     override = os.environ.get("SPADE_RESULTS_DIR", "")
+    committed = results_root()
     if override:
         path = Path(override).expanduser()
-        if profile not in RECORD_PROFILES and path.resolve().is_relative_to(COMMITTED_RESULTS.resolve()):
+        if profile not in RECORD_PROFILES and path.resolve().is_relative_to(committed):
             raise ValueError(
                 f"SPADE_RESULTS_DIR={override!r} is the committed results/ folder, which only "
                 f"{' and '.join(RECORD_PROFILES)} runs may write; unset it or point it elsewhere for a {profile} run"
             )
         return path
     if profile in RECORD_PROFILES:
-        return COMMITTED_RESULTS
+        return committed
     return Path(tempfile.gettempdir()) / f"spade-results-{profile}"
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import math
-import types
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -46,9 +45,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
-from zennit.layer import Sum
+from zennit.canonizers import NamedMergeBatchNorm
 
+from .archs import (
+    ClampedReLU,
+    EfficientNetLiteCanonizer,
+    is_efficientnet,
+    prepare_for_captum,
+    residual_canonizers,
+)
 from .runtime import model_dtype, resolve_device
 from .validation import check_finite_tensor, check_float, check_positive_int, check_seed, numpy_seed
 
@@ -80,158 +85,12 @@ SALIENCY_METHODS = [
 LRP_RULES = ["epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1", "alpha1_beta0"]
 
 
-class ClampedReLU(nn.ReLU):
-    """``min(max(x, 0), cap)`` (``ReLU6`` for cap=6) typed as a ``nn.ReLU`` so attribution libraries treat it as one."""
-
-    def __init__(self, cap: float = 6.0):
-        super().__init__(inplace=False)
-        self.cap = float(cap)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.hardtanh(input, 0.0, self.cap)
-
-    def extra_repr(self) -> str:
-        return f"cap={self.cap}"
-
-
 def _register_clamped_relu_with_deeplift() -> None:
     # DeepLift looks nonlinearities up by exact type; the rescale rule it uses for ReLU is valid for any
     # monotone elementwise function, ReLU6 included. The key is our own class, so nothing else changes.
     from captum.attr._core import deep_lift
 
     deep_lift.SUPPORTED_NON_LINEAR.setdefault(ClampedReLU, deep_lift.nonlinear)
-
-
-# ----------------------------------------------------------------------------- architecture rewrites
-
-
-def _is_mbconv(module: nn.Module) -> bool:
-    return type(module).__name__ == "MBConvBlock" and hasattr(module, "_depthwise_conv")
-
-
-def _is_efficientnet(module: nn.Module) -> bool:
-    return type(module).__name__ == "EfficientNet" and hasattr(module, "_conv_stem") and hasattr(module, "_blocks")
-
-
-def _mbconv_forward(self, inputs, drop_connect_rate=None):
-    """MBConvBlock.forward in eval mode, with one activation module per use and an optional Sum module."""
-    act_expand = getattr(self, "spade_act_expand", self._swish)
-    act_dw = getattr(self, "spade_act_dw", self._swish)
-    act_se = getattr(self, "spade_act_se", self._swish)
-    x = inputs
-    if self._block_args.expand_ratio != 1:
-        x = act_expand(self._bn0(self._expand_conv(inputs)))
-    x = act_dw(self._bn1(self._depthwise_conv(x)))
-    if self.has_se:
-        s = self._se_expand(act_se(self._se_reduce(F.adaptive_avg_pool2d(x, 1))))
-        x = torch.sigmoid(s) * x
-    x = self._bn2(self._project_conv(x))
-    args = self._block_args
-    if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
-        if hasattr(self, "spade_sum"):
-            x = self.spade_sum(torch.stack([inputs, x], dim=-1))
-        else:
-            x = x + inputs
-    return x
-
-
-def _efficientnet_extract_features(self, inputs):
-    act_stem = getattr(self, "spade_act_stem", self._swish)
-    act_head = getattr(self, "spade_act_head", self._swish)
-    x = act_stem(self._bn0(self._conv_stem(inputs)))
-    for block in self._blocks:
-        x = block(x)
-    return act_head(self._bn1(self._conv_head(x)))
-
-
-def _bottleneck_forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.spade_relu1(self.bn1(self.conv1(x)))
-    out = self.spade_relu2(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    return self.spade_relu3(out + identity)
-
-
-def _basicblock_forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.spade_relu1(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    return self.spade_relu2(out + identity)
-
-
-def _fresh_activation(act: nn.Module) -> nn.Module:
-    if isinstance(act, nn.ReLU6):
-        return ClampedReLU(6.0)
-    if isinstance(act, nn.ReLU):
-        return nn.ReLU(inplace=False)
-    return copy.deepcopy(act)
-
-
-def _prepare_for_captum(model: nn.Module) -> nn.Module:
-    """In place, on a copy: one activation instance per use, ReLU6 -> ClampedReLU, no in-place ReLUs."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    for module in list(model.modules()):
-        if isinstance(module, Bottleneck):
-            for k in (1, 2, 3):
-                setattr(module, f"spade_relu{k}", _fresh_activation(module.relu))
-            module.forward = types.MethodType(_bottleneck_forward, module)
-        elif isinstance(module, BasicBlock):
-            for k in (1, 2):
-                setattr(module, f"spade_relu{k}", _fresh_activation(module.relu))
-            module.forward = types.MethodType(_basicblock_forward, module)
-        elif _is_mbconv(module):
-            for name in ("spade_act_expand", "spade_act_dw", "spade_act_se"):
-                setattr(module, name, _fresh_activation(module._swish))
-            module.forward = types.MethodType(_mbconv_forward, module)
-        elif _is_efficientnet(module):
-            module.spade_act_stem = _fresh_activation(module._swish)
-            module.spade_act_head = _fresh_activation(module._swish)
-            module.extract_features = types.MethodType(_efficientnet_extract_features, module)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU6):
-                setattr(parent, name, ClampedReLU(6.0))
-            elif type(child) is nn.ReLU and child.inplace:
-                setattr(parent, name, nn.ReLU(inplace=False))
-    return model
-
-
-# ----------------------------------------------------------------------------- Zennit canonizers
-
-
-class EfficientNetLiteCanonizer(AttributeCanonizer):
-    """Zennit canonizer for ``efficientnet_lite_pytorch`` models: routes the residual add of every
-    ``MBConvBlock`` through a ``zennit.layer.Sum`` module, so the add gets Zennit's ``Norm`` rule (relevance
-    split in proportion to the two summands) instead of being invisible to the rules.
-
-    Batch norms are not its job: :func:`attribute` folds every batch norm into the layer that feeds it, found
-    from the forward graph, for every model (see the module docstring)."""
-
-    def __init__(self):
-        super().__init__(self._attribute_map)
-
-    @staticmethod
-    def _attribute_map(name, module):
-        if _is_mbconv(module):
-            return {"forward": types.MethodType(_mbconv_forward, module), "spade_sum": Sum()}
-        return None
-
-    def copy(self):
-        return self.__class__()
-
-
-def _auto_canonizers(model: nn.Module) -> list:
-    """Residual-add canonizers by architecture (batch norms are folded separately, from the forward graph)."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
-
-    modules = list(model.modules())
-    if any(isinstance(m, (Bottleneck, BasicBlock)) for m in modules):
-        return [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
-    if any(_is_mbconv(m) for m in modules):
-        return [EfficientNetLiteCanonizer()]
-    return []
 
 
 def _module_names(net: nn.Module) -> dict[int, str]:
@@ -279,7 +138,8 @@ def _batchnorm_pairs(net: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[st
         for h in handles:
             h.remove()
 
-    pairs, used = [], {}
+    pairs: list[tuple[str, str]] = []
+    used: dict[int, str] = {}
     for name, bn in net.named_modules():
         if not isinstance(bn, ZBatchNorm) or id(bn) not in sources:
             continue
@@ -453,7 +313,7 @@ def gradcam_layer(model: nn.Module) -> str:
 
     if isinstance(model, ResNet):
         return "layer4"
-    if _is_efficientnet(model):
+    if is_efficientnet(model):
         return "spade_act_head" if hasattr(model, "spade_act_head") else "_bn1"
     return last_conv_layer(model)
 
@@ -575,11 +435,11 @@ def attribute(
     if method == "lrp":
         _fold_batchnorms(net, probe)
         if canonizers == "auto":
-            canonizers = _auto_canonizers(net)
+            canonizers = residual_canonizers(net)
         else:
             canonizers = [copy.deepcopy(c) for c in canonizers]
     else:
-        _prepare_for_captum(net)
+        prepare_for_captum(net)
         if method in ("guided_backprop", "guided_grad_cam", "deeplift"):
             _register_clamped_relu_with_deeplift()
             _check_captum_sees_nonlinearities(net, probe, method)

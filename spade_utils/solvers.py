@@ -34,10 +34,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+from collections.abc import Callable
 
 import torch
 
-from .runtime import one_cpu_thread  # re-exported: spade_utils.trojan imports it from here
+from .runtime import one_cpu_thread
 from .validation import check_finite_tensor, check_float, check_int, check_positive_int, check_sparsity
 
 SOLVERS = ("magnitude", "sparsegpt", "obc")
@@ -549,11 +550,13 @@ def solve(
         raise TypeError(f"method must be a str, one of {SOLVERS}, got {type(method).__name__}")
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
-    if method == "obc":  # the fast exact OBC: the same greedy path as obc_prune, delayed downdates (obc.py)
-        from .obc import obc_prune_fast as obc_solver
-    else:
-        obc_solver = obc_prune
-    solver = {"magnitude": magnitude_prune, "sparsegpt": sparsegpt_prune, "obc": obc_solver}[method]
+    from .obc import (
+        obc_prune_fast,  # the fast exact OBC: the same greedy path as obc_prune, delayed downdates
+    )
+
+    solvers: dict[str, Callable[..., torch.Tensor]] = {
+        "magnitude": magnitude_prune, "sparsegpt": sparsegpt_prune, "obc": obc_prune_fast}
+    solver = solvers[method]
     opts = _options(solver, options, method)
     sparsity = check_sparsity(sparsity)
     if method == "sparsegpt":
