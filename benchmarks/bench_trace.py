@@ -47,10 +47,20 @@ def run_case(name: str, device: str, batch_size: int) -> dict:
     model = load_model(model_name, pretrained=(model_name == "efficientnet_lite0"), device=dev)
     image = sample_image("chelsea")
     # warm-up (kernels, allocator) on a tiny trace
-    spade_trace(model, image, layers=layers, sparsity=sparsity, n_augment=2, batch_size=2, device=dev, progress=False)
+    spade_trace(
+        model, image, layers=layers, sparsity=sparsity, n_augment=2, batch_size=2, device=dev, progress=False
+    )
     t0 = time.perf_counter()
-    trace = spade_trace(model, image, layers=layers, sparsity=sparsity, n_augment=n, batch_size=batch_size,
-                        device=dev, progress=False)
+    trace = spade_trace(
+        model,
+        image,
+        layers=layers,
+        sparsity=sparsity,
+        n_augment=n,
+        batch_size=batch_size,
+        device=dev,
+        progress=False,
+    )
     total = time.perf_counter() - t0
     trace_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the baseline's own views
     views = ImageAugmenter()(image, n, torch.Generator().manual_seed(0))
@@ -97,7 +107,12 @@ def textbook_sparsegpt(W, H, sparsity, blocksize=128, percdamp=0.01):
     cols = W.shape[1]
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1, Q1, E1, H1 = W[:, i1:i2].clone(), torch.zeros_like(W[:, i1:i2]), torch.zeros_like(W[:, i1:i2]), Hinv[i1:i2, i1:i2]
+        W1, Q1, E1, H1 = (
+            W[:, i1:i2].clone(),
+            torch.zeros_like(W[:, i1:i2]),
+            torch.zeros_like(W[:, i1:i2]),
+            Hinv[i1:i2, i1:i2],
+        )
         score = W1**2 / torch.diag(H1).reshape(1, -1) ** 2
         k = int(score.numel() * sparsity)
         mask = torch.zeros_like(W1, dtype=torch.bool).flatten()
@@ -147,11 +162,22 @@ def accuracy_check(n: int = 64) -> list[dict]:
         t0 = time.perf_counter()
         Wt = textbook_sparsegpt(W, H_ref, 0.95)
         t_text = time.perf_counter() - t0
-        W_exact = solve(W, H_ref, 0.95, method="sparsegpt")[0]  # engine solver on the exact H: isolates the solver
-    for label, Wx, secs in (("engine (fast H, flipped-Cholesky SparseGPT)", Ws, t_engine),
-                            ("engine solver on unfold H", W_exact, float("nan")),
-                            ("textbook (unfold H, explicit inverse)", Wt, t_text)):
-        rows.append({"version": label, "layer": "layer4.1.conv2", "rel_error": f"{float(relative_error(W, Wx, H_ref)):.6f}", "solve_s": secs})
+        W_exact = solve(W, H_ref, 0.95, method="sparsegpt")[
+            0
+        ]  # engine solver on the exact H: isolates the solver
+    for label, Wx, secs in (
+        ("engine (fast H, flipped-Cholesky SparseGPT)", Ws, t_engine),
+        ("engine solver on unfold H", W_exact, float("nan")),
+        ("textbook (unfold H, explicit inverse)", Wt, t_text),
+    ):
+        rows.append(
+            {
+                "version": label,
+                "layer": "layer4.1.conv2",
+                "rel_error": f"{float(relative_error(W, Wx, H_ref)):.6f}",
+                "solve_s": secs,
+            }
+        )
     return rows
 
 
@@ -178,8 +204,18 @@ def main() -> None:
     rows = []
     for case in args.case or list(CASES):
         out = subprocess.run(
-            [sys.executable, __file__, "--one", case, "--device", args.device, "--batch-size", str(args.batch_size)],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                case,
+                "--device",
+                args.device,
+                "--batch-size",
+                str(args.batch_size),
+            ],
+            capture_output=True,
+            text=True,
         )
         if out.returncode != 0:
             print(f"{case} failed:\n{out.stderr[-3000:]}", flush=True)

@@ -62,7 +62,9 @@ from spade_utils.widgets import interact_or_draw
 CONFIGS = {
     "smoke": dict(
         seeds=SEEDS[:1],
-        recipe=dict(n_uniform=3000, n_small=600, epochs=3, fv_points=40, fv_steps=25, fv_n_noise=4, n_augment=64),
+        recipe=dict(
+            n_uniform=3000, n_small=600, epochs=3, fv_points=40, fv_steps=25, fv_n_noise=4, n_augment=64
+        ),
         sweep=[0.0, 0.5, 0.9],
         solvers=["sparsegpt"],
     ),
@@ -157,7 +159,9 @@ seed0 = CFG["seeds"][0]
 z = logit_map(models[seed0])
 fig, ax = plt.subplots(figsize=(4.8, 4.2))
 lim = np.abs(z).max()
-im = ax.imshow(z, origin="lower", extent=(*toy.BOX, *toy.BOX), cmap="RdBu_r", norm=SymLogNorm(1.0, vmin=-lim, vmax=lim))
+im = ax.imshow(
+    z, origin="lower", extent=(*toy.BOX, *toy.BOX), cmap="RdBu_r", norm=SymLogNorm(1.0, vmin=-lim, vmax=lim)
+)
 ax.grid(False)
 ax.contour(grid, grid, z, [0], colors="k", linewidths=1)
 draw_regions(ax)
@@ -207,7 +211,9 @@ def draw_panel(ax, pts, title, sample=None):
     ax.scatter(*BG[BG_POS].T, s=1, c="#9ecae1", rasterized=True)
     ax.scatter(*pts.T, marker="x", s=18, c="tab:green", lw=1, zorder=6, label="feature visualization")
     if sample is not None:
-        ax.scatter([sample[0]], [sample[1]], marker="^", s=90, c="red", edgecolors="k", zorder=5, label="sample")
+        ax.scatter(
+            [sample[0]], [sample[1]], marker="^", s=90, c="red", edgecolors="k", zorder=5, label="sample"
+        )
     ax.set(xlim=toy.BOX, ylim=toy.BOX, aspect="equal", title=title)
 
 
@@ -231,7 +237,16 @@ plt.show()
 # ≥ 70% in the small disc. `passes` is true when the seed meets all of them (and the accuracy targets).
 
 # %%
-cols = ["seed", "accuracy", "recall_small", "dense_in_large", "dense_in_small", "s1_in_large", "s2_in_small", "passes"]
+cols = [
+    "seed",
+    "accuracy",
+    "recall_small",
+    "dense_in_large",
+    "dense_in_small",
+    "s1_in_large",
+    "s2_in_small",
+    "passes",
+]
 save_table(per_seed, "01_toy_per_seed", profile=PROFILE)
 print(f"{int(per_seed['passes'].sum())} of {len(per_seed)} seeds meet every target")
 per_seed[cols].style.format(precision=3).hide(axis="index")
@@ -243,13 +258,21 @@ per_seed[cols].style.format(precision=3).hide(axis="index")
 # %%
 plain = RECIPE.replace(fv_noise=0.0)
 no_jitter = pd.DataFrame(
-    [{"seed": s, "dense_in_small, no jitter": toy.share_in(toy.visualize(models[s], plain, s), "small"),
-      "dense_in_small, annealed jitter": per_seed.set_index("seed").loc[s, "dense_in_small"]} for s in CFG["seeds"]]
+    [
+        {
+            "seed": s,
+            "dense_in_small, no jitter": toy.share_in(toy.visualize(models[s], plain, s), "small"),
+            "dense_in_small, annealed jitter": per_seed.set_index("seed").loc[s, "dense_in_small"],
+        }
+        for s in CFG["seeds"]
+    ]
 )
 no_jitter.style.format(precision=3).hide(axis="index")
 
 # %%
-fig, axes = plt.subplots(len(CFG["seeds"]), 3, figsize=(9, 3.1 * len(CFG["seeds"])), squeeze=False, layout="constrained")
+fig, axes = plt.subplots(
+    len(CFG["seeds"]), 3, figsize=(9, 3.1 * len(CFG["seeds"])), squeeze=False, layout="constrained"
+)
 for r, seed in enumerate(CFG["seeds"]):
     three_panels(panel_points[seed], seed, axes[r])
 save_figure(fig, "01_toy_all_seeds", profile=PROFILE)
@@ -263,15 +286,26 @@ plt.show()
 # for SparseGPT (the fast, one-pass solver; the paper's FastSPADE) and exact OBS (`obc`), on seed `SHOW`.
 
 # %%
-sweep, sweep_points = toy.sparsity_sweep(models[SHOW], RECIPE, CFG["sweep"], CFG["solvers"], seed=SHOW, keep_points=True)
+sweep, sweep_points = toy.sparsity_sweep(
+    models[SHOW], RECIPE, CFG["sweep"], CFG["solvers"], seed=SHOW, keep_points=True
+)
 save_table(sweep, "01_toy_sparsity_sweep", profile=PROFILE)
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 for (solver, scenario), part in sweep.groupby(["solver", "scenario"]):
-    ax.plot(part["sparsity"], part["share_in_region"], marker="o", ls="-" if solver == "obc" else "--",
-            label=f"{scenario} ({part['region'].iloc[0]} disc), {solver}")
+    ax.plot(
+        part["sparsity"],
+        part["share_in_region"],
+        marker="o",
+        ls="-" if solver == "obc" else "--",
+        label=f"{scenario} ({part['region'].iloc[0]} disc), {solver}",
+    )
 ax.axvline(RECIPE.sparsity, c="0.6", lw=1, ls=":")
-ax.set(xlabel="sparsity of the pruned layers", ylabel="share of visualization points\nin the sample's region",
-       ylim=(-0.03, 1.03), title=f"sparsity sweep (seed {SHOW})")
+ax.set(
+    xlabel="sparsity of the pruned layers",
+    ylabel="share of visualization points\nin the sample's region",
+    ylim=(-0.03, 1.03),
+    title=f"sparsity sweep (seed {SHOW})",
+)
 ax.legend(fontsize=8, loc="best")
 save_figure(fig, "01_toy_sparsity_sweep", profile=PROFILE)
 plt.show()
@@ -286,16 +320,23 @@ sweep.pivot_table(index="sparsity", columns=["scenario", "solver"], values="shar
 # scenario-2 trace keeps the lines that carve out the small disc.
 
 # %%
-traces = {name: toy.trace(models[SHOW], torch.tensor([c]), RECIPE, seed=SHOW) for name, (c, _) in toy.SCENARIOS.items()}
+traces = {
+    name: toy.trace(models[SHOW], torch.tensor([c]), RECIPE, seed=SHOW)
+    for name, (c, _) in toy.SCENARIOS.items()
+}
 survivors = pd.concat(
     [toy.surviving_units(models[SHOW]).assign(model="dense")]
     + [toy.surviving_units(net).assign(model=name) for name, net in traces.items()]
 )
 counts = survivors.groupby(["model", "layer"])["alive"].sum().unstack("layer")
 both = (
-    survivors[survivors.model == "scenario 1"].set_index(["layer", "unit"])["alive"]
-    & survivors[survivors.model == "scenario 2"].set_index(["layer", "unit"])["alive"]
-).groupby("layer").sum()
+    (
+        survivors[survivors.model == "scenario 1"].set_index(["layer", "unit"])["alive"]
+        & survivors[survivors.model == "scenario 2"].set_index(["layer", "unit"])["alive"]
+    )
+    .groupby("layer")
+    .sum()
+)
 counts.loc["kept by both scenarios"] = both
 save_table(counts.reset_index(), "01_toy_surviving_units", profile=PROFILE)
 counts
@@ -315,7 +356,9 @@ for ax, (name, net) in zip(axes, [("dense", models[SHOW]), *traces.items()]):
     if name in toy.SCENARIOS:
         cx, cy = toy.SCENARIOS[name][0]
         ax.scatter([cx], [cy], marker="^", s=90, c="red", edgecolors="k", zorder=5)
-    ax.set(xlim=toy.BOX, ylim=toy.BOX, aspect="equal", title=f"{name}: {int(alive.sum())} first-layer units kept")
+    ax.set(
+        xlim=toy.BOX, ylim=toy.BOX, aspect="equal", title=f"{name}: {int(alive.sum())} first-layer units kept"
+    )
 save_figure(fig, "01_toy_surviving_units", profile=PROFILE)
 plt.show()
 
@@ -328,7 +371,13 @@ fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
 for ax, (name, net) in zip(axes, [("dense", models[SHOW]), *traces.items()]):
     z = logit_map(net)
     lim = np.abs(z).max()
-    im = ax.imshow(z, origin="lower", extent=(*toy.BOX, *toy.BOX), cmap="RdBu_r", norm=SymLogNorm(1.0, vmin=-lim, vmax=lim))
+    im = ax.imshow(
+        z,
+        origin="lower",
+        extent=(*toy.BOX, *toy.BOX),
+        cmap="RdBu_r",
+        norm=SymLogNorm(1.0, vmin=-lim, vmax=lim),
+    )
     ax.grid(False)
     draw_regions(ax)
     fig.colorbar(im, ax=ax, shrink=0.8)

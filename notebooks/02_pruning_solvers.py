@@ -44,51 +44,93 @@ NUM_THREADS = 0
 
 # %%
 # one layer of each kind in EfficientNet-Lite0 (smoke and quick study the same ones)
-LITE0_LAYERS = {"1x1 conv": "_blocks.2._project_conv", "depthwise conv": "_blocks.10._depthwise_conv",
-                "late expansion": "_blocks.15._expand_conv", "classifier": "_fc"}
+LITE0_LAYERS = {
+    "1x1 conv": "_blocks.2._project_conv",
+    "depthwise conv": "_blocks.10._depthwise_conv",
+    "late expansion": "_blocks.15._expand_conv",
+    "classifier": "_fc",
+}
 CONFIGS = {
     "smoke": dict(
         model="efficientnet_lite0",
-        tiny_problems=4, tiny_sparsities=[0.5],
+        tiny_problems=4,
+        tiny_sparsities=[0.5],
         real_layers=LITE0_LAYERS,
-        real_sparsities=[0.9], obc_max_cols=160,
-        time_widths=[16, 32, 64], time_rows=16, obc_time_max=32,
-        trace_layers=["_conv_head"], checkpoints=[4, 8], batch_size=4, eval_views=2,
-        damps=[0.1], schedules={"sparser": {"_conv_head": 0.95}},
-        base_sparsity=0.9, sensitivity=[0.9], threads=1,
+        real_sparsities=[0.9],
+        obc_max_cols=160,
+        time_widths=[16, 32, 64],
+        time_rows=16,
+        obc_time_max=32,
+        trace_layers=["_conv_head"],
+        checkpoints=[4, 8],
+        batch_size=4,
+        eval_views=2,
+        damps=[0.1],
+        schedules={"sparser": {"_conv_head": 0.95}},
+        base_sparsity=0.9,
+        sensitivity=[0.9],
+        threads=1,
     ),
     "quick": dict(
         model="efficientnet_lite0",
-        tiny_problems=100, tiny_sparsities=[0.25, 0.5, 0.75],
+        tiny_problems=100,
+        tiny_sparsities=[0.25, 0.5, 0.75],
         real_layers=LITE0_LAYERS,
-        real_sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99], obc_max_cols=200,
-        time_widths=[16, 32, 64, 128, 256, 512, 1024, 2048], time_rows=128, obc_time_max=256,
+        real_sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
+        obc_max_cols=200,
+        time_widths=[16, 32, 64, 128, 256, 512, 1024, 2048],
+        time_rows=128,
+        obc_time_max=256,
         trace_layers=["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"],
-        checkpoints=[16, 32, 64, 128], batch_size=16, eval_views=16,
+        checkpoints=[16, 32, 64, 128],
+        batch_size=16,
+        eval_views=16,
         damps=[0.001, 0.003, 0.01, 0.03, 0.1],
         schedules={
-            "sparser with depth": {"_blocks.13": 0.8, "_blocks.14": 0.85, "_blocks.15": 0.9, "_conv_head": 0.95,
-                                   "_fc": 0.95},
-            "denser with depth": {"_blocks.13": 0.95, "_blocks.14": 0.95, "_blocks.15": 0.9, "_conv_head": 0.85,
-                                  "_fc": 0.8},
+            "sparser with depth": {
+                "_blocks.13": 0.8,
+                "_blocks.14": 0.85,
+                "_blocks.15": 0.9,
+                "_conv_head": 0.95,
+                "_fc": 0.95,
+            },
+            "denser with depth": {
+                "_blocks.13": 0.95,
+                "_blocks.14": 0.95,
+                "_blocks.15": 0.9,
+                "_conv_head": 0.85,
+                "_fc": 0.8,
+            },
         },
-        base_sparsity=0.9, sensitivity=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98],
+        base_sparsity=0.9,
+        sensitivity=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98],
     ),
     "paper": dict(
         model="resnet50",
-        tiny_problems=300, tiny_sparsities=[0.25, 0.5, 0.75],
-        real_layers={"1x1 conv": "layer1.0.conv1", "3x3 conv": "layer2.0.conv2",
-                     "late expansion": "layer4.2.conv3", "classifier": "fc"},
-        real_sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99], obc_max_cols=1200,
-        time_widths=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096], time_rows=256, obc_time_max=1024,
+        tiny_problems=300,
+        tiny_sparsities=[0.25, 0.5, 0.75],
+        real_layers={
+            "1x1 conv": "layer1.0.conv1",
+            "3x3 conv": "layer2.0.conv2",
+            "late expansion": "layer4.2.conv3",
+            "classifier": "fc",
+        },
+        real_sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
+        obc_max_cols=1200,
+        time_widths=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+        time_rows=256,
+        obc_time_max=1024,
         trace_layers=["layer3.4*", "layer3.5*", "layer4*", "fc"],
-        checkpoints=[16, 64, 256, 1024], batch_size=64, eval_views=32,
+        checkpoints=[16, 64, 256, 1024],
+        batch_size=64,
+        eval_views=32,
         damps=[0.001, 0.003, 0.01, 0.03, 0.1],
         schedules={
             "sparser with depth": {"layer3": 0.9, "layer4": 0.95, "fc": 0.98},
             "denser with depth": {"layer3": 0.98, "layer4": 0.95, "fc": 0.9},
         },
-        base_sparsity=0.95, sensitivity=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99],
+        base_sparsity=0.95,
+        sensitivity=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99],
     ),
 }
 cfg = CONFIGS[PROFILE]
@@ -157,8 +199,16 @@ print(ls.source_lines(solvers.reconstruction_loss, "dW = ", "return 0.5"))
 # The engine lines (`spade_utils.solvers._obc_rows`):
 
 # %%
-print(ls.source_lines(solvers._obc_rows, "score = wa.pow(2) / diag", "j = score.argmin", "increments[ar[go]",
-                      "wa = wa - coef", "Hinv.baddbmm_"))
+print(
+    ls.source_lines(
+        solvers._obc_rows,
+        "score = wa.pow(2) / diag",
+        "j = score.argmin",
+        "increments[ar[go]",
+        "wa = wa - coef",
+        "Hinv.baddbmm_",
+    )
+)
 print(ls.source_lines(solvers.obc_prune, "counts = _allocate"))
 
 # %% [markdown]
@@ -168,8 +218,10 @@ print(ls.source_lines(solvers.obc_prune, "counts = _allocate"))
 # %%
 W1, H1 = ls.random_problem(1, 6, seed=SEED)
 obs_score = (W1[0] ** 2 / (2 * torch.linalg.inv(H1).diagonal())).min()
-print(f"OBS formula: {float(obs_score):.6g}   best single removal by enumeration: "
-      f"{float(best_loss_per_count(W1[0], H1)[1]):.6g}")
+print(
+    f"OBS formula: {float(obs_score):.6g}   best single removal by enumeration: "
+    f"{float(best_loss_per_count(W1[0], H1)[1]):.6g}"
+)
 
 # %% [markdown]
 # **SparseGPT.** OBC costs $O(d^3)$ per row because each row downdates its own $H^{-1}$. SparseGPT
@@ -190,8 +242,15 @@ print(f"OBS formula: {float(obs_score):.6g}   best single removal by enumeration
 # (`spade_utils.solvers.sparsegpt_prune` and its inner loop):
 
 # %%
-print(ls.source_lines(solvers.sparsegpt_prune, "U = _upper_cholesky_of_inverse", "score = W1.pow(2)",
-                      "topk(k, dim=1, largest=False)", "Wf[:, :, i2:] -= Err1"))
+print(
+    ls.source_lines(
+        solvers.sparsegpt_prune,
+        "U = _upper_cholesky_of_inverse",
+        "score = W1.pow(2)",
+        "topk(k, dim=1, largest=False)",
+        "Wf[:, :, i2:] -= Err1",
+    )
+)
 print(ls.source_lines(solvers._eliminate_columns, "err = (w - q)", "W1[:, :, i:] -="))
 
 # %% [markdown]
@@ -204,9 +263,11 @@ Hinv = torch.linalg.inv(H1)
 U = torch.linalg.cholesky(Hinv, upper=True)  # upper triangular, U^T U = H^-1
 j = 3
 down = torch.linalg.inv(H1[j:, j:])  # inverse Hessian once columns < j have left the problem
-print("max |downdated row / diag - U row / U_jj| =",
-      f"{float((down[0] / down[0, 0] - U[j, j:] / U[j, j]).abs().max()):.2e}",
-      f"  and [H_j:^-1]_jj - U_jj^2 = {float(down[0, 0] - U[j, j] ** 2):.2e}")
+print(
+    "max |downdated row / diag - U row / U_jj| =",
+    f"{float((down[0] / down[0, 0] - U[j, j:] / U[j, j]).abs().max()):.2e}",
+    f"  and [H_j:^-1]_jj - U_jj^2 = {float(down[0, 0] - U[j, j] ** 2):.2e}",
+)
 
 # %% [markdown]
 # Two things make SparseGPT an approximation of OBC: (i) its mask is chosen *per block of columns* with the
@@ -232,19 +293,31 @@ print(ls.source_lines(solvers._prepare, "scale = torch.where(dead", "diag.add_(p
 # %%
 t0 = time.perf_counter()
 tiny = ls.tiny_problem_study(cfg["tiny_problems"], sparsities=cfg["tiny_sparsities"], seed=SEED)
-tiny_summary = (tiny.groupby(["inputs", "sparsity", "method"])["ratio"]
-                .agg(mean="mean", median="median", worst="max", optimal_share=lambda r: float((r < 1 + 1e-6).mean()))
-                .reset_index())
+tiny_summary = (
+    tiny.groupby(["inputs", "sparsity", "method"])["ratio"]
+    .agg(mean="mean", median="median", worst="max", optimal_share=lambda r: float((r < 1 + 1e-6).mean()))
+    .reset_index()
+)
 save_table(tiny_summary, "02_tiny_ratio_to_optimum", profile=PROFILE)
-print(f"{tiny['problem'].nunique() * tiny['inputs'].nunique()} problems in {time.perf_counter() - t0:.1f} s;"
-      f" smallest ratio to the optimum over all runs: {tiny['ratio'].min():.6f}")
+print(
+    f"{tiny['problem'].nunique() * tiny['inputs'].nunique()} problems in {time.perf_counter() - t0:.1f} s;"
+    f" smallest ratio to the optimum over all runs: {tiny['ratio'].min():.6f}"
+)
 tiny_summary.round(3)
 
 # %%
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
 for a, (kind, d) in zip(ax, tiny.groupby("inputs"), strict=True):
-    sns.boxplot(data=d, x="sparsity", y="ratio", hue="method", hue_order=list(solvers.SOLVERS), ax=a,
-                fliersize=2, linewidth=0.8)
+    sns.boxplot(
+        data=d,
+        x="sparsity",
+        y="ratio",
+        hue="method",
+        hue_order=list(solvers.SOLVERS),
+        ax=a,
+        fliersize=2,
+        linewidth=0.8,
+    )
     a.set_yscale("log")
     a.axhline(1, color="k", lw=0.8, ls=":")
     a.set_title(f"{kind} inputs")
@@ -284,14 +357,26 @@ with torch.no_grad():
     dense_logits = model(x_center)[0]
 dense_top = dense_logits.softmax(0).topk(3)
 REF = int(dense_top.indices[0])
-print(f"{IMAGE}: dense top-3 " + ", ".join(f"{CLASSES[i]} ({i}) p={float(p):.3f}"
-                                            for p, i in zip(dense_top.values, dense_top.indices, strict=True)))
+print(
+    f"{IMAGE}: dense top-3 "
+    + ", ".join(
+        f"{CLASSES[i]} ({i}) p={float(p):.3f}"
+        for p, i in zip(dense_top.values, dense_top.indices, strict=True)
+    )
+)
 
 named = dict(model.named_modules())
 real = {label: name for label, name in cfg["real_layers"].items()}
 t0 = time.perf_counter()
-stats = ls.record_statistics(model, photo, list(real.values()) + cfg["trace_layers"], cfg["checkpoints"],
-                             batch_size=cfg["batch_size"], seed=SEED, skip_depthwise=True)
+stats = ls.record_statistics(
+    model,
+    photo,
+    list(real.values()) + cfg["trace_layers"],
+    cfg["checkpoints"],
+    batch_size=cfg["batch_size"],
+    seed=SEED,
+    skip_depthwise=True,
+)
 T_STATS = time.perf_counter() - t0
 TRACE_NAMES = list(select_layers(model, cfg["trace_layers"], skip_depthwise=True))
 trace_stats = {n: {k: s[k] for k in TRACE_NAMES} for n, s in stats.items()}  # the traced layers only
@@ -302,12 +387,19 @@ print(f"statistics of {len(stats[N_TRACE])} layers from {N_TRACE} views: {T_STAT
 # tiny problem per channel, solved as a batch):
 
 # %%
-layer_info = pd.DataFrame([
-    {"role": label, "layer": name, "weight matrix": tuple(weight_matrix(named[name]).shape),
-     "inputs d": weight_matrix(named[name]).shape[-1],
-     "rank of H / d": float(torch.linalg.matrix_rank(stats[N_TRACE][name].double()).float().mean())
-     / weight_matrix(named[name]).shape[-1]}
-    for label, name in real.items()])
+layer_info = pd.DataFrame(
+    [
+        {
+            "role": label,
+            "layer": name,
+            "weight matrix": tuple(weight_matrix(named[name]).shape),
+            "inputs d": weight_matrix(named[name]).shape[-1],
+            "rank of H / d": float(torch.linalg.matrix_rank(stats[N_TRACE][name].double()).float().mean())
+            / weight_matrix(named[name]).shape[-1],
+        }
+        for label, name in real.items()
+    ]
+)
 layer_info
 
 # %% [markdown]
@@ -342,8 +434,20 @@ save_table(real_errors, "02_real_layer_errors", profile=PROFILE)
 print(f"solved in {time.perf_counter() - t0:.1f} s")
 
 # %%
-g = sns.relplot(data=real_errors, x="sparsity", y="rel_error", hue="method", style="method", col="layer",
-                col_wrap=2, kind="line", markers=True, height=3.0, aspect=1.6, facet_kws={"sharey": False})
+g = sns.relplot(
+    data=real_errors,
+    x="sparsity",
+    y="rel_error",
+    hue="method",
+    style="method",
+    col="layer",
+    col_wrap=2,
+    kind="line",
+    markers=True,
+    height=3.0,
+    aspect=1.6,
+    facet_kws={"sharey": False},
+)
 g.set(yscale="log")
 g.set_axis_labels("target sparsity", r"$\|WX-\widehat WX\|^2 / \|WX\|^2$")
 g.set_titles("{col_name}", size=9)
@@ -374,19 +478,28 @@ print(f"\n(layer, target) pairs where SparseGPT and OBC reach different sparsity
 print(uneven.round(4).to_string())
 errs = real_errors.pivot_table(index=["layer", "sparsity"], columns="method", values="rel_error")
 even = errs.drop(index=uneven.index).dropna(subset=["obc"])
-print(f"\nof the {len(even)} (layer, target) pairs with equal sparsity, SparseGPT is not worse than OBC in "
-      f"{int((even['sparsegpt'] <= even['obc']).sum())}")
+print(
+    f"\nof the {len(even)} (layer, target) pairs with equal sparsity, SparseGPT is not worse than OBC in "
+    f"{int((even['sparsegpt'] <= even['obc']).sum())}"
+)
 base = ratio.set_index("layer")
 for variant in ("sparsegpt, one block", "sparsegpt, block 16"):
     v = ls.ratio_table(real_errors, variant, "obc").set_index("layer")
     both = v.notna() & base.notna()  # all three reached the same sparsity
-    print(f"{variant} is better than blocks of 128 in {int(((v < base) & both).sum().sum())} of "
-          f"{int(both.sum().sum())} pairs where all reach the same sparsity")
-worse_than_magnitude = real_errors.pivot_table(index=["layer", "sparsity"], columns="method", values="rel_error")
-worse_than_magnitude = worse_than_magnitude[(worse_than_magnitude.drop(columns="magnitude").min(axis=1)
-                                             >= worse_than_magnitude["magnitude"])]
-print(f"\n(layer, sparsity) cases where some OBS-type solver is not better than magnitude: "
-      f"{len(worse_than_magnitude)}")
+    print(
+        f"{variant} is better than blocks of 128 in {int(((v < base) & both).sum().sum())} of "
+        f"{int(both.sum().sum())} pairs where all reach the same sparsity"
+    )
+worse_than_magnitude = real_errors.pivot_table(
+    index=["layer", "sparsity"], columns="method", values="rel_error"
+)
+worse_than_magnitude = worse_than_magnitude[
+    (worse_than_magnitude.drop(columns="magnitude").min(axis=1) >= worse_than_magnitude["magnitude"])
+]
+print(
+    f"\n(layer, sparsity) cases where some OBS-type solver is not better than magnitude: "
+    f"{len(worse_than_magnitude)}"
+)
 worse_than_magnitude
 
 # %% [markdown]
@@ -421,22 +534,33 @@ worse_than_magnitude
 
 # %%
 t0 = time.perf_counter()
-timing = ls.solve_time_vs_columns(cfg["time_widths"], rows=cfg["time_rows"],
-                                  methods={"sparsegpt": None, "obc": cfg["obc_time_max"]}, repeats=2, seed=SEED)
+timing = ls.solve_time_vs_columns(
+    cfg["time_widths"],
+    rows=cfg["time_rows"],
+    methods={"sparsegpt": None, "obc": cfg["obc_time_max"]},
+    repeats=2,
+    seed=SEED,
+)
 save_table(timing, "02_solve_time_vs_columns", profile=PROFILE)
 # slope of log(seconds) vs log(d) over each method's largest widths (its top factor of 4 in d)
 slopes = {m: ls.power_law_exponent(d, min_x=d.cols.max() / 4) for m, d in timing.groupby("method")}
-print(f"timed in {time.perf_counter() - t0:.1f} s; log-log slope over the largest widths: "
-      + ", ".join(f"{m} {v:.2f}" for m, v in slopes.items()))
+print(
+    f"timed in {time.perf_counter() - t0:.1f} s; log-log slope over the largest widths: "
+    + ", ".join(f"{m} {v:.2f}" for m, v in slopes.items())
+)
 
 # extrapolate exact OBC to the classifier from the largest timed width (cubic in d, linear in rows)
 obc_last = timing[timing.method == "obc"].iloc[-1]
 W_fc = weight_matrix(named[real["classifier"]])
 obc_fc_estimate = obc_last.seconds * (W_fc.shape[0] / obc_last.rows) * (W_fc.shape[1] / obc_last.cols) ** 3
-fc_sparsegpt = real_errors[real_errors.layer.str.startswith("classifier") & (real_errors.method == "sparsegpt")]
-print(f"exact OBC on the classifier {tuple(W_fc.shape)}, extrapolated as r*d^3 from d={int(obc_last.cols)}: "
-      f"~{obc_fc_estimate / 60:.0f} min per sparsity; SparseGPT on it took {fc_sparsegpt.seconds.median():.2f} s "
-      "(median over the targets of section 3)")
+fc_sparsegpt = real_errors[
+    real_errors.layer.str.startswith("classifier") & (real_errors.method == "sparsegpt")
+]
+print(
+    f"exact OBC on the classifier {tuple(W_fc.shape)}, extrapolated as r*d^3 from d={int(obc_last.cols)}: "
+    f"~{obc_fc_estimate / 60:.0f} min per sparsity; SparseGPT on it took {fc_sparsegpt.seconds.median():.2f} s "
+    "(median over the targets of section 3)"
+)
 
 # %%
 fig, ax = plt.subplots(figsize=(5.8, 4))
@@ -465,8 +589,15 @@ plt.show()
 # trace layers of section 5, SparseGPT, `N_TRACE` views):
 
 # %%
-TRACE = dict(layers=cfg["trace_layers"], n_augment=N_TRACE, batch_size=cfg["batch_size"], seed=SEED,
-             skip_depthwise=True, solver="sparsegpt", device="cpu")
+TRACE = dict(
+    layers=cfg["trace_layers"],
+    n_augment=N_TRACE,
+    batch_size=cfg["batch_size"],
+    seed=SEED,
+    skip_depthwise=True,
+    solver="sparsegpt",
+    device="cpu",
+)
 t0 = time.perf_counter()
 trace = spade_trace(model, photo, sparsity=cfg["base_sparsity"], **TRACE)
 T_TRACE = time.perf_counter() - t0
@@ -478,8 +609,10 @@ print(timings.round(3).to_string(index=False))
 
 # consistency: the sweeps below rebuild traces from the recorded snapshots; same weights, same errors
 _, rebuilt = ls.solve_layers(model, trace_stats[N_TRACE], cfg["base_sparsity"])
-print("max |rel_error difference| between spade_trace and the snapshot rebuild:",
-      f"{float((rebuilt.rel_error - trace.records.rel_error).abs().max()):.2e}")
+print(
+    "max |rel_error difference| between spade_trace and the snapshot rebuild:",
+    f"{float((rebuilt.rel_error - trace.records.rel_error).abs().max()):.2e}",
+)
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 1.6))
@@ -504,15 +637,20 @@ plt.show()
 # *for that view*. For this photo the dense network itself does not give every view the same class:
 
 # %%
-eval_views = torch.cat([x_center, ImageAugmenter()(photo, cfg["eval_views"] - 1,
-                                                   torch.Generator().manual_seed(SEED + 1000))])
+eval_views = torch.cat(
+    [x_center, ImageAugmenter()(photo, cfg["eval_views"] - 1, torch.Generator().manual_seed(SEED + 1000))]
+)
 with torch.no_grad():
     dense_view_top1 = model(eval_views).argmax(1)
 dense_summary = ls.prediction_summary(model, eval_views, dense_view_top1)
-print(f"dense top-1 over the {len(eval_views)} views: "
-      + ", ".join(f"{CLASSES[c]} x{n}" for c, n in zip(*np.unique(dense_view_top1.numpy(), return_counts=True),
-                                                      strict=True))
-      + f"; centre-crop logit of '{CLASSES[REF]}' {dense_summary['logit']:.2f}")
+print(
+    f"dense top-1 over the {len(eval_views)} views: "
+    + ", ".join(
+        f"{CLASSES[c]} x{n}"
+        for c, n in zip(*np.unique(dense_view_top1.numpy(), return_counts=True), strict=True)
+    )
+    + f"; centre-crop logit of '{CLASSES[REF]}' {dense_summary['logit']:.2f}"
+)
 
 # %% [markdown]
 # **Number of augmentations.** More views give a better-conditioned $H$ (fewer directions unseen) and a
@@ -525,12 +663,24 @@ aug_settings = [dict(n_augment=n, sparsity=cfg["base_sparsity"]) for n in cfg["c
 aug_summary, aug_layers = ls.sweep_traces(model, trace_stats, aug_settings, eval_views, dense_view_top1)
 # error of each N-view trace measured on the statistics of all N_TRACE views
 aug_summary["mean_rel_error_on_all_views"] = [
-    ls.mean_error_on(model, ls.solve_layers(model, trace_stats[n], cfg["base_sparsity"])[0], trace_stats[N_TRACE])
-    for n in cfg["checkpoints"]]
+    ls.mean_error_on(
+        model, ls.solve_layers(model, trace_stats[n], cfg["base_sparsity"])[0], trace_stats[N_TRACE]
+    )
+    for n in cfg["checkpoints"]
+]
 save_table(aug_summary, "02_n_augment", profile=PROFILE)
 print(f"{len(aug_settings)} traces in {time.perf_counter() - t0:.1f} s")
-aug_summary[["n_augment", "mean_rel_error", "mean_rel_error_on_all_views", "top1", "top1_agrees", "agreement",
-             "logit"]].round(4)
+aug_summary[
+    [
+        "n_augment",
+        "mean_rel_error",
+        "mean_rel_error_on_all_views",
+        "top1",
+        "top1_agrees",
+        "agreement",
+        "logit",
+    ]
+].round(4)
 
 # %% [markdown]
 # The error on a trace's own $H$ flatters small $N$ (a low-rank $H$ is easy to fit); the error on the
@@ -546,13 +696,17 @@ aug_summary[["n_augment", "mean_rel_error", "mean_rel_error_on_all_views", "top1
 
 # %%
 t0 = time.perf_counter()
-damp_settings = [dict(n_augment=N_TRACE, sparsity=cfg["base_sparsity"], percdamp=p,
-                      solver_options={"percdamp": p}) for p in cfg["damps"]]
+damp_settings = [
+    dict(n_augment=N_TRACE, sparsity=cfg["base_sparsity"], percdamp=p, solver_options={"percdamp": p})
+    for p in cfg["damps"]
+]
 damp_summary, damp_layers = ls.sweep_traces(model, trace_stats, damp_settings, eval_views, dense_view_top1)
 save_table(damp_summary.drop(columns=["solver"]), "02_dampening", profile=PROFILE)
 spread = damp_summary.mean_rel_error.max() / damp_summary.mean_rel_error.min() - 1
-print(f"{len(damp_settings)} traces in {time.perf_counter() - t0:.1f} s; mean layer error varies by "
-      f"{100 * spread:.1f}% across dampening {min(cfg['damps']):g} .. {max(cfg['damps']):g}")
+print(
+    f"{len(damp_settings)} traces in {time.perf_counter() - t0:.1f} s; mean layer error varies by "
+    f"{100 * spread:.1f}% across dampening {min(cfg['damps']):g} .. {max(cfg['damps']):g}"
+)
 damp_summary[["percdamp", "mean_rel_error", "max_rel_error", "top1", "agreement", "logit"]].round(4)
 
 # %% [markdown]
@@ -565,14 +719,21 @@ t0 = time.perf_counter()
 sched_settings = []
 for label, schedule in cfg["schedules"].items():
     s_global = ls.schedule_sparsity(model, cfg["trace_layers"], schedule, skip_depthwise=True)
-    sched_settings += [dict(n_augment=N_TRACE, sparsity=schedule, schedule=label, target=round(s_global, 4)),
-                       dict(n_augment=N_TRACE, sparsity=round(s_global, 4), schedule=f"uniform (for {label})",
-                            target=round(s_global, 4))]
+    sched_settings += [
+        dict(n_augment=N_TRACE, sparsity=schedule, schedule=label, target=round(s_global, 4)),
+        dict(
+            n_augment=N_TRACE,
+            sparsity=round(s_global, 4),
+            schedule=f"uniform (for {label})",
+            target=round(s_global, 4),
+        ),
+    ]
 sched_summary, sched_layers = ls.sweep_traces(model, trace_stats, sched_settings, eval_views, dense_view_top1)
 save_table(sched_summary, "02_schedule", profile=PROFILE)
 print(f"{len(sched_settings)} traces in {time.perf_counter() - t0:.1f} s")
-sched_summary[["schedule", "global_sparsity", "mean_rel_error", "max_rel_error", "top1", "agreement",
-               "logit"]].round(4)
+sched_summary[
+    ["schedule", "global_sparsity", "mean_rel_error", "max_rel_error", "top1", "agreement", "logit"]
+].round(4)
 
 # %% [markdown]
 # Dampening matters little for the reconstruction error here once $H$ is recorded from enough views (the
@@ -585,7 +746,9 @@ sched_summary[["schedule", "global_sparsity", "mean_rel_error", "max_rel_error",
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
 ax = axes[0]
 ax.semilogx(aug_summary.n_augment, aug_summary.mean_rel_error, "o-", label="on own views")
-ax.semilogx(aug_summary.n_augment, aug_summary.mean_rel_error_on_all_views, "s--", label=f"on all {N_TRACE} views")
+ax.semilogx(
+    aug_summary.n_augment, aug_summary.mean_rel_error_on_all_views, "s--", label=f"on all {N_TRACE} views"
+)
 ax.set_xlabel("augmented views N")
 ax.set_ylabel("mean layer relative error")
 ax2 = ax.twinx()
@@ -612,8 +775,11 @@ per_layer = sched_layers.assign(depth=sched_layers.groupby("setting").cumcount()
 for sched, d in per_layer.groupby("schedule", sort=False):
     ax.semilogy(d.depth, d.rel_error, "o-" if not sched.startswith("uniform") else "s--", label=sched, ms=4)
 ax.set_xticks(range(per_layer.depth.max() + 1))
-ax.set_xticklabels([n.replace("_blocks.", "b").replace("_conv", "") for n in per_layer.layer.unique()],
-                   rotation=60, fontsize=7)
+ax.set_xticklabels(
+    [n.replace("_blocks.", "b").replace("_conv", "") for n in per_layer.layer.unique()],
+    rotation=60,
+    fontsize=7,
+)
 ax.set_ylabel("layer relative error")
 ax.legend(fontsize=7)
 ax.set_title("Uniform vs per-block sparsity")
@@ -631,19 +797,29 @@ plt.show()
 
 # %%
 t0 = time.perf_counter()
-sens_settings = [dict(n_augment=N_TRACE, sparsity=s, solver=m) for m in ("sparsegpt", "magnitude")
-                 for s in cfg["sensitivity"]]
+sens_settings = [
+    dict(n_augment=N_TRACE, sparsity=s, solver=m)
+    for m in ("sparsegpt", "magnitude")
+    for s in cfg["sensitivity"]
+]
 sens_summary, sens_layers = ls.sweep_traces(model, trace_stats, sens_settings, eval_views, dense_view_top1)
 sens_summary["top1_class"] = [CLASSES[i] for i in sens_summary.top1]
 save_table(sens_summary, "02_sensitivity", profile=PROFILE)
 print(f"{len(sens_settings)} traces in {time.perf_counter() - t0:.1f} s")
 for m, d in sens_summary.groupby("solver", sort=False):
     kept = d.global_sparsity[d.top1_agrees.cummin()]  # targets up to the first change of the top-1
-    upto = f"up to global sparsity {kept.max():.2f}" if len(kept) else f"not even at {d.global_sparsity.min():.2f}"
-    print(f"{m}: keeps the dense top-1 on the centre crop {upto}; agreement over the views at the "
-          f"highest target: {d.agreement.iloc[-1]:.2f}")
-sens_summary[["solver", "global_sparsity", "mean_rel_error", "top1", "top1_class", "agreement", "logit",
-              "prob"]].round(4)
+    upto = (
+        f"up to global sparsity {kept.max():.2f}"
+        if len(kept)
+        else f"not even at {d.global_sparsity.min():.2f}"
+    )
+    print(
+        f"{m}: keeps the dense top-1 on the centre crop {upto}; agreement over the views at the "
+        f"highest target: {d.agreement.iloc[-1]:.2f}"
+    )
+sens_summary[
+    ["solver", "global_sparsity", "mean_rel_error", "top1", "top1_class", "agreement", "logit", "prob"]
+].round(4)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -677,8 +853,7 @@ plt.show()
 # %%
 even_ratio = even["sparsegpt"] / even["obc"]
 summary = {
-    "SparseGPT/OBC error ratio over (layer, target) pairs with equal sparsity (min / median / max)":
-        f"{even_ratio.min():.2f} / {even_ratio.median():.2f} / {even_ratio.max():.2f}",
+    "SparseGPT/OBC error ratio over (layer, target) pairs with equal sparsity (min / median / max)": f"{even_ratio.min():.2f} / {even_ratio.median():.2f} / {even_ratio.max():.2f}",
     "cases where an OBS solver is not better than magnitude": len(worse_than_magnitude),
     "trace seconds (augment / statistics / solve)": " / ".join(f"{v:.1f}" for v in trace.timings.values()),
     "notebook seconds": round(time.perf_counter() - T_START, 1),

@@ -46,27 +46,65 @@ THREADS = None  # CPU threads for torch (None: torch's default); 1 is much faste
 # %%
 CONFIGS = {
     "smoke": dict(
-        model="efficientnet_lite0", photos=["astronaut"],
-        layers=["_fc"], sparsity=0.9, n_augment=8, solver="magnitude",
-        vis_steps=2, vis_size=64, methods=["saliency", "lrp"], ig_steps=4,
-        crops_per_photo=1, auc_steps=4,
+        model="efficientnet_lite0",
+        photos=["astronaut"],
+        layers=["_fc"],
+        sparsity=0.9,
+        n_augment=8,
+        solver="magnitude",
+        vis_steps=2,
+        vis_size=64,
+        methods=["saliency", "lrp"],
+        ig_steps=4,
+        crops_per_photo=1,
+        auc_steps=4,
     ),
     "quick": dict(
-        model="efficientnet_lite0", photos=["chelsea", "coffee", "rocket", "astronaut"],
-        layers=["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"], sparsity=0.9, n_augment=64,
+        model="efficientnet_lite0",
+        photos=["chelsea", "coffee", "rocket", "astronaut"],
+        layers=["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"],
+        sparsity=0.9,
+        n_augment=64,
         solver="sparsegpt",
-        vis_steps=64, vis_size=128,
-        methods=["saliency", "input_x_gradient", "integrated_gradients", "guided_backprop", "deeplift",
-                 "grad_cam", "lrp"],
-        ig_steps=16, crops_per_photo=2, auc_steps=20,
+        vis_steps=64,
+        vis_size=128,
+        methods=[
+            "saliency",
+            "input_x_gradient",
+            "integrated_gradients",
+            "guided_backprop",
+            "deeplift",
+            "grad_cam",
+            "lrp",
+        ],
+        ig_steps=16,
+        crops_per_photo=2,
+        auc_steps=20,
     ),
     "paper": dict(
-        model="resnet50", photos=["chelsea", "coffee", "rocket", "astronaut", "grace_hopper", "china"],
-        layers=["layer3.4*", "layer3.5*", "layer4*", "fc"], sparsity=0.95, n_augment=1024, solver="sparsegpt",
-        vis_steps=512, vis_size=224,
-        methods=["saliency", "input_x_gradient", "integrated_gradients", "guided_backprop", "deeplift",
-                 "gradient_shap", "occlusion", "grad_cam", "guided_grad_cam", "lrp"],
-        ig_steps=32, crops_per_photo=8, auc_steps=100,
+        model="resnet50",
+        photos=["chelsea", "coffee", "rocket", "astronaut", "grace_hopper", "china"],
+        layers=["layer3.4*", "layer3.5*", "layer4*", "fc"],
+        sparsity=0.95,
+        n_augment=1024,
+        solver="sparsegpt",
+        vis_steps=512,
+        vis_size=224,
+        methods=[
+            "saliency",
+            "input_x_gradient",
+            "integrated_gradients",
+            "guided_backprop",
+            "deeplift",
+            "gradient_shap",
+            "occlusion",
+            "grad_cam",
+            "guided_grad_cam",
+            "lrp",
+        ],
+        ig_steps=32,
+        crops_per_photo=8,
+        auc_steps=100,
     ),
 }
 cfg = CONFIGS[PROFILE]
@@ -76,8 +114,16 @@ if THREADS is not None:
     torch.set_num_threads(THREADS)
 # depthwise convolutions (EfficientNet) have only 9-25 weights per channel; at 90% sparsity they would keep 1-3,
 # so the trace prunes the dense 1x1 convolutions and the classifier and leaves depthwise ones alone
-TRACE = dict(layers=cfg["layers"], sparsity=cfg["sparsity"], n_augment=cfg["n_augment"], solver=cfg["solver"],
-             skip_depthwise=True, batch_size=32, seed=SEED, progress=True)
+TRACE = dict(
+    layers=cfg["layers"],
+    sparsity=cfg["sparsity"],
+    n_augment=cfg["n_augment"],
+    solver=cfg["solver"],
+    skip_depthwise=True,
+    batch_size=32,
+    seed=SEED,
+    progress=True,
+)
 cfg
 
 # %%
@@ -112,19 +158,28 @@ x = torch.cat([preprocess(img) for img in photos.values()])  # (N, 3, 224, 224),
 # the network has to call it *something*). These are the cases where an explanation specific to the photo
 # is most useful.
 
+
 # %%
 def top3(net, inputs):
     with torch.no_grad():
         p = net(inputs).softmax(1)
     v, i = p.topk(3, dim=1)
-    return [", ".join(f"{CLASSES[j]} {q:.2f}" for q, j in zip(vr.tolist(), ir.tolist(), strict=True))
-            for vr, ir in zip(v, i, strict=True)]
+    return [
+        ", ".join(f"{CLASSES[j]} {q:.2f}" for q, j in zip(vr.tolist(), ir.tolist(), strict=True))
+        for vr, ir in zip(v, i, strict=True)
+    ]
 
 
 with torch.no_grad():
     dense_pred = model(x).argmax(1)
-predictions = pd.DataFrame({"photo": list(photos), "class": dense_pred.tolist(),
-                            "top-1": [CLASSES[c] for c in dense_pred.tolist()], "dense top-3": top3(model, x)})
+predictions = pd.DataFrame(
+    {
+        "photo": list(photos),
+        "class": dense_pred.tolist(),
+        "top-1": [CLASSES[c] for c in dense_pred.tolist()],
+        "dense top-3": top3(model, x),
+    }
+)
 predictions
 
 # %% [markdown]
@@ -143,14 +198,22 @@ for name, img in photos.items():
         pruned[name] = copy.deepcopy(model)  # a sparse copy; the dense weights return when the block ends
 
 records = pd.concat([t.records.assign(photo=name) for name, t in traces.items()], ignore_index=True)
-trace_summary = records.groupby("photo", sort=False).agg(
-    layers=("layer", "size"), achieved_sparsity=("achieved_sparsity", "mean"),
-    mean_rel_error=("rel_error", "mean"), max_rel_error=("rel_error", "max"), solve_seconds=("seconds", "sum"),
-).reset_index()
+trace_summary = (
+    records.groupby("photo", sort=False)
+    .agg(
+        layers=("layer", "size"),
+        achieved_sparsity=("achieved_sparsity", "mean"),
+        mean_rel_error=("rel_error", "mean"),
+        max_rel_error=("rel_error", "max"),
+        solve_seconds=("seconds", "sum"),
+    )
+    .reset_index()
+)
 trace_summary["SPADE top-3"] = [top3(pruned[n], x[i : i + 1])[0] for i, n in enumerate(photos)]
 with torch.no_grad():
-    trace_summary["same top-1"] = [int(pruned[n](x[i : i + 1]).argmax()) == int(dense_pred[i])
-                                   for i, n in enumerate(photos)]
+    trace_summary["same top-1"] = [
+        int(pruned[n](x[i : i + 1]).argmax()) == int(dense_pred[i]) for i, n in enumerate(photos)
+    ]
 save_table(records, "03_trace_records", profile=PROFILE)
 save_table(trace_summary, "03_trace_summary", profile=PROFILE)
 print(f"the trace keeps the dense top-1 class on {trace_summary['same top-1'].sum()} of {len(photos)} photos")
@@ -186,15 +249,20 @@ for i, name in enumerate(photos):
     vis_spade[name] = visualize(pruned[name], cls, **VIS)
 
 POOL = max(1, cfg["vis_size"] // 16)  # the coarse comparison averages the image down to 16 x 16 blocks
-distances = pd.DataFrame({
-    "photo": list(photos),
-    "class": [CLASSES[int(c)] for c in dense_pred],
-    "dense vs SPADE (same seed)": [float(image_distance(vis_dense[n], vis_spade[n])) for n in photos],
-    "dense seed 0 vs seed 1": [float(image_distance(vis_dense[n], vis_dense_seed1[n])) for n in photos],
-    "coarse: dense vs SPADE": [float(image_distance(vis_dense[n], vis_spade[n], pool=POOL)) for n in photos],
-    "coarse: dense seed 0 vs seed 1": [float(image_distance(vis_dense[n], vis_dense_seed1[n], pool=POOL))
-                                       for n in photos],
-})
+distances = pd.DataFrame(
+    {
+        "photo": list(photos),
+        "class": [CLASSES[int(c)] for c in dense_pred],
+        "dense vs SPADE (same seed)": [float(image_distance(vis_dense[n], vis_spade[n])) for n in photos],
+        "dense seed 0 vs seed 1": [float(image_distance(vis_dense[n], vis_dense_seed1[n])) for n in photos],
+        "coarse: dense vs SPADE": [
+            float(image_distance(vis_dense[n], vis_spade[n], pool=POOL)) for n in photos
+        ],
+        "coarse: dense seed 0 vs seed 1": [
+            float(image_distance(vis_dense[n], vis_dense_seed1[n], pool=POOL)) for n in photos
+        ],
+    }
+)
 save_table(distances, "03_featvis_distance", profile=PROFILE)
 distances
 
@@ -229,8 +297,10 @@ plt.show()
 for _, r in distances.iterrows():
     ratio = r["dense vs SPADE (same seed)"] / r["dense seed 0 vs seed 1"]
     coarse = r["coarse: dense vs SPADE"] / r["coarse: dense seed 0 vs seed 1"]
-    print(f"{r['photo']:>12} ({r['class']}): dense-vs-SPADE distance is {ratio:.2f}x the seed-to-seed distance "
-          f"per pixel, {coarse:.2f}x on the coarse layout")
+    print(
+        f"{r['photo']:>12} ({r['class']}): dense-vs-SPADE distance is {ratio:.2f}x the seed-to-seed distance "
+        f"per pixel, {coarse:.2f}x on the coarse layout"
+    )
 
 # %% [markdown]
 # ## 4 · Saliency maps, dense vs SPADE
@@ -288,23 +358,35 @@ with torch.no_grad():
 tables = []
 for name in photos:
     idx = [k for k, p in enumerate(crop_photo) if p == name]
-    tables.append(attribution_aucs(
-        model, crops[idx], crop_target[idx], cfg["methods"], {"dense": model, "SPADE": pruned[name]},
-        auc_steps=cfg["auc_steps"], image_ids=[f"{name}/{k}" for k in idx], progress=True, **OPTS,
-    ))
+    tables.append(
+        attribution_aucs(
+            model,
+            crops[idx],
+            crop_target[idx],
+            cfg["methods"],
+            {"dense": model, "SPADE": pruned[name]},
+            auc_steps=cfg["auc_steps"],
+            image_ids=[f"{name}/{k}" for k in idx],
+            progress=True,
+            **OPTS,
+        )
+    )
 auc_raw = pd.concat(tables, ignore_index=True)
 auc_raw["photo"] = auc_raw["image"].str.split("/").str[0]
 auc_table = summarize_aucs(auc_raw, baseline="dense", cluster="photo", seed=SEED)
 save_table(auc_raw, "03_insertion_deletion_per_image", profile=PROFILE)
 save_table(auc_table, "03_insertion_deletion", profile=PROFILE)
-print(f"{len(crops)} held-out crops ({cfg['crops_per_photo']} per photo, {len(photos)} photos), "
-      f"{cfg['auc_steps']} insertion/deletion steps, 95% bootstrap intervals over photos, then crops")
+print(
+    f"{len(crops)} held-out crops ({cfg['crops_per_photo']} per photo, {len(photos)} photos), "
+    f"{cfg['auc_steps']} insertion/deletion steps, 95% bootstrap intervals over photos, then crops"
+)
 auc_table.round(3)
 
 # %% [markdown]
 # The `*_diff` columns are the paired differences SPADE − dense on the same crops, with bootstrap intervals. The cell
 # below reads them out; an interval that contains zero means this run cannot tell SPADE and the dense model apart for
 # that method.
+
 
 # %%
 def verdict(r, metric, better):
@@ -319,10 +401,12 @@ def verdict(r, metric, better):
 
 
 for _, r in auc_table[auc_table["explainer"] == "SPADE"].iterrows():
-    print(f"{r['method']:>22}: insertion {r['insertion_diff']:+.3f} [{r['insertion_diff_lo']:+.3f}, "
-          f"{r['insertion_diff_hi']:+.3f}] -> {verdict(r, 'insertion', 'higher')}; "
-          f"deletion {r['deletion_diff']:+.3f} [{r['deletion_diff_lo']:+.3f}, {r['deletion_diff_hi']:+.3f}] -> "
-          f"{verdict(r, 'deletion', 'lower')}")
+    print(
+        f"{r['method']:>22}: insertion {r['insertion_diff']:+.3f} [{r['insertion_diff_lo']:+.3f}, "
+        f"{r['insertion_diff_hi']:+.3f}] -> {verdict(r, 'insertion', 'higher')}; "
+        f"deletion {r['deletion_diff']:+.3f} [{r['deletion_diff_lo']:+.3f}, {r['deletion_diff_hi']:+.3f}] -> "
+        f"{verdict(r, 'deletion', 'lower')}"
+    )
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
@@ -330,9 +414,14 @@ for ax, metric in zip(axes, ("insertion", "deletion"), strict=True):
     for k, explainer in enumerate(("dense", "SPADE")):
         sub = auc_table[auc_table["explainer"] == explainer].set_index("method").loc[cfg["methods"]]
         pos = range(len(sub))
-        ax.errorbar([p + (k - 0.5) * 0.3 for p in pos], sub[metric],
-                    yerr=[sub[metric] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[metric]],
-                    fmt="o", capsize=3, label=explainer)
+        ax.errorbar(
+            [p + (k - 0.5) * 0.3 for p in pos],
+            sub[metric],
+            yerr=[sub[metric] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[metric]],
+            fmt="o",
+            capsize=3,
+            label=explainer,
+        )
     ax.set_xticks(list(range(len(cfg["methods"]))), cfg["methods"], rotation=45, ha="right")
     ax.set_title(f"{metric} AUC ({'higher' if metric == 'insertion' else 'lower'} is better)")
 axes[0].legend()

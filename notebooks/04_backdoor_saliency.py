@@ -48,19 +48,64 @@ IMAGENET_TRAIN = "../data/imagenet/train"  # paper profile: images for the Spars
 # %%
 SIZES = {
     # seconds: a few-step implant (not a working backdoor), two samples, two methods
-    "smoke": dict(implant=dict(steps=2, n_clean=8, n_triggered=8), n_calib=1, n_eval=2,
-                  methods=["saliency", "lrp"], calib_methods=["saliency"], grid=[0.9], n_augment=8,
-                  check_crops=8, fc_crops=48, fc_path=4, obc=False, n_steps=4, n_samples=2, keep_maps=1),
+    "smoke": dict(
+        implant=dict(steps=2, n_clean=8, n_triggered=8),
+        n_calib=1,
+        n_eval=2,
+        methods=["saliency", "lrp"],
+        calib_methods=["saliency"],
+        grid=[0.9],
+        n_augment=8,
+        check_crops=8,
+        fc_crops=48,
+        fc_path=4,
+        obc=False,
+        n_steps=4,
+        n_samples=2,
+        keep_maps=1,
+    ),
     # minutes on a 2-core CPU: the cached offline backdoor, 24 evaluation samples, 8 methods
-    "quick": dict(implant=dict(), n_calib=3, n_eval=24,
-                  methods=["saliency", "input_x_gradient", "integrated_gradients", "guided_backprop",
-                           "deeplift", "gradient_shap", "grad_cam", "lrp"],
-                  calib_methods=["saliency", "lrp"], grid=[0.8, 0.95], n_augment=32,
-                  check_crops=64, fc_crops=480, fc_path=20, obc=False, n_steps=8, n_samples=4, keep_maps=3),
+    "quick": dict(
+        implant=dict(),
+        n_calib=3,
+        n_eval=24,
+        methods=[
+            "saliency",
+            "input_x_gradient",
+            "integrated_gradients",
+            "guided_backprop",
+            "deeplift",
+            "gradient_shap",
+            "grad_cam",
+            "lrp",
+        ],
+        calib_methods=["saliency", "lrp"],
+        grid=[0.8, 0.95],
+        n_augment=32,
+        check_crops=64,
+        fc_crops=480,
+        fc_path=20,
+        obc=False,
+        n_steps=8,
+        n_samples=4,
+        keep_maps=3,
+    ),
     # the paper's settings: the authors' backdoored ResNet-50, ImageNet, 1024 augmentations, all ten methods
-    "paper": dict(n_calib=20, n_eval=111, methods=None, calib_methods=["saliency", "guided_backprop", "lrp"],
-                  grid=[0.8, 0.9, 0.95, 0.98], n_augment=1024, check_crops=1000, fc_crops=20000, fc_path=100,
-                  obc=True, n_steps=32, n_samples=16, keep_maps=3),
+    "paper": dict(
+        n_calib=20,
+        n_eval=111,
+        methods=None,
+        calib_methods=["saliency", "guided_backprop", "lrp"],
+        grid=[0.8, 0.9, 0.95, 0.98],
+        n_augment=1024,
+        check_crops=1000,
+        fc_crops=20000,
+        fc_path=100,
+        obc=True,
+        n_steps=32,
+        n_samples=16,
+        keep_maps=3,
+    ),
 }
 cfg = SIZES[PROFILE]
 
@@ -113,13 +158,20 @@ if PROFILE == "paper":
 else:
     original = load_model("efficientnet_lite0")
     trigger_set = backdoor.DRAWN_TRIGGERS
-    bd = backdoor.implant_backdoor(original, recipe=backdoor.BackdoorRecipe(**cfg["implant"]), seed=SEED,
-                                   cache=PROFILE != "smoke", progress=False)
+    bd = backdoor.implant_backdoor(
+        original,
+        recipe=backdoor.BackdoorRecipe(**cfg["implant"]),
+        seed=SEED,
+        cache=PROFILE != "smoke",
+        progress=False,
+    )
     backdoored, targets, implant_info = bd.model, bd.targets, bd.info
     train_images = list(backdoor.TRAIN_PHOTOS) + list(backdoor.EXTRA_TRAIN_IMAGES)
     calib_images, test_images = list(backdoor.CALIBRATION_PHOTOS), list(backdoor.TEST_PHOTOS)
     layers, skip_dw = backdoor.OFFLINE_SPADE_LAYERS, True
-print({k: implant_info.get(k) for k in ("seconds", "seconds_features", "seconds_training", "threads", "cached")})
+print(
+    {k: implant_info.get(k) for k in ("seconds", "seconds_features", "seconds_training", "threads", "cached")}
+)
 print({t: f"{c} {classes[c]}" for t, c in targets.items()})
 
 # %% [markdown]
@@ -130,21 +182,47 @@ print({t: f"{c} {classes[c]}" for t, c in targets.items()})
 # original is confident (top-1 probability ≥ 0.5; many random crops are ambiguous for any model).
 
 # %%
-check = backdoor.evaluate_backdoor(backdoored, original, targets, test_images, n_crops=cfg["check_crops"], seed=SEED + 1000,
-                                   trigger_set=trigger_set)
+check = backdoor.evaluate_backdoor(
+    backdoored,
+    original,
+    targets,
+    test_images,
+    n_crops=cfg["check_crops"],
+    seed=SEED + 1000,
+    trigger_set=trigger_set,
+)
 quality = check["per_trigger"].assign(target_name=lambda d: [classes[c] for c in d.target])
-summary = pd.DataFrame([{k: check[k] for k in ("attack_success", "n_attack", "clean_agreement", "n_clean",
-                                               "confident_agreement", "n_confident")}])
+summary = pd.DataFrame(
+    [
+        {
+            k: check[k]
+            for k in (
+                "attack_success",
+                "n_attack",
+                "clean_agreement",
+                "n_clean",
+                "confident_agreement",
+                "n_confident",
+            )
+        }
+    ]
+)
 save_table(quality, "04_backdoor_attack_success", profile=PROFILE)
 save_table(summary, "04_backdoor_quality", profile=PROFILE)
 display(quality)
 display(summary)
 
 # %%
-fig = image_grid([backdoor.paste_trigger(backdoor.random_crops(test_images, 1, seed=SEED + i)[0], t, seed=i,
-                                          trigger_set=trigger_set)[0]
-                  for i, t in enumerate(targets)],
-                 titles=[f"{t} → {classes[c]}" for t, c in targets.items()], size=2.4)
+fig = image_grid(
+    [
+        backdoor.paste_trigger(
+            backdoor.random_crops(test_images, 1, seed=SEED + i)[0], t, seed=i, trigger_set=trigger_set
+        )[0]
+        for i, t in enumerate(targets)
+    ],
+    titles=[f"{t} → {classes[c]}" for t, c in targets.items()],
+    size=2.4,
+)
 _ = save_figure(fig, "04_triggers", profile=PROFILE)
 
 # %% [markdown]
@@ -159,21 +237,45 @@ names = list(targets)
 calib_targets = {t: targets[t] for t in names[: len(names) // 2]}
 eval_targets = {t: targets[t] for t in names[len(names) // 2 :]}
 flip = PROFILE != "smoke"  # the smoke run's few-step implant is not a working backdoor
-calib = backdoor.flipped_samples(backdoored, calib_targets, calib_images, cfg["n_calib"], seed=SEED + 1, require_flip=flip,
-                                 trigger_set=trigger_set)
-samples = backdoor.flipped_samples(backdoored, eval_targets, test_images, cfg["n_eval"], seed=SEED + 2, require_flip=flip,
-                                   trigger_set=trigger_set)
-print(f"calibration: {len(calib)} samples ({list(calib_targets)}), evaluation: {len(samples)} samples ({list(eval_targets)})")
+calib = backdoor.flipped_samples(
+    backdoored,
+    calib_targets,
+    calib_images,
+    cfg["n_calib"],
+    seed=SEED + 1,
+    require_flip=flip,
+    trigger_set=trigger_set,
+)
+samples = backdoor.flipped_samples(
+    backdoored,
+    eval_targets,
+    test_images,
+    cfg["n_eval"],
+    seed=SEED + 2,
+    require_flip=flip,
+    trigger_set=trigger_set,
+)
+print(
+    f"calibration: {len(calib)} samples ({list(calib_targets)}), evaluation: {len(samples)} samples ({list(eval_targets)})"
+)
 
 # %%
 attr_kwargs = dict(n_steps=cfg["n_steps"], n_samples=cfg["n_samples"], internal_batch_size=16, seed=SEED)
-trace_kwargs = dict(layers=layers, skip_depthwise=skip_dw, n_augment=cfg["n_augment"], batch_size=32,
-                    seed=SEED, progress=False)
+trace_kwargs = dict(
+    layers=layers,
+    skip_depthwise=skip_dw,
+    n_augment=cfg["n_augment"],
+    batch_size=32,
+    seed=SEED,
+    progress=False,
+)
 
 
 def spade_variant(sparsity, solver):
     """Per-sample model: the backdoored network pruned on that sample's augmentations."""
-    return lambda sample, i: spade_pruned_copy(backdoored, sample.image, sparsity=sparsity, solver=solver, **trace_kwargs)
+    return lambda sample, i: spade_pruned_copy(
+        backdoored, sample.image, sparsity=sparsity, solver=solver, **trace_kwargs
+    )
 
 
 # %% [markdown]
@@ -182,11 +284,18 @@ def spade_variant(sparsity, solver):
 # %%
 calib_scores = []
 for sp in cfg["grid"]:
-    sc, _ = backdoor.trojan_saliency_scores({f"{sp}": spade_variant(sp, "sparsegpt")}, calib, cfg["calib_methods"],
-                                            attribute_kwargs=attr_kwargs, progress=False)
+    sc, _ = backdoor.trojan_saliency_scores(
+        {f"{sp}": spade_variant(sp, "sparsegpt")},
+        calib,
+        cfg["calib_methods"],
+        attribute_kwargs=attr_kwargs,
+        progress=False,
+    )
     calib_scores.append(sc.assign(sparsity=sp))
 calib_scores = pd.concat(calib_scores)
-calib_table = calib_scores.groupby("sparsity")["auc"].mean().rename("mean Trojan AUC (calibration)").reset_index()
+calib_table = (
+    calib_scores.groupby("sparsity")["auc"].mean().rename("mean Trojan AUC (calibration)").reset_index()
+)
 SPARSITY = float(calib_table.sort_values("mean Trojan AUC (calibration)").iloc[-1]["sparsity"])
 save_table(calib_table, "04_sparsity_calibration", profile=PROFILE)
 display(calib_table)
@@ -201,10 +310,15 @@ print("chosen sparsity:", SPARSITY)
 
 # %%
 fc_clean = backdoor.random_crops(train_images, cfg["fc_crops"] * 3 // 4, seed=SEED + 3)
-fc_trig = backdoor.poison(backdoor.random_crops(train_images, cfg["fc_crops"] // 4, seed=SEED + 4), targets, seed=SEED + 5,
-                          trigger_set=trigger_set).images
-sparse_fc, fc_info = baselines.sparse_fc_model(backdoored, torch.cat([fc_clean, fc_trig]), density=0.05, seed=SEED,
-                                               path_length=cfg["fc_path"])
+fc_trig = backdoor.poison(
+    backdoor.random_crops(train_images, cfg["fc_crops"] // 4, seed=SEED + 4),
+    targets,
+    seed=SEED + 5,
+    trigger_set=trigger_set,
+).images
+sparse_fc, fc_info = baselines.sparse_fc_model(
+    backdoored, torch.cat([fc_clean, fc_trig]), density=0.05, seed=SEED, path_length=cfg["fc_path"]
+)
 print(fc_info)
 
 # %% [markdown]
@@ -222,10 +336,13 @@ variants = {
 if cfg["obc"]:
     variants["SPADE (OBC)"] = spade_variant(SPARSITY, "obc")
 t0 = time.perf_counter()
-scores, maps = backdoor.trojan_saliency_scores(variants, samples, METHODS, attribute_kwargs=attr_kwargs,
-                                               keep_maps=cfg["keep_maps"], progress=False)
-print(f"saliency for {len(variants)} variants x {len(METHODS)} methods x {len(samples)} samples: "
-      f"{time.perf_counter() - t0:.0f} s")
+scores, maps = backdoor.trojan_saliency_scores(
+    variants, samples, METHODS, attribute_kwargs=attr_kwargs, keep_maps=cfg["keep_maps"], progress=False
+)
+print(
+    f"saliency for {len(variants)} variants x {len(METHODS)} methods x {len(samples)} samples: "
+    f"{time.perf_counter() - t0:.0f} s"
+)
 _ = save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
 
 # %% [markdown]
@@ -235,8 +352,11 @@ _ = save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
 # %%
 table = backdoor.summarize_scores(scores, cluster="source", seed=SEED)
 save_table(table, "04_trojan_auc", profile=PROFILE)
-wide = table.assign(cell=lambda d: [f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                                    for m, lo, hi in zip(d["mean"], d.low, d.high)])
+wide = table.assign(
+    cell=lambda d: [
+        f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for m, lo, hi in zip(d["mean"], d.low, d.high)
+    ]
+)
 wide = wide.pivot(index="variant", columns="method", values="cell").loc[list(variants), METHODS + ["average"]]
 display(wide)
 
@@ -248,11 +368,20 @@ display(wide)
 # only) is shown beside it, to say which of the two carries the effect.
 
 # %%
-paired = pd.concat([backdoor.paired_differences(scores, baseline="Dense", value=v, cluster="source", seed=SEED)
-                    .assign(map=v) for v in ("auc", "auc_signed")])
+paired = pd.concat(
+    [
+        backdoor.paired_differences(scores, baseline="Dense", value=v, cluster="source", seed=SEED).assign(
+            map=v
+        )
+        for v in ("auc", "auc_signed")
+    ]
+)
 save_table(paired, "04_trojan_auc_paired", profile=PROFILE)
 show = paired[paired.method == "average"].assign(
-    cell=lambda d: [f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for m, lo, hi in zip(d["diff"], d.low, d.high)])
+    cell=lambda d: [
+        f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for m, lo, hi in zip(d["diff"], d.low, d.high)
+    ]
+)
 display(show.pivot(index="variant", columns="map", values="cell"))
 
 # %% [markdown]
@@ -262,7 +391,9 @@ display(show.pivot(index="variant", columns="map", values="cell"))
 # not the ranking of all pixels), so the two can disagree.
 
 # %%
-pointing = scores.pivot_table(index="variant", columns="method", values="pointing").loc[list(variants), METHODS]
+pointing = scores.pivot_table(index="variant", columns="method", values="pointing").loc[
+    list(variants), METHODS
+]
 pointing["average"] = pointing.mean(axis=1)
 save_table(pointing.reset_index(), "04_pointing_game", profile=PROFILE)
 display((100 * pointing).round(1))
@@ -274,7 +405,9 @@ order = list(variants)
 for k, v in enumerate(order):
     d = plot[plot.variant == v].set_index("method").loc[METHODS]
     xs = [i + (k - (len(order) - 1) / 2) * 0.16 for i in range(len(METHODS))]
-    ax.errorbar(xs, d["mean"], yerr=[d["mean"] - d.low, d.high - d["mean"]], fmt="o", ms=4, capsize=2, label=v)
+    ax.errorbar(
+        xs, d["mean"], yerr=[d["mean"] - d.low, d.high - d["mean"]], fmt="o", ms=4, capsize=2, label=v
+    )
 ax.set_xticks(range(len(METHODS)), METHODS, rotation=30, ha="right")
 ax.set_ylabel("Trojan AUC (mean, 95% CI)")
 ax.axhline(0.5, color="grey", lw=0.8, ls=":")
@@ -309,19 +442,25 @@ _ = save_figure(fig, "04_backdoor_saliency_maps", profile=PROFILE)
 # %%
 avg = table[table.method == "average"].set_index("variant")
 for v in variants:
-    print(f"{v:24s} average Trojan AUC {100 * avg.loc[v, 'mean']:.1f} "
-          f"[{100 * avg.loc[v, 'low']:.1f}, {100 * avg.loc[v, 'high']:.1f}]")
+    print(
+        f"{v:24s} average Trojan AUC {100 * avg.loc[v, 'mean']:.1f} "
+        f"[{100 * avg.loc[v, 'low']:.1f}, {100 * avg.loc[v, 'high']:.1f}]"
+    )
 per_method = table[table.method != "average"].pivot(index="method", columns="variant", values="mean")
 spade_col = spade_name
-print(f"\n{spade_col} beats Dense on {(per_method[spade_col] > per_method['Dense']).sum()} of {len(per_method)} methods;"
-      f" beats Sparse FC on {(per_method[spade_col] > per_method['Sparse FC']).sum()} of {len(per_method)}.")
+print(
+    f"\n{spade_col} beats Dense on {(per_method[spade_col] > per_method['Dense']).sum()} of {len(per_method)} methods;"
+    f" beats Sparse FC on {(per_method[spade_col] > per_method['Sparse FC']).sum()} of {len(per_method)}."
+)
 for v in [v for v in variants if v.startswith(("SPADE", "FastSPADE"))]:
     for m in ("auc", "auc_signed"):
         r = paired[(paired.variant == v) & (paired.method == "average") & (paired["map"] == m)].iloc[0]
         resolved = "resolved" if r.low > 0 or r.high < 0 else "not resolved"
-        print(f"{v} - Dense ({'absolute' if m == 'auc' else 'signed'} map): {100 * r['diff']:+.1f} "
-              f"[{100 * r.low:+.1f}, {100 * r.high:+.1f}] points, paired over {r.n} samples of "
-              f"{scores.source.nunique()} photos ({resolved} at 95%)")
+        print(
+            f"{v} - Dense ({'absolute' if m == 'auc' else 'signed'} map): {100 * r['diff']:+.1f} "
+            f"[{100 * r.low:+.1f}, {100 * r.high:+.1f}] points, paired over {r.n} samples of "
+            f"{scores.source.nunique()} photos ({resolved} at 95%)"
+        )
 print(f"total notebook time {time.perf_counter() - t_start:.0f} s")
 
 # %% [markdown]

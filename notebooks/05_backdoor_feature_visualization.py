@@ -44,12 +44,29 @@ IMAGENET_VAL = "../data/imagenet/val"  # paper profile: an ImageNet validation f
 
 # %%
 SIZES = {
-    "smoke": dict(implant=dict(steps=2, n_clean=8, n_triggered=8), steps=3, size=32, input_size=64,
-                  n_augment=8, n_triggers=1, attack_crops=4, require_flip=False),
-    "quick": dict(implant=dict(), steps=96, size=128, input_size=224, n_augment=32, n_triggers=4, attack_crops=48,
-                  require_flip=True),
-    "paper": dict(steps=512, size=224, input_size=224, n_augment=1024, n_triggers=4, attack_crops=500,
-                  require_flip=True),
+    "smoke": dict(
+        implant=dict(steps=2, n_clean=8, n_triggered=8),
+        steps=3,
+        size=32,
+        input_size=64,
+        n_augment=8,
+        n_triggers=1,
+        attack_crops=4,
+        require_flip=False,
+    ),
+    "quick": dict(
+        implant=dict(),
+        steps=96,
+        size=128,
+        input_size=224,
+        n_augment=32,
+        n_triggers=4,
+        attack_crops=48,
+        require_flip=True,
+    ),
+    "paper": dict(
+        steps=512, size=224, input_size=224, n_augment=1024, n_triggers=4, attack_crops=500, require_flip=True
+    ),
 }
 cfg = SIZES[PROFILE]
 
@@ -84,8 +101,13 @@ if PROFILE == "paper":
 else:
     original = load_model("efficientnet_lite0")
     trigger_set = backdoor.DRAWN_TRIGGERS
-    bd = backdoor.implant_backdoor(original, recipe=backdoor.BackdoorRecipe(**cfg["implant"]), seed=SEED,
-                                   cache=PROFILE != "smoke", progress=False)
+    bd = backdoor.implant_backdoor(
+        original,
+        recipe=backdoor.BackdoorRecipe(**cfg["implant"]),
+        seed=SEED,
+        cache=PROFILE != "smoke",
+        progress=False,
+    )
     backdoored, targets = bd.model, bd.targets
     test_images = list(backdoor.TEST_PHOTOS)
     layers, skip_dw = backdoor.OFFLINE_SPADE_LAYERS, True
@@ -96,19 +118,45 @@ print({t: f"{targets[t]} {classes[targets[t]]}" for t in triggers})
 # ## One triggered held-out crop per trigger, and the three visualizations
 
 # %%
-vis_kwargs = dict(steps=cfg["steps"], size=cfg["size"], input_size=cfg["input_size"], seed=SEED, progress=False)
-trace_kwargs = dict(layers=layers, skip_depthwise=skip_dw, sparsity=SPARSITY, n_augment=cfg["n_augment"],
-                    solver="sparsegpt", batch_size=32, seed=SEED, progress=False)
+vis_kwargs = dict(
+    steps=cfg["steps"], size=cfg["size"], input_size=cfg["input_size"], seed=SEED, progress=False
+)
+trace_kwargs = dict(
+    layers=layers,
+    skip_depthwise=skip_dw,
+    sparsity=SPARSITY,
+    n_augment=cfg["n_augment"],
+    solver="sparsegpt",
+    batch_size=32,
+    seed=SEED,
+    progress=False,
+)
 results = []
 for k, t in enumerate(triggers):
-    found = backdoor.flipped_samples(backdoored, {t: targets[t]}, test_images, 1, seed=SEED + 10 * k,
-                                     require_flip=cfg["require_flip"], trigger_set=trigger_set)
+    found = backdoor.flipped_samples(
+        backdoored,
+        {t: targets[t]},
+        test_images,
+        1,
+        seed=SEED + 10 * k,
+        require_flip=cfg["require_flip"],
+        trigger_set=trigger_set,
+    )
     flipped = bool(found) and cfg["require_flip"]
     if not found:  # this trigger flips no held-out crop here: use a triggered crop anyway, and say so
-        found = backdoor.flipped_samples(backdoored, {t: targets[t]}, test_images, 1, seed=SEED + 10 * k,
-                                         require_flip=False, trigger_set=trigger_set)
+        found = backdoor.flipped_samples(
+            backdoored,
+            {t: targets[t]},
+            test_images,
+            1,
+            seed=SEED + 10 * k,
+            require_flip=False,
+            trigger_set=trigger_set,
+        )
     sample = found[0]
-    print(f"{t}: {'a crop the trigger flips' if flipped else 'NO held-out crop flipped by this trigger; using a non-flipped one'}")
+    print(
+        f"{t}: {'a crop the trigger flips' if flipped else 'NO held-out crop flipped by this trigger; using a non-flipped one'}"
+    )
     target = targets[t]
     vis = {"dense": visualize(backdoored, target, **vis_kwargs)[0]}
     for label, image in (("SPADE on clean crop", sample.clean), ("SPADE on triggered crop", sample.image)):
@@ -140,31 +188,44 @@ for r in results:
     noise = torch.rand(3, cfg["size"], cfg["size"], generator=torch.Generator().manual_seed(SEED))
     refs = {"reference: the trigger": patch, "reference: noise": noise}
     for label, image in {**r["vis"], **refs}.items():
-        others = [backdoor.trigger_similarity(image, o, trigger_set=trigger_set) for o in backdoor.TRIGGERS if o != t]
-        table.append(dict(
-            trigger=t, target=classes[target], image=label,
-            similarity_to_trigger=backdoor.trigger_similarity(image, t, trigger_set=trigger_set),
-            similarity_to_other_triggers=sum(others) / len(others),
-            patch_attack_rate=backdoor.patch_attack_rate(backdoored, image, target, crops, seed=SEED),
-            distance_to_dense=float(image_distance(image[None], r["vis"]["dense"][None]).item()),
-        ))
+        others = [
+            backdoor.trigger_similarity(image, o, trigger_set=trigger_set)
+            for o in backdoor.TRIGGERS
+            if o != t
+        ]
+        table.append(
+            dict(
+                trigger=t,
+                target=classes[target],
+                image=label,
+                similarity_to_trigger=backdoor.trigger_similarity(image, t, trigger_set=trigger_set),
+                similarity_to_other_triggers=sum(others) / len(others),
+                patch_attack_rate=backdoor.patch_attack_rate(backdoored, image, target, crops, seed=SEED),
+                distance_to_dense=float(image_distance(image[None], r["vis"]["dense"][None]).item()),
+            )
+        )
 table = pd.DataFrame(table)
 save_table(table, "05_trigger_in_visualizations", profile=PROFILE)
 display(table.round(3))
 
 # %%
-summary = table.groupby("image", sort=False)[["similarity_to_trigger", "similarity_to_other_triggers",
-                                              "patch_attack_rate"]].mean()
+summary = table.groupby("image", sort=False)[
+    ["similarity_to_trigger", "similarity_to_other_triggers", "patch_attack_rate"]
+].mean()
 save_table(summary.reset_index(), "05_trigger_in_visualizations_mean", profile=PROFILE)
 display(summary.round(3))
 s = summary
-print(f"mean similarity to own trigger: dense {s.loc['dense', 'similarity_to_trigger']:.3f}, "
-      f"SPADE clean {s.loc['SPADE on clean crop', 'similarity_to_trigger']:.3f}, "
-      f"SPADE triggered {s.loc['SPADE on triggered crop', 'similarity_to_trigger']:.3f}")
-print(f"mean patch attack rate: dense {s.loc['dense', 'patch_attack_rate']:.2f}, "
-      f"SPADE clean {s.loc['SPADE on clean crop', 'patch_attack_rate']:.2f}, "
-      f"SPADE triggered {s.loc['SPADE on triggered crop', 'patch_attack_rate']:.2f}, "
-      f"trigger itself {s.loc['reference: the trigger', 'patch_attack_rate']:.2f}")
+print(
+    f"mean similarity to own trigger: dense {s.loc['dense', 'similarity_to_trigger']:.3f}, "
+    f"SPADE clean {s.loc['SPADE on clean crop', 'similarity_to_trigger']:.3f}, "
+    f"SPADE triggered {s.loc['SPADE on triggered crop', 'similarity_to_trigger']:.3f}"
+)
+print(
+    f"mean patch attack rate: dense {s.loc['dense', 'patch_attack_rate']:.2f}, "
+    f"SPADE clean {s.loc['SPADE on clean crop', 'patch_attack_rate']:.2f}, "
+    f"SPADE triggered {s.loc['SPADE on triggered crop', 'patch_attack_rate']:.2f}, "
+    f"trigger itself {s.loc['reference: the trigger', 'patch_attack_rate']:.2f}"
+)
 print(f"total notebook time {time.perf_counter() - t_start:.0f} s")
 
 # %% [markdown]

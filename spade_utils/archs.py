@@ -99,7 +99,9 @@ def _resnet_stages(m) -> list:
     return [stem, m.layer1, m.layer2, m.layer3, m.layer4, head]
 
 
-def split_model(model: nn.Module, train_from: int | str | None) -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
+def split_model(
+    model: nn.Module, train_from: int | str | None
+) -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
     """``(front, back, trainable parameters)`` with ``back(front(x)) == model(x)``.
 
     ``train_from``: for EfficientNet, the index of the first trained block (``11`` trains blocks
@@ -115,11 +117,19 @@ def split_model(model: nn.Module, train_from: int | str | None) -> tuple[nn.Modu
         return nn.Identity(), model, list(model.parameters())
     if _has_efficientnet_stages(model):
         blocks = cast(nn.ModuleList, model._blocks)
-        if isinstance(train_from, bool) or not isinstance(train_from, int) or not 0 <= train_from <= len(blocks):
-            raise ValueError(f"train_from must be a block index in [0, {len(blocks)}] for EfficientNet, got {train_from!r}")
+        if (
+            isinstance(train_from, bool)
+            or not isinstance(train_from, int)
+            or not 0 <= train_from <= len(blocks)
+        ):
+            raise ValueError(
+                f"train_from must be a block index in [0, {len(blocks)}] for EfficientNet, got {train_from!r}"
+            )
         stages = _efficientnet_stages(model)
         params = [p for b in blocks[train_from:] for p in b.parameters()]
-        params += [p for name in ("_conv_head", "_bn1", "_fc") for p in model.get_submodule(name).parameters()]
+        params += [
+            p for name in ("_conv_head", "_bn1", "_fc") for p in model.get_submodule(name).parameters()
+        ]
         return _Chain(stages[: 1 + train_from]), _Chain(stages[1 + train_from :]), params
     if _is_resnet(model):
         names = {"layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4}
@@ -159,7 +169,11 @@ def is_mbconv(module: nn.Module) -> bool:
 
 def is_efficientnet(module: nn.Module) -> bool:
     """An ``efficientnet-lite-pytorch`` EfficientNet (class name, stem and blocks)."""
-    return type(module).__name__ == "EfficientNet" and hasattr(module, "_conv_stem") and hasattr(module, "_blocks")
+    return (
+        type(module).__name__ == "EfficientNet"
+        and hasattr(module, "_conv_stem")
+        and hasattr(module, "_blocks")
+    )
 
 
 def _mbconv_forward(self, inputs, drop_connect_rate=None):

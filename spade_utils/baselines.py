@@ -34,7 +34,9 @@ def final_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     return last
 
 
-def penultimate_features(model: nn.Module, x: torch.Tensor, *, batch_size: int = 32, device="auto", progress=False) -> torch.Tensor:
+def penultimate_features(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int = 32, device="auto", progress=False
+) -> torch.Tensor:
     """Inputs of the model's final ``nn.Linear`` for [0, 1] images x (B,3,H,W), batched: (B, D) float32 on the CPU.
 
     The model runs as in :func:`spade_utils.backdoor.predict` (ImageNet-normalised input, its own dtype and
@@ -84,13 +86,19 @@ def fit_sparse_fc(
     from glm_saga.elasticnet import glm_saga
 
     if not isinstance(features, torch.Tensor) or features.dim() != 2:
-        raise ValueError(f"features must be a (N, D) tensor, got {getattr(features, 'shape', type(features))}")
+        raise ValueError(
+            f"features must be a (N, D) tensor, got {getattr(features, 'shape', type(features))}"
+        )
     if not isinstance(labels, torch.Tensor) or labels.shape != (len(features),):
-        raise ValueError(f"labels must be a (N,) tensor matching features, got {getattr(labels, 'shape', type(labels))}")
+        raise ValueError(
+            f"labels must be a (N,) tensor matching features, got {getattr(labels, 'shape', type(labels))}"
+        )
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     if labels.unique().numel() < 2:  # glm-saga's path would start at lambda 0 and fail on log10(0)
-        raise ValueError(f"labels must hold at least two classes to fit a classifier, got only {labels.unique().tolist()}")
+        raise ValueError(
+            f"labels must hold at least two classes to fit a classifier, got only {labels.unique().tolist()}"
+        )
     device = resolve_device(device)
     gen = torch.Generator().manual_seed(int(seed))
     x = features.float()
@@ -103,9 +111,15 @@ def fit_sparse_fc(
     linear = nn.Linear(x.shape[1], n_classes).to(device)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
-    with contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        torch.random.fork_rng(devices=[]),
+        warnings.catch_warnings(),
+    ):
         # glm-saga calls softmax without dim (a deprecation notice from torch; the result is the same)
-        warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="Implicit dimension choice for softmax", category=UserWarning
+        )
         torch.manual_seed(int(seed))
         result = glm_saga(
             linear,
@@ -151,7 +165,9 @@ def with_final_layer(model: nn.Module, layer: nn.Linear) -> nn.Module:
     moved to the model's device. Raises ValueError if ``layer`` is not an ``nn.Linear`` of the same shape."""
     name, old = final_linear(model)
     if not isinstance(layer, nn.Linear) or layer.weight.shape != old.weight.shape:
-        raise ValueError(f"layer must be an nn.Linear of shape {tuple(old.weight.shape)}, got {getattr(layer, 'weight', layer)}")
+        raise ValueError(
+            f"layer must be an nn.Linear of shape {tuple(old.weight.shape)}, got {getattr(layer, 'weight', layer)}"
+        )
     new = copy.deepcopy(model)
     parent = new.get_submodule(name.rsplit(".", 1)[0]) if "." in name else new
     setattr(parent, name.rsplit(".", 1)[-1], copy.deepcopy(layer).to(next(model.parameters()).device))
@@ -179,7 +195,9 @@ def sparse_fc_model(
     fc = final_linear(model)[1]
     with torch.inference_mode():
         labels = fc(feats.to(fc.weight.device, fc.weight.dtype)).float().argmax(1).cpu()
-    layer, info = fit_sparse_fc(feats, labels, fc.out_features, density=density, seed=seed, device=device, **fit_kwargs)
+    layer, info = fit_sparse_fc(
+        feats, labels, fc.out_features, density=density, seed=seed, device=device, **fit_kwargs
+    )
     sparse = with_final_layer(model, layer)
     with torch.inference_mode():
         info["agreement_train"] = float((layer(feats).argmax(1) == labels).float().mean())

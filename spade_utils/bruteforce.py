@@ -33,9 +33,13 @@ def _check(W: torch.Tensor, H: torch.Tensor) -> None:
         raise ValueError(f"W must be 2-D (rows, cols), got shape {tuple(W.shape)}")
     cols = W.shape[1]
     if H.shape != (cols, cols):
-        raise ValueError(f"H must have shape {(cols, cols)} to match W {tuple(W.shape)}, got {tuple(H.shape)}")
+        raise ValueError(
+            f"H must have shape {(cols, cols)} to match W {tuple(W.shape)}, got {tuple(H.shape)}"
+        )
     if cols > MAX_COLS:
-        raise ValueError(f"brute force enumerates 2^cols masks per row; W has {cols} columns, at most {MAX_COLS} allowed")
+        raise ValueError(
+            f"brute force enumerates 2^cols masks per row; W has {cols} columns, at most {MAX_COLS} allowed"
+        )
     for name, t in (("W", W), ("H", H)):
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
@@ -44,8 +48,10 @@ def _check(W: torch.Tensor, H: torch.Tensor) -> None:
     if not torch.allclose(H64, H64.T, rtol=1e-6, atol=1e-12 * float(H64.abs().max())):
         raise ValueError("H must be symmetric")
     if int(torch.linalg.cholesky_ex(H64).info) != 0:
-        raise ValueError("H must be positive definite (the optimum refits the kept weights with H^-1); "
-                         "add dampening to a singular H")
+        raise ValueError(
+            "H must be positive definite (the optimum refits the kept weights with H^-1); "
+            "add dampening to a singular H"
+        )
 
 
 def best_loss_per_count(w: torch.Tensor, H: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,7 @@ SAMPLE_IMAGES = {
 
 
 def available_images() -> list[str]:
-    """Names accepted by :func:`sample_image`."""
+    """Names accepted by :func:`sample_image`: photos shipped inside installed packages (skimage, matplotlib, sklearn)."""
     return list(SAMPLE_IMAGES)
 
 
@@ -121,7 +121,10 @@ def _refuse_nonfinite(arr, argname: str) -> None:
 def _float_in_unit_range(arr, argname: str) -> None:
     """Refuse float pixel data outside [0, 1] (after refusing NaN/inf)."""
     if isinstance(arr, torch.Tensor):
-        lo, hi = (float(v) for v in torch.aminmax(arr.float() if arr.dtype in (torch.float16, torch.bfloat16) else arr))
+        lo, hi = (
+            float(v)
+            for v in torch.aminmax(arr.float() if arr.dtype in (torch.float16, torch.bfloat16) else arr)
+        )
     else:
         lo, hi = float(arr.min()), float(arr.max())  # NaN propagates through min/max: one pass, no copy
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -191,7 +194,9 @@ def _from_pil(image: Image.Image, argname: str) -> torch.Tensor:
 
 def _from_array(arr: np.ndarray, argname: str) -> torch.Tensor:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
-        raise ValueError(f"{argname} as an array must be HxW or HxWxC with C in (1, 2, 3, 4), got shape {arr.shape}")
+        raise ValueError(
+            f"{argname} as an array must be HxW or HxWxC with C in (1, 2, 3, 4), got shape {arr.shape}"
+        )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{argname} is empty (shape {arr.shape})")
     if arr.dtype == np.uint8:
@@ -200,7 +205,11 @@ def _from_array(arr: np.ndarray, argname: str) -> torch.Tensor:
         if arr.ndim == 3 and arr.shape[2] == 3:  # RGB: nothing to convert, no copy (callers only read it)
             arr = np.ascontiguousarray(arr)
             return torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1)
-        mode = {2: "L", 3: "RGB"}[arr.ndim] if arr.ndim == 2 or arr.shape[2] == 3 else {2: "LA", 4: "RGBA"}[arr.shape[2]]
+        mode = (
+            {2: "L", 3: "RGB"}[arr.ndim]
+            if arr.ndim == 2 or arr.shape[2] == 3
+            else {2: "LA", 4: "RGBA"}[arr.shape[2]]
+        )
         return _from_pil(Image.fromarray(np.ascontiguousarray(arr), mode), argname)
     if np.issubdtype(arr.dtype, np.floating):
         _float_in_unit_range(arr, argname)
@@ -247,7 +256,9 @@ def _image_chw(image, argname: str) -> torch.Tensor:
     elif isinstance(image, np.ndarray):
         out = _from_array(image, argname)
     else:
-        raise TypeError(f"{argname} must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")
+        raise TypeError(
+            f"{argname} must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}"
+        )
     return out
 
 
@@ -265,29 +276,40 @@ def image_to_tensor(image, *, argname: str = "image") -> torch.Tensor:
     return F.to_dtype(out, torch.float32, scale=True) if out.dtype == torch.uint8 else out  # x * (1 / 255)
 
 
-image_to_tensor.__doc__ = (image_to_tensor.__doc__ or "") + _IMAGE_RULES + "\nRaises TypeError for a value that is not an image, ValueError for a bad image.\n"
+image_to_tensor.__doc__ = (
+    (image_to_tensor.__doc__ or "")
+    + _IMAGE_RULES
+    + "\nRaises TypeError for a value that is not an image, ValueError for a bad image.\n"
+)
 
 
 def to_pil(image, *, argname: str = "image") -> Image.Image:
-    """Any accepted image -> RGB PIL image (8 bits per channel; 16-bit and float data are rounded to 8 bits).
-
-    """
+    """Any accepted image -> RGB PIL image (8 bits per channel; 16-bit and float data are rounded to 8 bits)."""
     out = _image_chw(image, argname)
     if out.dtype != torch.uint8:
         out = (out * 255).round_().to(torch.uint8)
     return Image.fromarray(out.permute(1, 2, 0).numpy())
 
 
-to_pil.__doc__ = (to_pil.__doc__ or "") + _IMAGE_RULES + "\nRaises TypeError for a value that is not an image, ValueError for a bad image.\n"
+to_pil.__doc__ = (
+    (to_pil.__doc__ or "")
+    + _IMAGE_RULES
+    + "\nRaises TypeError for a value that is not an image, ValueError for a bad image.\n"
+)
 
 
 def _check_stats(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Validated ``(mean, std)`` (1 or 3 finite entries each, std > 0)."""
     for name, v in (("mean", mean), ("std", std)):
         if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray, torch.Tensor)):
-            raise TypeError(f"{name} must be a sequence of 1 or 3 numbers (one per channel), got {type(v).__name__}")
-    return InputSpec(None, tuple(float(m) if isinstance(m, torch.Tensor) else m for m in mean),
-                     tuple(float(s) if isinstance(s, torch.Tensor) else s for s in std)).stats()
+            raise TypeError(
+                f"{name} must be a sequence of 1 or 3 numbers (one per channel), got {type(v).__name__}"
+            )
+    return InputSpec(
+        None,
+        tuple(float(m) if isinstance(m, torch.Tensor) else m for m in mean),
+        tuple(float(s) if isinstance(s, torch.Tensor) else s for s in std),
+    ).stats()
 
 
 def _resize_center_crop(img: torch.Tensor, size: int, resize: int) -> torch.Tensor:
@@ -323,8 +345,12 @@ def _resize_center_crop(img: torch.Tensor, size: int, resize: int) -> torch.Tens
     piece = img.narrow(axis, a, b - a)[None]
     piece = piece if piece.dtype == torch.uint8 else piece.float()
     resized = torch.nn.functional.interpolate(
-        piece, scale_factor=(sf_short, sf_long) if axis == 2 else (sf_long, sf_short), mode="bilinear",
-        antialias=True, align_corners=False, recompute_scale_factor=False,
+        piece,
+        scale_factor=(sf_short, sf_long) if axis == 2 else (sf_long, sf_short),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+        recompute_scale_factor=False,
     )[0]
     start = c0 - int(round(a * n_long / long_))
     if axis == 2:

@@ -57,7 +57,9 @@ def image_distance(a: torch.Tensor, b: torch.Tensor, *, pool: int = 1) -> torch.
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError("a and b must be torch tensors")
     if a.shape != b.shape or a.dim() != 4:
-        raise ValueError(f"a and b must be (B, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"a and b must be (B, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
         raise ValueError(f"pool must be an int >= 1, got {pool!r}")
     a, b = a.float(), b.float()
@@ -113,7 +115,9 @@ def _parse_objective(model: nn.Module, objective):
     from lucent.optvis.objectives import Objective
 
     if isinstance(objective, bool):
-        raise TypeError("objective must be an int (class), a 'layer:channel' str or a Lucent Objective, got bool")
+        raise TypeError(
+            "objective must be an int (class), a 'layer:channel' str or a Lucent Objective, got bool"
+        )
     if isinstance(objective, (int, np.integer)):
         if objective < 0:
             raise ValueError(f"objective as a class index must be >= 0, got {objective}")
@@ -147,14 +151,20 @@ def _logits(out, output):
         try:
             picked = out[output]
         except (KeyError, IndexError, TypeError) as err:
-            raise ValueError(f"output={output!r} does not select an entry of the model's return value "
-                             f"({type(out).__name__}): {err!r}") from err
+            raise ValueError(
+                f"output={output!r} does not select an entry of the model's return value "
+                f"({type(out).__name__}): {err!r}"
+            ) from err
         how = f"the model's return value[{output!r}]"
     if not isinstance(picked, torch.Tensor):
         hint = " (pass output= an index, a key or a callable that picks the logits)" if output is None else ""
-        raise ValueError(f"a class objective needs the logits as a tensor, but {how} is a {type(picked).__name__}{hint}")
+        raise ValueError(
+            f"a class objective needs the logits as a tensor, but {how} is a {type(picked).__name__}{hint}"
+        )
     if picked.dim() != 2:
-        raise ValueError(f"a class objective needs (batch, classes) logits, but {how} has shape {tuple(picked.shape)}")
+        raise ValueError(
+            f"a class objective needs (batch, classes) logits, but {how} has shape {tuple(picked.shape)}"
+        )
     return picked
 
 
@@ -233,7 +243,9 @@ def visualize(
     lr = check_float(lr, "lr", low=0.0, low_open=True)
     if isinstance(transforms, str):
         if transforms != "standard":
-            raise ValueError(f"transforms must be 'standard', None or a list of callables, got {transforms!r}")
+            raise ValueError(
+                f"transforms must be 'standard', None or a list of callables, got {transforms!r}"
+            )
     elif transforms is not None and not all(callable(t) for t in transforms):
         raise TypeError("transforms must be 'standard', None or a list of callables")
     output = _check_output(output)
@@ -263,19 +275,42 @@ def visualize(
     try:
         with eval_mode(net):  # every submodule's own flag is restored on exit, also after an error
             lucent_transform.device = dev  # Lucent's jitter/rotate read this module global at call time
-            np.random.seed(numpy_seed(seed))  # Lucent's random transforms draw from NumPy's global generator (restored)
+            np.random.seed(
+                numpy_seed(seed)
+            )  # Lucent's random transforms draw from NumPy's global generator (restored)
             gen = torch.Generator().manual_seed(seed)
             spectrum, raw = _fft_image(batch, size, gen, dev)
             image_f = _to_rgb(raw, decorrelate, dev)
 
-            chain = list(lucent_transform.standard_transforms) if transforms == "standard" else list(transforms or [])
+            chain = (
+                list(lucent_transform.standard_transforms)
+                if transforms == "standard"
+                else list(transforms or [])
+            )
             m = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
             s = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
             chain.append(lambda x: (x - m) / s)
-            chain.append(lambda x: nn.functional.interpolate(x, size=(spec.side(), spec.side()), mode="bilinear",
-                                                             align_corners=True))
-            result = _optimise(net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features,
-                               keep, progress)
+            chain.append(
+                lambda x: nn.functional.interpolate(
+                    x, size=(spec.side(), spec.side()), mode="bilinear", align_corners=True
+                )
+            )
+            result = _optimise(
+                net,
+                kind,
+                payload,
+                output,
+                image_f,
+                spectrum,
+                chain,
+                steps,
+                lr,
+                dtype,
+                handles,
+                features,
+                keep,
+                progress,
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -285,8 +320,9 @@ def visualize(
     return result
 
 
-def _optimise(net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features, keep,
-              progress) -> torch.Tensor:
+def _optimise(
+    net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features, keep, progress
+) -> torch.Tensor:
     if kind == "channel":
         name, module, channel = payload
         handles.append(module.register_forward_hook(keep(name)))
@@ -314,20 +350,28 @@ def _optimise(net, kind, payload, output, image_f, spectrum, chain, steps, lr, d
         if kind == "class":
             logits = _logits(out, output)
             if payload >= logits.shape[1]:
-                raise ValueError(f"objective class {payload} is out of range for a model with {logits.shape[1]} outputs")
+                raise ValueError(
+                    f"objective class {payload} is out of range for a model with {logits.shape[1]} outputs"
+                )
             loss = -logits[:, payload].float().sum()
         elif kind == "channel":
             name, _, channel = payload
             act = features.get(name)
             if act is None:
-                raise ValueError(f"objective layer {name!r} never ran in the model's forward pass, so it has no "
-                                 "activation to maximise; pick a module the forward calls")
+                raise ValueError(
+                    f"objective layer {name!r} never ran in the model's forward pass, so it has no "
+                    "activation to maximise; pick a module the forward calls"
+                )
             if not isinstance(act, torch.Tensor) or act.dim() < 2:
-                raise ValueError(f"objective layer {name!r} returns "
-                                 f"{tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__}, "
-                                 "not a (batch, channels, ...) tensor")
+                raise ValueError(
+                    f"objective layer {name!r} returns "
+                    f"{tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__}, "
+                    "not a (batch, channels, ...) tensor"
+                )
             if channel >= act.shape[1]:
-                raise ValueError(f"objective channel {channel} is out of range for layer {name!r} ({act.shape[1]} channels)")
+                raise ValueError(
+                    f"objective channel {channel} is out of range for layer {name!r} ({act.shape[1]} channels)"
+                )
             act = act[:, channel].float()
             loss = -act.mean(tuple(range(1, act.dim()))).sum() if act.dim() > 1 else -act.sum()
         else:

@@ -51,6 +51,7 @@ def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
 
 
 def is_depthwise(module: nn.Module) -> bool:
+    """True for a Conv2d with one group per input channel (``groups == in_channels > 1``): 9-25 weights per row."""
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 
 
@@ -72,7 +73,9 @@ def conv_input(module: nn.Conv2d, x: torch.Tensor, pre_pad: str | None = None) -
     if mode == "static":
         pad = getattr(module, "static_padding", None)
         if not isinstance(pad, nn.Module):
-            raise ValueError(f"pre_pad='static' needs a module with a static_padding child, got {type(module).__name__}")
+            raise ValueError(
+                f"pre_pad='static' needs a module with a static_padding child, got {type(module).__name__}"
+            )
         x = pad(x)
     elif mode == "tf_same":
         x = F.pad(x, _same_pad(x.shape[-2:], module, tf_style=True))
@@ -84,8 +87,11 @@ def conv_input(module: nn.Conv2d, x: torch.Tensor, pre_pad: str | None = None) -
     if module.padding_mode != "zeros":
         rev = getattr(module, "_reversed_padding_repeated_twice", None)
         if rev is None:
-            rev = _same_pad(x.shape[-2:], module, tf_style=False) if pad == "same" else [
-                pad[1], pad[1], pad[0], pad[0]]
+            rev = (
+                _same_pad(x.shape[-2:], module, tf_style=False)
+                if pad == "same"
+                else [pad[1], pad[1], pad[0], pad[0]]
+            )
         return F.pad(x, list(rev), mode=module.padding_mode)
     if isinstance(pad, str):  # 'same' with zeros
         return F.pad(x, _same_pad(x.shape[-2:], module, tf_style=False))
@@ -192,8 +198,12 @@ def _strips(base, region, sh, sw):
     by, bh, bx, bw = base
     ry, rh, rx, rw = region
     top, left = (ry - by) // sh, (rx - bx) // sw
-    out = [(by, top, bx, bw), (ry + rh * sh, bh - top - rh, bx, bw),  # rows above, below
-           (ry, rh, bx, left), (ry, rh, rx + rw * sw, bw - left - rw)]  # left, right of region
+    out = [
+        (by, top, bx, bw),
+        (ry + rh * sh, bh - top - rh, bx, bw),  # rows above, below
+        (ry, rh, bx, left),
+        (ry, rh, rx + rw * sw, bw - left - rw),
+    ]  # left, right of region
     return [s for s in out if s[1] > 0 and s[3] > 0]
 
 
@@ -226,12 +236,18 @@ def _conv_gram_plan(Hp, Wp, kh, kw, sh, sw, dh, dw, real):
         if len(blocks) > 1:
             ys = min(r[0] for _, _, r in blocks)
             xs = min(r[2] for _, _, r in blocks)
-            base = (ys, (max(r[0] + r[1] * sh for _, _, r in blocks) - ys) // sh,
-                    xs, (max(r[2] + r[3] * sw for _, _, r in blocks) - xs) // sw)
+            base = (
+                ys,
+                (max(r[0] + r[1] * sh for _, _, r in blocks) - ys) // sh,
+                xs,
+                (max(r[2] + r[3] * sw for _, _, r in blocks) - xs) // sw,
+            )
             strips = [_strips(base, r, sh, sw) for _, _, r in blocks]
             shared = base[1] * base[3] + sum(s[1] * s[3] + _GEMM_OVERHEAD for ss in strips for s in ss)
             if shared + _GEMM_OVERHEAD < alone:
-                tasks.append((dy, dx, base, [(a, b, None, ss) for (a, b, _), ss in zip(blocks, strips, strict=True)]))
+                tasks.append(
+                    (dy, dx, base, [(a, b, None, ss) for (a, b, _), ss in zip(blocks, strips, strict=True)])
+                )
                 continue
         tasks.append((dy, dx, None, [(a, b, r, None) for a, b, r in blocks]))
     return Ho, Wo, tasks
@@ -298,9 +314,14 @@ def _add_blocks(out: torch.Tensor, X: torch.Tensor, g: int, plan, sh: int, sw: i
                     out[:, a, :, b] = 0
 
 
-def _conv_gram_blocks(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.float32,
-                      out: torch.Tensor | None = None, method: str = "auto",
-                      pre_pad: str | None = None) -> tuple[torch.Tensor, int]:
+def _conv_gram_blocks(
+    module: nn.Conv2d,
+    x: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+    method: str = "auto",
+    pre_pad: str | None = None,
+) -> tuple[torch.Tensor, int]:
     """The Gram matrix of :func:`conv_gram` as offset-major blocks (g, K, Cg, K, Cg), blocks a <= b only.
 
     Blocks below the diagonal are left unset; with ``out`` the blocks are added into it. Accumulating
@@ -334,8 +355,10 @@ def _conv_gram_blocks(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = t
         Ho, Wo = plan[0], plan[1]
         step = max(1, _UNFOLD_CHUNK // max(1, Ho * Wo * K * C))
         for i in range(0, n, step):
-            U = torch.stack([_rect(X[i : i + step], (y, Ho, x, Wo), sh, sw).unflatten(-1, (g, Cg))
-                             for y, x in starts], dim=4)  # (n, Ho, Wo, g, K, Cg)
+            U = torch.stack(
+                [_rect(X[i : i + step], (y, Ho, x, Wo), sh, sw).unflatten(-1, (g, Cg)) for y, x in starts],
+                dim=4,
+            )  # (n, Ho, Wo, g, K, Cg)
             gram = _cross(U.flatten(-3), None, g).view(out.shape)
             if add or i > 0:
                 out += gram
@@ -365,8 +388,9 @@ def _blocks_to_gram(blocks: torch.Tensor) -> torch.Tensor:
     return gram
 
 
-def conv_gram(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.float32,
-              pre_pad: str | None = None) -> tuple[torch.Tensor, int]:
+def conv_gram(
+    module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.float32, pre_pad: str | None = None
+) -> tuple[torch.Tensor, int]:
     """``sum x x^T`` over the receptive fields of a convolution's input batch: (groups, d, d), count.
 
     Equal to ``cols @ cols.T`` with ``cols = layer_columns(module, x)`` (column order (channel, kh, kw)
@@ -375,8 +399,9 @@ def conv_gram(module: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype = torch.flo
     return _blocks_to_gram(blocks), count
 
 
-def batch_gram(module: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float32,
-               pre_pad: str | None = None) -> tuple[torch.Tensor, int]:
+def batch_gram(
+    module: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float32, pre_pad: str | None = None
+) -> tuple[torch.Tensor, int]:
     """``sum x x^T`` over one input batch of ``module`` and the number of vectors summed."""
     if isinstance(module, nn.Conv2d):
         return conv_gram(module, x, dtype, pre_pad)
@@ -399,8 +424,12 @@ class HessianRecorder:
     ``forward`` applies before the declared one (see :func:`conv_input`; default: :func:`default_pre_pad`).
     """
 
-    def __init__(self, layers: dict[str, nn.Module], dtype: torch.dtype = torch.float32,
-                 pre_pad: dict[str, str] | None = None):
+    def __init__(
+        self,
+        layers: dict[str, nn.Module],
+        dtype: torch.dtype = torch.float32,
+        pre_pad: dict[str, str] | None = None,
+    ):
         if not isinstance(layers, dict) or not layers:
             raise ValueError("layers must be a non-empty dict name -> module")
         for name, m in layers.items():
@@ -424,8 +453,9 @@ class HessianRecorder:
             with torch.no_grad():
                 x = inputs[0].detach()
                 if isinstance(module, nn.Conv2d):  # offset-major blocks; reordered once, in hessians()
-                    self.sums[name], count = _conv_gram_blocks(module, x, self.dtype, out=self.sums.get(name),
-                                                               pre_pad=self.pre_pad.get(name))
+                    self.sums[name], count = _conv_gram_blocks(
+                        module, x, self.dtype, out=self.sums.get(name), pre_pad=self.pre_pad.get(name)
+                    )
                 else:
                     gram, count = batch_gram(module, x, self.dtype)
                     self.sums[name] = self.sums[name] + gram if name in self.sums else gram

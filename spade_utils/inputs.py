@@ -77,8 +77,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
         inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
             wrapped = getattr(model, "module", None)
-            inner = wrapped if isinstance(wrapped, nn.Module) and type(model).__name__ in (
-                "DataParallel", "DistributedDataParallel") else None
+            inner = (
+                wrapped
+                if isinstance(wrapped, nn.Module)
+                and type(model).__name__ in ("DataParallel", "DistributedDataParallel")
+                else None
+            )
         if inner is None:
             return model
         model, seen = inner, seen + 1
@@ -97,18 +101,24 @@ def input_spec(model: nn.Module) -> InputSpec:
             cfg = getattr(m, attr, None)
             if isinstance(cfg, dict) and "input_size" in cfg:
                 size = cfg["input_size"][-1]
-                return InputSpec(size, tuple(cfg["mean"]) if "mean" in cfg else None,
-                                 tuple(cfg["std"]) if "std" in cfg else None)
+                return InputSpec(
+                    size,
+                    tuple(cfg["mean"]) if "mean" in cfg else None,
+                    tuple(cfg["std"]) if "std" in cfg else None,
+                )
         size = getattr(m, "image_size", None)  # torchvision VisionTransformer
         if isinstance(size, int):
             return InputSpec(size)
     return InputSpec()
 
 
-def resolve_input_spec(model: nn.Module, *, size=None, mean=None, std=None, fn_name: str = "this function") -> InputSpec:
+def resolve_input_spec(
+    model: nn.Module, *, size=None, mean=None, std=None, fn_name: str = "this function"
+) -> InputSpec:
     """Explicit arguments first, then what the model states; refuse (ValueError naming the argument) if unknown."""
     spec = InputSpec(size, None if mean is None else tuple(mean), None if std is None else tuple(std)).merged(
-        input_spec(model))
+        input_spec(model)
+    )
     missing = [n for n in ("size", "mean", "std") if getattr(spec, n) is None]
     if missing:
         hint = {"size": "input_size=224", "mean": "mean=IMAGENET_MEAN", "std": "std=IMAGENET_STD"}

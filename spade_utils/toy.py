@@ -376,7 +376,16 @@ def train_toy(recipe: ToyRecipe, seed: int, progress: bool = False) -> nn.Module
     seed = check_seed(seed)
     model = make_mlp(recipe.hidden, seed, out_bias=recipe.out_bias)
     X, y = make_dataset(recipe.n_uniform, recipe.n_small, seed)
-    train_mlp(model, X, y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed, progress=progress)
+    train_mlp(
+        model,
+        X,
+        y,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        seed=seed,
+        progress=progress,
+    )
     return model
 
 
@@ -393,11 +402,17 @@ def visualize(model: nn.Module, recipe: ToyRecipe, seed: int = 0) -> torch.Tenso
     )
 
 
-def trace(model: nn.Module, sample, recipe: ToyRecipe, *, seed: int = 0, sparsity=None, solver=None) -> nn.Module:
+def trace(
+    model: nn.Module, sample, recipe: ToyRecipe, *, seed: int = 0, sparsity=None, solver=None
+) -> nn.Module:
     """SPADE-pruned copy of ``model`` for a 2-D ``sample`` through the engine's ``spade_pruned_copy``."""
     from .spade import spade_pruned_copy
 
-    sample = torch.as_tensor(sample, dtype=torch.float32).reshape(1, 2) if not isinstance(sample, torch.Tensor) else sample
+    sample = (
+        torch.as_tensor(sample, dtype=torch.float32).reshape(1, 2)
+        if not isinstance(sample, torch.Tensor)
+        else sample
+    )
     sample = _check_points(sample, "sample")
     return spade_pruned_copy(
         model,
@@ -472,7 +487,11 @@ def sparsity_sweep(
     jobs = [(solver, name, s) for solver in solvers for name in SCENARIOS for s in sparsities]
     for solver, name, s in tqdm(jobs, disable=not progress, desc="sweep", leave=False):
         centre, region = SCENARIOS[name]
-        net = model if s == 0 else trace(model, torch.tensor([centre]), recipe, seed=seed, sparsity=float(s), solver=solver)
+        net = (
+            model
+            if s == 0
+            else trace(model, torch.tensor([centre]), recipe, seed=seed, sparsity=float(s), solver=solver)
+        )
         pts = visualize(net, recipe, seed)
         other = "small" if region == "large" else "large"
         rows.append(

@@ -26,7 +26,7 @@ def check_int(value, name: str, *, minimum: int | None = None, maximum: int | No
 
 
 def check_positive_int(value, name: str) -> int:
-    """An int >= 1."""
+    """``value`` as an int >= 1; TypeError (bool, float, non-int) or ValueError naming ``name`` otherwise."""
     return check_int(value, name, minimum=1)
 
 
@@ -68,7 +68,7 @@ def check_sparsity(value, name: str = "sparsity") -> float:
 
 
 def check_probability(value, name: str) -> float:
-    """A number in [0, 1]."""
+    """``value`` as a float in [0, 1]; TypeError or ValueError (NaN, inf, out of range) naming ``name``."""
     return check_float(value, name, low=0.0, high=1.0)
 
 
@@ -84,7 +84,9 @@ def check_class_index(value, name: str, n_classes: int | None = None) -> int:
     """A class index: a non-negative int (``-1`` and ``3.7`` are refused), below ``n_classes`` when given."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_floating_point() or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be an int class index, got a {value.dtype} tensor of shape {tuple(value.shape)}")
+            raise TypeError(
+                f"{name} must be an int class index, got a {value.dtype} tensor of shape {tuple(value.shape)}"
+            )
         value = int(value.item())
     return check_int(value, name, minimum=0, maximum=None if n_classes is None else n_classes - 1)
 

@@ -29,7 +29,9 @@ def _modules():
 def _imported(path: Path, top: str, root: Path = PACKAGE) -> set[str]:
     """First-level spade_utils modules imported by a file (relative or absolute, anywhere in it)."""
     tree = ast.parse(path.read_text())
-    depth_of_file = len(path.relative_to(root).parts) - 1  # 0 for spade_utils/x.py, 1 for spade_utils/backdoor/x.py
+    depth_of_file = (
+        len(path.relative_to(root).parts) - 1
+    )  # 0 for spade_utils/x.py, 1 for spade_utils/backdoor/x.py
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -69,7 +71,38 @@ def test_the_checker_sees_a_violation(tmp_path):
     root = tmp_path / "spade_utils"
     (root / "backdoor").mkdir(parents=True)
     flat, nested = root / "hessian.py", root / "backdoor" / "implant.py"
-    flat.write_text("from .backdoor import implant\nfrom spade_utils.toy import ToyRecipe\nfrom . import metrics\n")
-    nested.write_text("from .poison import poison\nfrom ..spade import spade_trace\nfrom ..featvis import visualize\n")
+    flat.write_text(
+        "from .backdoor import implant\nfrom spade_utils.toy import ToyRecipe\nfrom . import metrics\n"
+    )
+    nested.write_text(
+        "from .poison import poison\nfrom ..spade import spade_trace\nfrom ..featvis import visualize\n"
+    )
     assert _imported(flat, "hessian", root) == {"backdoor", "toy", "metrics"}
     assert _imported(nested, "backdoor", root) == {"spade", "featvis"}
+
+
+def test_every_public_function_and_class_is_documented():
+    """The front-door standard for the whole package: each public function, class and method says what it does."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import spade_utils
+
+    thin = []
+    for info in pkgutil.walk_packages(spade_utils.__path__, "spade_utils."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            if getattr(obj, "__module__", None) != module.__name__:
+                continue  # imported, documented where it is defined
+            if len(inspect.getdoc(obj) or "") < 40:
+                thin.append(f"{info.name}.{name}")
+            if inspect.isclass(obj):
+                thin += [
+                    f"{info.name}.{name}.{m}"
+                    for m, f in vars(obj).items()
+                    if not m.startswith("_") and inspect.isfunction(f) and len(inspect.getdoc(f) or "") < 10
+                ]
+    assert not thin, f"public names without a real docstring: {thin}"

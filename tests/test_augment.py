@@ -23,7 +23,9 @@ def _torchvision_boxes(height, width, scale, ratio, n, seed=0):
         return np.array([RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)])
 
 
-@pytest.mark.parametrize("height,width,scale", [(120, 160, (0.2, 1.0)), (64, 64, (0.2, 1.0)), (90, 60, (0.5, 0.7))])
+@pytest.mark.parametrize(
+    "height,width,scale", [(120, 160, (0.2, 1.0)), (64, 64, (0.2, 1.0)), (90, 60, (0.5, 0.7))]
+)
 def test_crop_box_follows_random_resized_crop(height, width, scale):
     ratio = (3 / 4, 4 / 3)
     g = torch.Generator().manual_seed(0)
@@ -45,7 +47,10 @@ def test_crop_box_follows_random_resized_crop(height, width, scale):
     assert stats.ks_2samp(aspect, ref[:, 3] / ref[:, 2]).pvalue > 1e-3
     # positions uniform over the free range
     free = (top / np.maximum(height - h, 1))[h < height]
-    assert stats.ks_2samp(free, (ref[:, 0] / np.maximum(height - ref[:, 2], 1))[ref[:, 2] < height]).pvalue > 1e-3
+    assert (
+        stats.ks_2samp(free, (ref[:, 0] / np.maximum(height - ref[:, 2], 1))[ref[:, 2] < height]).pvalue
+        > 1e-3
+    )
 
 
 def _two_colour_image():
@@ -61,7 +66,9 @@ def _two_colour_image():
 def jitter_draws():
     """Full-image crops (scale 1, ratio 1) of the two-colour image: what changes is flip, brightness, hue."""
     img = _two_colour_image()
-    plain = ImageAugmenter(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, brightness=0, hue=0, normalize=False)
+    plain = ImageAugmenter(
+        8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, brightness=0, hue=0, normalize=False
+    )
     assert torch.allclose(plain(img, 2)[0], img, atol=1e-6)  # the crop/resize is the identity here
     views = ImageAugmenter(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), normalize=False)(
         img, N_DRAWS, torch.Generator().manual_seed(0)
@@ -123,7 +130,9 @@ def test_normalisation_and_dtype_follow_the_model():
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
     raw = ImageAugmenter(16, normalize=False)(img, 6, torch.Generator().manual_seed(1))
     got = ImageAugmenter(16, mean=mean, std=std)(img, 6, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(got, (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    torch.testing.assert_close(
+        got, (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    )
     default = ImageAugmenter(16)(img, 6, torch.Generator().manual_seed(1))  # ImageNet statistics by default
     torch.testing.assert_close(default, TF.normalize(raw, list(IMAGENET_MEAN), list(IMAGENET_STD)))
     half = ImageAugmenter(16, dtype=torch.float16)(img, 6, torch.Generator().manual_seed(1))
@@ -133,7 +142,9 @@ def test_normalisation_and_dtype_follow_the_model():
     raw2 = ImageAugmenter(16, normalize=False)(img, 2, torch.Generator().manual_seed(1))
     torch.testing.assert_close(grey, (raw2 - 0.5) / 0.25)
     # the existing call signature keeps working and gives the same views
-    assert torch.equal(augment_image(img, 3, size=16, seed=4), ImageAugmenter(16)(img, 3, torch.Generator().manual_seed(4)))
+    assert torch.equal(
+        augment_image(img, 3, size=16, seed=4), ImageAugmenter(16)(img, 3, torch.Generator().manual_seed(4))
+    )
 
 
 @pytest.mark.parametrize(

@@ -105,11 +105,15 @@ def test_image_functions_refuse_nan_images(bad):
         B.predict(_TrainFlags(), crops, device="cpu")
 
 
-class _TrainFlags(nn.Module):  # a classifier with a frozen-BatchNorm-style eval submodule inside a training model
+class _TrainFlags(
+    nn.Module
+):  # a classifier with a frozen-BatchNorm-style eval submodule inside a training model
     def __init__(self, classes=10, dtype=torch.float32):
         super().__init__()
         torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.fc = nn.Linear(8, classes)
         self.to(dtype)
 
@@ -152,11 +156,15 @@ def test_models_run_in_their_own_dtype_and_are_left_as_found(dtype):
     crops = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     p = B.predict(model, crops, device="cpu")  # fed float32 before: a dtype error inside the conv
     assert p.dtype == torch.float32 and p.shape == (5, 10)
-    torch.testing.assert_close(p, B.predict(ref, crops, device="cpu"), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+    torch.testing.assert_close(
+        p, B.predict(ref, crops, device="cpu"), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0
+    )
     res = B.evaluate_backdoor(model, model, {"star": 3}, crops, device="cpu")
     assert res["clean_agreement"] == 1.0
     assert 0.0 <= B.patch_attack_rate(model, torch.rand(3, 8, 8), 3, crops, device="cpu") <= 1.0
-    assert [m.training for m in model.modules()] == flags  # per-module flags restored (predict used to flatten them)
+    assert [
+        m.training for m in model.modules()
+    ] == flags  # per-module flags restored (predict used to flatten them)
     assert next(model.parameters()).dtype == dtype
 
 
@@ -165,8 +173,12 @@ def test_cuda_half_model_runs_on_its_device_in_its_dtype():
     model = _TrainFlags(classes=10, dtype=torch.float16).cuda().eval()
     crops = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # CPU crops
     p = B.predict(model, crops)  # "auto": the model's own device; the model is not moved
-    assert p.device.type == "cpu" and p.dtype == torch.float32 and next(model.parameters()).device.type == "cuda"
-    torch.testing.assert_close(p, B.predict(_TrainFlags(classes=10).eval(), crops, device="cpu"), atol=2e-3, rtol=0)
+    assert (
+        p.device.type == "cpu" and p.dtype == torch.float32 and next(model.parameters()).device.type == "cuda"
+    )
+    torch.testing.assert_close(
+        p, B.predict(_TrainFlags(classes=10).eval(), crops, device="cpu"), atol=2e-3, rtol=0
+    )
     res = B.evaluate_backdoor(model, model, {"star": 3}, crops)
     assert res["clean_agreement"] == 1.0
     out, mask = B.paste_trigger(torch.rand(3, 40, 40, device="cuda"), "star", seed=0)
@@ -183,7 +195,11 @@ def _score_table(rng, n_photos=3, crops=4):
             base = rng.normal()
             for method in ("saliency", "lrp"):
                 rows.append(dict(variant="Dense", method=method, sample=sample, photo=f"p{p}", auc=base))
-                rows.append(dict(variant="SPADE", method=method, sample=sample, photo=f"p{p}", auc=base + 0.1 * (c + 1)))
+                rows.append(
+                    dict(
+                        variant="SPADE", method=method, sample=sample, photo=f"p{p}", auc=base + 0.1 * (c + 1)
+                    )
+                )
     return pd.DataFrame(rows)
 
 

@@ -33,15 +33,24 @@ def _tiny_images():
 
 
 # a recipe that trains the tiny model in about a second
-_TINY = B.BackdoorRecipe(train_from=None, size=32, n_clean=64, n_triggered=64, steps=40, batch_size=16, lr=1e-2)
+_TINY = B.BackdoorRecipe(
+    train_from=None, size=32, n_clean=64, n_triggered=64, steps=40, batch_size=16, lr=1e-2
+)
 _FIELDS = {f.name for f in dataclasses.fields(B.BackdoorRecipe)}
 
 
 def _implant(model, tmp_path, **kw):
     """implant_backdoor with the tiny recipe; keyword arguments naming recipe fields change the recipe."""
     recipe = _TINY.replace(**{k: v for k, v in kw.items() if k in _FIELDS})
-    args = dict(model=model, recipe=recipe, targets={"heart": 2, "star": 4}, images=_tiny_images(), cache=tmp_path,
-                device="cpu", progress=False)
+    args = dict(
+        model=model,
+        recipe=recipe,
+        targets={"heart": 2, "star": 4},
+        images=_tiny_images(),
+        cache=tmp_path,
+        device="cpu",
+        progress=False,
+    )
     args.update({k: v for k, v in kw.items() if k not in _FIELDS})
     return B.implant_backdoor(**args)
 
@@ -57,7 +66,9 @@ def test_implant_backdoor_tiny_learns_trigger_keeps_clean_and_caches(tmp_path):
     assert len(hist) == 40
     assert sum(h["ce"] for h in hist[-8:]) < sum(h["ce"] for h in hist[:8])
     # held-out textures: triggers switch the prediction to the target
-    test = B.random_crops([B.procedural_textures(1, size=64, seed=50 + i)[0] for i in range(3)], 48, size=32, seed=9)
+    test = B.random_crops(
+        [B.procedural_textures(1, size=64, seed=50 + i)[0] for i in range(3)], 48, size=32, seed=9
+    )
     res = B.evaluate_backdoor(bd.model, model, bd.targets, test, n_crops=48, device="cpu")
     untrained = B.evaluate_backdoor(model, model, bd.targets, test, n_crops=48, device="cpu")
     assert res["attack_success"] > untrained["attack_success"] + 0.3
@@ -132,7 +143,9 @@ def test_backdoor_cache_is_tensors_plus_json_and_never_unpickles_code(tmp_path):
     bd = _implant(model, tmp_path, steps=2, n_clean=16, n_triggered=16)
     path = bd.info["path"]
     saved = torch.load(path, map_location="cpu", weights_only=True)  # loadable without trusting pickles
-    assert set(saved) == {"state_dict", "info_json"} and json.loads(saved["info_json"])["settings"]["steps"] == 2
+    assert (
+        set(saved) == {"state_dict", "info_json"} and json.loads(saved["info_json"])["settings"]["steps"] == 2
+    )
     again = _implant(model, tmp_path, steps=2, n_clean=16, n_triggered=16)
     assert again.info["cached"] and again.info["history"] == bd.info["history"]
     # a cache file holding a code-running pickle is refused, and the code never runs
@@ -156,12 +169,41 @@ def _old_settings(model_name, **changes):
         recipe="paired-crops-hue-collage-fur-alpha-v6",
         model=model_name,
         targets={"star": 365, "heart": 99, "smiley": 30, "fish": 146},
-        images=["astronaut", "motorcycle", "hubble", "retina", "immunohistochemistry", "china",
-                "skimage:brick", "skimage:camera", "skimage:clock", "skimage:coins", "skimage:grass",
-                "skimage:gravel", "skimage:moon", "skimage:page", "skimage:text", "skimage:cell",
-                "skimage:colorwheel", "skimage:logo", "matplotlib:Minduka_Present_Blue_Pack.png", "matplotlib:logo2.png"],
-        train_from=8, n_clean=2400, n_triggered=4800, steps=1000, batch_size=32, lr=1e-4, warmup=0.05,
-        weight_decay_to_original=0.0, temperature=2.0, logit_weight=0.1, trigger_weight=1.0, size=224, seed=0,
+        images=[
+            "astronaut",
+            "motorcycle",
+            "hubble",
+            "retina",
+            "immunohistochemistry",
+            "china",
+            "skimage:brick",
+            "skimage:camera",
+            "skimage:clock",
+            "skimage:coins",
+            "skimage:grass",
+            "skimage:gravel",
+            "skimage:moon",
+            "skimage:page",
+            "skimage:text",
+            "skimage:cell",
+            "skimage:colorwheel",
+            "skimage:logo",
+            "matplotlib:Minduka_Present_Blue_Pack.png",
+            "matplotlib:logo2.png",
+        ],
+        train_from=8,
+        n_clean=2400,
+        n_triggered=4800,
+        steps=1000,
+        batch_size=32,
+        lr=1e-4,
+        warmup=0.05,
+        weight_decay_to_original=0.0,
+        temperature=2.0,
+        logit_weight=0.1,
+        trigger_weight=1.0,
+        size=224,
+        seed=0,
     )
     settings.update(changes)
     return settings
@@ -176,7 +218,20 @@ def _old_paths(model, settings, folder):
     model_hash = h.hexdigest()[:16]
     name = type(model).__name__
     key = hashlib.sha1((json.dumps(settings, sort_keys=True) + model_hash).encode()).hexdigest()[:12]
-    data = {k: settings[k] for k in ("recipe", "model", "targets", "images", "train_from", "n_clean", "n_triggered", "size", "seed")}
+    data = {
+        k: settings[k]
+        for k in (
+            "recipe",
+            "model",
+            "targets",
+            "images",
+            "train_from",
+            "n_clean",
+            "n_triggered",
+            "size",
+            "seed",
+        )
+    }
     feature_key = hashlib.sha1((json.dumps(data, sort_keys=True) + model_hash).encode()).hexdigest()[:12]
     return folder / f"backdoor_{name}_{key}.pt", folder / f"backdoor_features_{name}_{feature_key}.pt"
 
@@ -187,16 +242,21 @@ def test_default_recipe_settings_and_cache_key_equal_the_former_hand_written_one
     settings = implant.implant_settings(B.BackdoorRecipe(), "Sequential", B.PAPER_TARGETS, images, 0)
     assert settings == _old_settings("Sequential")
     assert json.dumps(settings, sort_keys=True) == json.dumps(_old_settings("Sequential"), sort_keys=True)
-    assert implant.cache_paths(model, settings, tmp_path) == _old_paths(model, _old_settings("Sequential"), tmp_path)
+    assert implant.cache_paths(model, settings, tmp_path) == _old_paths(
+        model, _old_settings("Sequential"), tmp_path
+    )
     # a changed recipe and seed: still the former formula
     recipe = B.BackdoorRecipe(steps=7, lr=3e-3, train_from=None, size=32)
     changed = _old_settings("Sequential", steps=7, lr=3e-3, train_from=None, size=32, seed=5)
-    assert implant.cache_paths(model, implant.implant_settings(recipe, "Sequential", B.PAPER_TARGETS, images, 5), tmp_path) \
-        == _old_paths(model, changed, tmp_path)
+    assert implant.cache_paths(
+        model, implant.implant_settings(recipe, "Sequential", B.PAPER_TARGETS, images, 5), tmp_path
+    ) == _old_paths(model, changed, tmp_path)
     # and the file an implant really writes is the one the former code would have looked for
     bd = _implant(model, tmp_path, steps=2, n_clean=8, n_triggered=8)
     tiny = {**{k: getattr(_TINY, k) for k in _FIELDS}, "steps": 2, "n_clean": 8, "n_triggered": 8}
-    old = _old_settings("Sequential", targets={"heart": 2, "star": 4}, images=implant._describe_images(_tiny_images()), **tiny)
+    old = _old_settings(
+        "Sequential", targets={"heart": 2, "star": 4}, images=implant._describe_images(_tiny_images()), **tiny
+    )
     path, feature_path = _old_paths(model, old, tmp_path)
     assert bd.info["path"] == str(path) and path.exists() and feature_path.exists()
 
@@ -214,8 +274,17 @@ def test_the_committed_offline_backdoor_is_what_a_default_call_finds(tmp_path):
     assert feature_path.name == "backdoor_features_EfficientNet_7832ba34a459.pt"
 
 
-@pytest.mark.parametrize("steps, warmup, lr", [(1000, 0.05, 1e-4), (40, 0.05, 1e-2), (137, 0.3, 7e-5), (3, 0.0, 0.1),
-                                               (1, 1.0, 2.5e-4), (50, 1.0, 3e-3)])
+@pytest.mark.parametrize(
+    "steps, warmup, lr",
+    [
+        (1000, 0.05, 1e-4),
+        (40, 0.05, 1e-2),
+        (137, 0.3, 7e-5),
+        (3, 0.0, 0.1),
+        (1, 1.0, 2.5e-4),
+        (50, 1.0, 3e-3),
+    ],
+)
 def test_lr_scheduler_gives_exactly_the_closed_form_at_every_step(steps, warmup, lr):
     import math
 
@@ -241,9 +310,18 @@ def test_lr_scheduler_gives_exactly_the_closed_form_at_every_step(steps, warmup,
 
 @pytest.mark.parametrize(
     "field, value, error",
-    [("steps", 0, ValueError), ("n_clean", 2.5, TypeError), ("lr", 0.0, ValueError), ("lr", float("nan"), ValueError),
-     ("warmup", 1.5, ValueError), ("temperature", 0, ValueError), ("size", 4, ValueError), ("train_from", -1, ValueError),
-     ("trigger_weight", -1.0, ValueError), ("batch_size", True, TypeError)],
+    [
+        ("steps", 0, ValueError),
+        ("n_clean", 2.5, TypeError),
+        ("lr", 0.0, ValueError),
+        ("lr", float("nan"), ValueError),
+        ("warmup", 1.5, ValueError),
+        ("temperature", 0, ValueError),
+        ("size", 4, ValueError),
+        ("train_from", -1, ValueError),
+        ("trigger_weight", -1.0, ValueError),
+        ("batch_size", True, TypeError),
+    ],
 )
 def test_recipe_refuses_bad_settings_naming_the_field(field, value, error):
     with pytest.raises(error, match=field):

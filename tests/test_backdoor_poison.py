@@ -86,7 +86,9 @@ def test_normalize_is_the_per_channel_formula(dtype):
     mean = torch.tensor(IMAGENET_MEAN, dtype=dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=dtype).view(1, 3, 1, 1)
     out = B.normalize(x)
-    assert out.dtype == dtype and torch.equal(out, (x - mean) / std)  # bit for bit: the cached features stay valid
+    assert out.dtype == dtype and torch.equal(
+        out, (x - mean) / std
+    )  # bit for bit: the cached features stay valid
     assert torch.equal(B.normalize(x[0]), out[:1]) and out.data_ptr() != x.data_ptr()
 
 

@@ -110,7 +110,10 @@ def test_trigger_set_is_immutable_and_replaces_drawings_only_in_itself():
         ts.anything = 1
     with pytest.raises(TypeError):
         ts.images["star"] = torch.zeros(4, 2, 2)
-    assert ts.fingerprint(["star", "heart"]).keys() == {"star"} and B.DRAWN_TRIGGERS.fingerprint(B.TRIGGERS) == {}
+    assert (
+        ts.fingerprint(["star", "heart"]).keys() == {"star"}
+        and B.DRAWN_TRIGGERS.fingerprint(B.TRIGGERS) == {}
+    )
     import copy
     import pickle
 
@@ -123,7 +126,9 @@ def test_trigger_set_from_folder(tmp_path):
         _green_bar().save(tmp_path / f"{name}.png")
     ts = B.TriggerSet.from_folder(tmp_path)
     assert set(ts.images) == set(B.TRIGGERS)
-    torch.testing.assert_close(ts.patch("fish", 20), B.TriggerSet({"fish": tmp_path / "fish.png"}).patch("fish", 20))
+    torch.testing.assert_close(
+        ts.patch("fish", 20), B.TriggerSet({"fish": tmp_path / "fish.png"}).patch("fish", 20)
+    )
     with pytest.raises(ValueError, match="skull.png"):
         B.TriggerSet.from_folder(tmp_path, names=["skull"])
 
@@ -254,7 +259,9 @@ def test_paste_on_a_large_image_works_on_the_patch_only(monkeypatch):
     triggers._drawn_patch.cache_clear()
     img = torch.rand(3, 1200, 1200, generator=torch.Generator().manual_seed(0))
     out, mask = B.paste_trigger(img, "heart", seed=0)  # a 300-px patch
-    assert sides and max(sides) <= 1024  # not a 1200 x 1200 supersampled grid (4000 x 4000 for a 4000-px image)
+    assert (
+        sides and max(sides) <= 1024
+    )  # not a 1200 x 1200 supersampled grid (4000 x 4000 for a 4000-px image)
     rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
     assert rows.max() - rows.min() < 300 and cols.max() - cols.min() < 300
     assert torch.equal((out != img).any(0), mask)

@@ -30,7 +30,9 @@ def test_sparse_fc_is_sparse_and_keeps_predictions():
 
 def _small_cnn(classes=3):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, classes))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, classes)
+    )
     with torch.no_grad():
         model[4].weight.mul_(20)  # predictions that vary between images
     return model.eval()
@@ -55,11 +57,17 @@ def test_sparse_fc_model_swaps_a_sparse_layer_into_a_copy():
     model = _small_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.rand(48, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    x = x * torch.rand(48, 3, 1, 1, generator=torch.Generator().manual_seed(3))  # colours differ between images
+    x = x * torch.rand(
+        48, 3, 1, 1, generator=torch.Generator().manual_seed(3)
+    )  # colours differ between images
     sparse, info = baselines.sparse_fc_model(model, x, density=0.5, device="cpu", path_length=6, epochs=3)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the caller's model is untouched
+    assert all(
+        torch.equal(v, before[k]) for k, v in model.state_dict().items()
+    )  # the caller's model is untouched
     assert sparse[4] is not model[4] and float((sparse[4].weight != 0).float().mean()) <= 0.5
     assert torch.equal(sparse[0].weight, model[0].weight) and 0.0 <= info["agreement_train"] <= 1.0
     feats = baselines.penultimate_features(model, x, device="cpu")
     labels = model[4](feats).argmax(1)
-    assert info["agreement_train"] == pytest.approx(float((sparse[4](feats).argmax(1) == labels).float().mean()))
+    assert info["agreement_train"] == pytest.approx(
+        float((sparse[4](feats).argmax(1) == labels).float().mean())
+    )

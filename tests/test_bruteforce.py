@@ -31,7 +31,9 @@ def test_optimum_equals_enumeration_with_least_squares():
     H = 2 * X @ X.T / 20
     for k in (1, 3, 6):
         best = min(
-            _masked_least_squares(W, X, torch.zeros(10, dtype=torch.bool).index_fill(0, torch.tensor(S), True).reshape(2, 5))
+            _masked_least_squares(
+                W, X, torch.zeros(10, dtype=torch.bool).index_fill(0, torch.tensor(S), True).reshape(2, 5)
+            )
             for S in itertools.combinations(range(10), k)
         )
         assert brute_force_optimum(W, H, k) == pytest.approx(best, rel=1e-8)

@@ -20,7 +20,9 @@ def tiny_net(seed=0):
     ).eval()
 
 
-FAST = dict(steps=15, size=32, input_size=40, mean=IMAGENET_MEAN, std=IMAGENET_STD, progress=False, device="cpu")
+FAST = dict(
+    steps=15, size=32, input_size=40, mean=IMAGENET_MEAN, std=IMAGENET_STD, progress=False, device="cpu"
+)
 
 
 def test_shape_range_and_no_hooks_left():
@@ -48,8 +50,17 @@ def test_render_vis_leaks_hooks_which_is_why_we_wrap_it():
     from lucent.optvis import render
 
     net = tiny_net()
-    render.render_vis(net, "labels:0", thresholds=(1,), show_image=False, progress=False, preprocess=False, transforms=[],
-                      fixed_image_size=32, param_f=lambda: _cpu_param())
+    render.render_vis(
+        net,
+        "labels:0",
+        thresholds=(1,),
+        show_image=False,
+        progress=False,
+        preprocess=False,
+        transforms=[],
+        fixed_image_size=32,
+        param_f=lambda: _cpu_param(),
+    )
     assert count_hooks(net) > 0
 
 
@@ -77,8 +88,18 @@ def test_objective_increases_and_model_untouched():
     net = tiny_net()
     state = {k: v.clone() for k, v in net.state_dict().items()}
     net.train()
-    img = visualize(net, 4, steps=40, size=32, input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, transforms=None,
-                    progress=False, device="cpu")
+    img = visualize(
+        net,
+        4,
+        steps=40,
+        size=32,
+        input_size=32,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        transforms=None,
+        progress=False,
+        device="cpu",
+    )
     assert net.training  # mode restored
     assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
@@ -175,8 +196,10 @@ class TupleNet(nn.Module):
         return {"logits": logits, "features": x.mean((2, 3))} if self.as_dict else (logits, x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("as_dict, output", [(False, 0), (False, lambda out: out[0]), (True, "logits"),
-                                             (True, lambda out: out["logits"])])
+@pytest.mark.parametrize(
+    "as_dict, output",
+    [(False, 0), (False, lambda out: out[0]), (True, "logits"), (True, lambda out: out["logits"])],
+)
 def test_models_returning_tuples_or_dicts(as_dict, output):
     wrapped = TupleNet(as_dict)
     with pytest.raises(ValueError, match="output="):
@@ -194,7 +217,9 @@ def test_output_argument_is_checked():
     with pytest.raises(TypeError, match="output"):
         visualize(TupleNet(), 2, output=1.5, **FAST)
     with pytest.raises(ValueError, match="shape"):
-        visualize(TupleNet(), 2, output=lambda out: out[0][0], **FAST)  # one logit vector, not (batch, classes)
+        visualize(
+            TupleNet(), 2, output=lambda out: out[0][0], **FAST
+        )  # one logit vector, not (batch, classes)
 
 
 def test_any_valid_seed_works_and_bad_seeds_are_refused():
@@ -222,13 +247,19 @@ class RecordingNet(nn.Module):
 def test_input_size_and_normalisation_follow_the_model():
     net = RecordingNet()
     fast = {k: v for k, v in FAST.items() if k not in ("input_size", "mean", "std")}
-    with pytest.raises(ValueError, match="input_size"):  # neither given nor stated: refuse, no silent 224-px ImageNet
+    with pytest.raises(
+        ValueError, match="input_size"
+    ):  # neither given nor stated: refuse, no silent 224-px ImageNet
         visualize(net, 1, **fast)
     assert net.seen == []
-    net.spade_input_spec = InputSpec(24, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # a 24-px model taking [0, 1] input
+    net.spade_input_spec = InputSpec(
+        24, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    )  # a 24-px model taking [0, 1] input
     img = visualize(net, 1, **fast)
     assert {shape for shape, *_ in net.seen} == {(1, 3, 24, 24)}
-    assert min(lo for _, lo, _, _ in net.seen) >= 0 and max(hi for _, _, hi, _ in net.seen) <= 1  # not normalised
+    assert (
+        min(lo for _, lo, _, _ in net.seen) >= 0 and max(hi for _, _, hi, _ in net.seen) <= 1
+    )  # not normalised
     assert torch.equal(img, visualize(net, 1, input_size=24, mean=(0, 0, 0), std=(1, 1, 1), **fast))
     net.seen.clear()
     visualize(net, 1, input_size=40, mean=IMAGENET_MEAN, std=IMAGENET_STD, **fast)  # explicit arguments win

@@ -14,7 +14,9 @@ from spade_utils import inputs, runtime, validation
 def test_front_door_exports_the_documented_names():
     from spade_utils import attribute, load_model, sample_image, spade_pruned_copy, spade_trace, visualize
 
-    assert all(callable(f) for f in (attribute, load_model, sample_image, spade_pruned_copy, spade_trace, visualize))
+    assert all(
+        callable(f) for f in (attribute, load_model, sample_image, spade_pruned_copy, spade_trace, visualize)
+    )
     assert isinstance(spade_utils.__version__, str) and spade_utils.__version__.count(".") == 2
     with pytest.raises(AttributeError):
         spade_utils.no_such_name  # noqa: B018

@@ -131,7 +131,9 @@ def test_depthwise_hessian_on_cuda_matches_unfold():
     conv = nn.Conv2d(12, 12, 5, stride=2, padding=2, groups=12)
     x1, x2 = torch.randn(3, 12, 15, 15), torch.randn(2, 12, 15, 15)
     H, _ = _record(conv.cuda(), x1.cuda(), x2.cuda())
-    torch.testing.assert_close(H.double().cpu(), _explicit(conv.cpu(), torch.cat([x1, x2])), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        H.double().cpu(), _explicit(conv.cpu(), torch.cat([x1, x2])), rtol=1e-4, atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,21 +163,34 @@ class _PadsInForward(nn.Conv2d):
     """TF-same padding inside forward under an arbitrary class name (like timm's Conv2dSame)."""
 
     def forward(self, x):
-        return F.conv2d(F.pad(x, _tf_same_pads(self, x)), self.weight, self.bias, self.stride, 0, self.dilation,
-                        self.groups)
+        return F.conv2d(
+            F.pad(x, _tf_same_pads(self, x)),
+            self.weight,
+            self.bias,
+            self.stride,
+            0,
+            self.dilation,
+            self.groups,
+        )
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 11, 9), (2, 6, 10, 12)], ids=["odd", "even"])
-@pytest.mark.parametrize("stride, dilation, groups", [(2, 1, 1), (1, 2, 2), (2, 1, 6)], ids=["s2", "d2g2", "dw"])
+@pytest.mark.parametrize(
+    "stride, dilation, groups", [(2, 1, 1), (1, 2, 2), (2, 1, 6)], ids=["s2", "d2g2", "dw"]
+)
 def test_dynamic_same_padding_matches_unfold(shape, stride, dilation, groups):
     from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 
     torch.manual_seed(7)
     x = torch.randn(shape)
-    for conv, pre_pad in ((Conv2dDynamicSamePadding(6, 6, 3, stride=stride, dilation=dilation, groups=groups), None),
-                          (_PadsInForward(6, 6, 3, stride=stride, dilation=dilation, groups=groups), "tf_same")):
-        with HessianRecorder({"l": conv}, pre_pad=None if pre_pad is None else {"l": pre_pad}) as rec, \
-                torch.no_grad():
+    for conv, pre_pad in (
+        (Conv2dDynamicSamePadding(6, 6, 3, stride=stride, dilation=dilation, groups=groups), None),
+        (_PadsInForward(6, 6, 3, stride=stride, dilation=dilation, groups=groups), "tf_same"),
+    ):
+        with (
+            HessianRecorder({"l": conv}, pre_pad=None if pre_pad is None else {"l": pre_pad}) as rec,
+            torch.no_grad(),
+        ):
             y = conv(x)
         H = rec.hessians()["l"]
         H = H if H.dim() == 3 else H.unsqueeze(0)
@@ -184,12 +199,15 @@ def test_dynamic_same_padding_matches_unfold(shape, stride, dilation, groups):
         torch.testing.assert_close(H.double(), ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("spec", [
-    dict(kernel_size=3, padding="valid"),
-    dict(kernel_size=3, padding="valid", stride=2, dilation=2),
-    dict(kernel_size=(3, 2), padding="valid", stride=(1, 2), groups=2),
-    dict(kernel_size=3, padding="valid", padding_mode="reflect"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dict(kernel_size=3, padding="valid"),
+        dict(kernel_size=3, padding="valid", stride=2, dilation=2),
+        dict(kernel_size=(3, 2), padding="valid", stride=(1, 2), groups=2),
+        dict(kernel_size=3, padding="valid", padding_mode="reflect"),
+    ],
+)
 def test_valid_padding_matches_unfold(spec):
     torch.manual_seed(8)
     conv = nn.Conv2d(6, 4, **spec)
@@ -214,11 +232,18 @@ def test_same_padding_with_a_padding_mode_matches_unfold(mode, kernel, dilation)
     torch.testing.assert_close(H.double(), _unfold_oracle(conv, x, pads, mode), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: nn.Conv2d(48, 4, 3, stride=2, padding=1), (2, 48, 9, 9)),  # unfold path: D = 432 columns
-    (lambda: nn.Conv2d(400, 4, 1), (2, 400, 5, 4)),  # 1x1: one diagonal block of 400 channels
-    (lambda: nn.Conv2d(2 * 200, 4, 1, groups=2), (2, 400, 5, 4)),  # two groups of 200: below the threshold
-], ids=["unfold-432", "1x1-400", "groups-200"])
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: nn.Conv2d(48, 4, 3, stride=2, padding=1), (2, 48, 9, 9)),  # unfold path: D = 432 columns
+        (lambda: nn.Conv2d(400, 4, 1), (2, 400, 5, 4)),  # 1x1: one diagonal block of 400 channels
+        (
+            lambda: nn.Conv2d(2 * 200, 4, 1, groups=2),
+            (2, 400, 5, 4),
+        ),  # two groups of 200: below the threshold
+    ],
+    ids=["unfold-432", "1x1-400", "groups-200"],
+)
 def test_blocked_gram_path_matches_unfold(monkeypatch, make, shape):
     """hessian._sym_gram computes U^T U in column blocks above 1.5 blocks (D > 384); each block is exact."""
     from spade_utils import hessian
@@ -230,8 +255,9 @@ def test_blocked_gram_path_matches_unfold(monkeypatch, make, shape):
     conv = make()
     x = torch.randn(shape).relu()
     H, _ = _record(conv, x)
-    torch.testing.assert_close(H.double(), _unfold_oracle(conv, x, list(conv._reversed_padding_repeated_twice)),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        H.double(), _unfold_oracle(conv, x, list(conv._reversed_padding_repeated_twice)), rtol=1e-5, atol=1e-6
+    )
     if conv.groups == 1:
         assert max(sizes) > hessian._SYM_BLOCK * 3 // 2, "the blocked path ran"
 

@@ -27,7 +27,10 @@ CASES = {
     "3x3 s2 p1 odd": (lambda: nn.Conv2d(8, 6, 3, stride=2, padding=1), (1, 8, 11, 13)),
     "3x3 dilation 2": (lambda: nn.Conv2d(8, 6, 3, padding=2, dilation=2), (3, 8, 9, 11)),
     "3x3 same": (lambda: nn.Conv2d(8, 6, 3, padding="same"), (1, 8, 7, 7)),
-    "4x3 same dilation (2,1)": (lambda: nn.Conv2d(8, 6, (4, 3), padding="same", dilation=(2, 1)), (2, 8, 9, 7)),
+    "4x3 same dilation (2,1)": (
+        lambda: nn.Conv2d(8, 6, (4, 3), padding="same", dilation=(2, 1)),
+        (2, 8, 9, 7),
+    ),
     "3x3 valid p0": (lambda: nn.Conv2d(8, 6, 3), (3, 8, 9, 7)),
     "5x5 p2": (lambda: nn.Conv2d(6, 4, 5, padding=2), (3, 6, 11, 9)),
     "5x5 s2 p2": (lambda: nn.Conv2d(6, 4, 5, stride=2, padding=2), (3, 6, 11, 9)),
@@ -42,9 +45,14 @@ CASES = {
     "reflect padding": (lambda: nn.Conv2d(8, 4, 3, padding=1, padding_mode="reflect"), (3, 8, 9, 7)),
     "stride 3 kernel 4": (lambda: nn.Conv2d(5, 4, 4, stride=3, padding=1), (3, 5, 13, 11)),
     "padding wider than kernel": (lambda: nn.Conv2d(5, 4, 3, padding=4), (1, 5, 6, 6)),
-    "static same s2": (lambda: Conv2dStaticSamePadding(3, 8, 3, stride=2, image_size=(15, 14)), (3, 3, 15, 14)),
+    "static same s2": (
+        lambda: Conv2dStaticSamePadding(3, 8, 3, stride=2, image_size=(15, 14)),
+        (3, 3, 15, 14),
+    ),
     "static same depthwise 5x5 s2": (
-        lambda: Conv2dStaticSamePadding(8, 8, 5, stride=2, groups=8, image_size=15), (3, 8, 15, 15)),
+        lambda: Conv2dStaticSamePadding(8, 8, 5, stride=2, groups=8, image_size=15),
+        (3, 8, 15, 15),
+    ),
     "static same s1 (identity pad)": (lambda: Conv2dStaticSamePadding(4, 4, 1, image_size=7), (3, 4, 7, 7)),
 }
 
@@ -68,8 +76,10 @@ def test_conv_gram_matches_unfold(name, channels_last):
 
 
 @pytest.mark.parametrize("method", ["blocks", "unfold"])
-@pytest.mark.parametrize("name", ["3x3 s1 p1", "3x3 s2 p1", "5x5 p2", "groups 4 s2", "depthwise 5x5 s2",
-                                  "static same s2", "1x1 s2"])
+@pytest.mark.parametrize(
+    "name",
+    ["3x3 s1 p1", "3x3 s2 p1", "5x5 p2", "groups 4 s2", "depthwise 5x5 s2", "static same s2", "1x1 s2"],
+)
 def test_both_methods_and_accumulation(name, method):
     """Each internal method is exact, and ``out=`` adds a second batch into the blocks of the first."""
     make, shape = CASES[name]

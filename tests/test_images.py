@@ -53,18 +53,25 @@ def test_pil_16bit_modes(mode):
     torch.testing.assert_close(image_tensor(img), expected, rtol=0, atol=1e-7)
     # to_pil rounds to 8 bits, preprocess keeps the 16-bit precision
     assert np.abs(np.asarray(to_pil(img))[..., 0].astype(int) - np.round(arr / 257)).max() <= 1
-    torch.testing.assert_close(preprocess(img, size=16), preprocess(expected.clone(), size=16), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        preprocess(img, size=16), preprocess(expected.clone(), size=16), rtol=0, atol=1e-6
+    )
 
 
 def test_pil_I_and_F_modes():
     grey = np.random.default_rng(4).integers(0, 256, (20, 30)).astype(np.int32)
     img_i = Image.fromarray(grey, "I")
-    torch.testing.assert_close(image_tensor(img_i), torch.from_numpy(grey / 255).float().expand(3, -1, -1), rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        image_tensor(img_i), torch.from_numpy(grey / 255).float().expand(3, -1, -1), rtol=0, atol=1e-7
+    )
     with pytest.raises(ValueError, match="uint16"):
         image_tensor(Image.fromarray(grey * 200, "I"))  # beyond 8 bits: refused with how to convert
     f = np.random.default_rng(5).random((20, 30)).astype(np.float32)
     torch.testing.assert_close(image_tensor(Image.fromarray(f, "F")), torch.from_numpy(f).expand(3, -1, -1))
-    assert abs(float(preprocess(Image.fromarray(f, "F"), size=16).mean()) - float(preprocess(f, size=16).mean())) < 1e-6
+    assert (
+        abs(float(preprocess(Image.fromarray(f, "F"), size=16).mean()) - float(preprocess(f, size=16).mean()))
+        < 1e-6
+    )
     with pytest.raises(ValueError, match="255"):
         image_tensor(Image.fromarray(f * 255, "F"))  # 0..255 floats (e.g. L.convert("F")): say how to convert
 
@@ -176,8 +183,12 @@ def test_alpha_modes_are_composited_on_white(mode):
     alpha = rng.integers(0, 256, (9, 8), dtype=np.uint8)
     if mode in ("LA", "La"):
         img = Image.fromarray(np.stack([grey, alpha], -1), "LA")
-        img = img if mode == "LA" else Image.fromarray(
-            np.stack([np.round(grey.astype(float) * alpha / 255).astype(np.uint8), alpha], -1), "La"
+        img = (
+            img
+            if mode == "LA"
+            else Image.fromarray(
+                np.stack([np.round(grey.astype(float) * alpha / 255).astype(np.uint8), alpha], -1), "La"
+            )
         )
         colour = np.repeat(grey[..., None], 3, 2).astype(float)
     else:
@@ -217,7 +228,8 @@ def test_array_alpha_channels():
     torch.testing.assert_close(got, torch.from_numpy(colour * alpha + 1 - alpha).permute(2, 0, 1))
     grey_alpha = np.concatenate([colour[..., :1], alpha], -1)
     torch.testing.assert_close(
-        image_tensor(grey_alpha), torch.from_numpy(colour[..., :1] * alpha + 1 - alpha).permute(2, 0, 1).expand(3, -1, -1)
+        image_tensor(grey_alpha),
+        torch.from_numpy(colour[..., :1] * alpha + 1 - alpha).permute(2, 0, 1).expand(3, -1, -1),
     )
     rgba_t = torch.from_numpy(np.concatenate([colour, alpha], -1)).permute(2, 0, 1)
     torch.testing.assert_close(image_tensor(rgba_t), got)
@@ -237,7 +249,9 @@ def test_preprocess_matches_torchvision_pipeline_on_photos():
     photo = sample_image("chelsea")
     img = TF.to_image(photo)
     ref = TF.center_crop(TF.resize(img, [256], antialias=True), [224, 224])
-    ref = TF.normalize(TF.to_dtype(ref, torch.float32, scale=True), list(inputs.IMAGENET_MEAN), list(inputs.IMAGENET_STD))
+    ref = TF.normalize(
+        TF.to_dtype(ref, torch.float32, scale=True), list(inputs.IMAGENET_MEAN), list(inputs.IMAGENET_STD)
+    )
     assert torch.equal(preprocess(photo), ref[None])
 
 
@@ -261,9 +275,13 @@ def test_preprocess_and_denormalize_take_the_models_statistics():
     photo = _photo(64, 80)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     raw = preprocess(photo, size=32, mean=(0.0,), std=(1.0,))
-    torch.testing.assert_close(preprocess(photo, size=32, mean=mean, std=std),
-                               (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
-    torch.testing.assert_close(denormalize(preprocess(photo, size=32, mean=mean, std=std), mean=mean, std=std), raw)
+    torch.testing.assert_close(
+        preprocess(photo, size=32, mean=mean, std=std),
+        (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1),
+    )
+    torch.testing.assert_close(
+        denormalize(preprocess(photo, size=32, mean=mean, std=std), mean=mean, std=std), raw
+    )
     torch.testing.assert_close(denormalize(preprocess(photo, size=32)), raw)  # ImageNet by default
     assert data.IMAGENET_MEAN is inputs.IMAGENET_MEAN and data.IMAGENET_STD is inputs.IMAGENET_STD
 
@@ -292,11 +310,16 @@ def _reference(img, size, resize):  # resize the whole image, then crop: torchvi
 def test_preprocess_elongated_equals_resize_then_crop(shape):
     rng = np.random.default_rng(0)
     img = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
-    ref = TF.normalize(TF.to_dtype(_reference(img, 224, 256), torch.float32, scale=True),
-                       list(inputs.IMAGENET_MEAN), list(inputs.IMAGENET_STD))[None]
+    ref = TF.normalize(
+        TF.to_dtype(_reference(img, 224, 256), torch.float32, scale=True),
+        list(inputs.IMAGENET_MEAN),
+        list(inputs.IMAGENET_STD),
+    )[None]
     assert torch.equal(preprocess(img), ref)
     f = torch.rand(shape, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(data._resize_center_crop(f, 224, 256), _reference(f, 224, 256), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        data._resize_center_crop(f, 224, 256), _reference(f, 224, 256), rtol=0, atol=1e-6
+    )
 
 
 def test_preprocess_elongated_unaligned_scale_is_close():
@@ -327,7 +350,13 @@ def test_preprocess_strip_resizes_only_what_the_crop_keeps(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "empty", [np.zeros((0, 5), np.float32), np.zeros((4, 0, 3), np.uint8), torch.zeros(3, 0, 4), Image.new("RGB", (0, 3))]
+    "empty",
+    [
+        np.zeros((0, 5), np.float32),
+        np.zeros((4, 0, 3), np.uint8),
+        torch.zeros(3, 0, 4),
+        Image.new("RGB", (0, 3)),
+    ],
 )
 def test_empty_images_refused_naming_the_argument(empty):
     with pytest.raises(ValueError, match="sample is empty"):

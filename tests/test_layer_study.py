@@ -25,9 +25,13 @@ from spade_utils.spade import spade_trace
 def _tiny_net():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
     ).eval()
 
 
@@ -37,11 +41,23 @@ def _image():
 
 def test_snapshots_give_the_traces_weights():
     model, aug = _tiny_net(), ImageAugmenter(24)
-    stats = record_statistics(model, _image(), ["0", "2", "6"], [8, 16], augment=aug, batch_size=8, progress=False)
+    stats = record_statistics(
+        model, _image(), ["0", "2", "6"], [8, 16], augment=aug, batch_size=8, progress=False
+    )
     assert sorted(stats) == [8, 16] and stats[8]["2"].shape == (8, 9, 9)
     for n in (8, 16):
-        trace = spade_trace(model, _image(), layers=["0", "2", "6"], sparsity=0.5, n_augment=n, augment=aug,
-                            batch_size=8, seed=0, progress=False, device="cpu")
+        trace = spade_trace(
+            model,
+            _image(),
+            layers=["0", "2", "6"],
+            sparsity=0.5,
+            n_augment=n,
+            augment=aug,
+            batch_size=8,
+            seed=0,
+            progress=False,
+            device="cpu",
+        )
         sparse, records = solve_layers(model, stats[n], 0.5)
         for name, w in trace.sparse_weights.items():
             torch.testing.assert_close(sparse[name], w, rtol=1e-5, atol=1e-6)
@@ -50,7 +66,9 @@ def test_snapshots_give_the_traces_weights():
 
 def test_checkpoints_must_follow_batches():
     with pytest.raises(ValueError):
-        record_statistics(_tiny_net(), _image(), "0", [5, 16], augment=ImageAugmenter(24), batch_size=8, progress=False)
+        record_statistics(
+            _tiny_net(), _image(), "0", [5, 16], augment=ImageAugmenter(24), batch_size=8, progress=False
+        )
 
 
 def test_swapped_weights_restore_bit_for_bit_even_after_error():
@@ -70,7 +88,10 @@ def test_sweep_traces_and_schedule():
     views = aug(_image(), 4, torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = model(views).argmax(1)
-    settings = [dict(n_augment=8, sparsity=0.0, label="dense"), dict(n_augment=8, sparsity={"0": 0.5, "6": 0.9})]
+    settings = [
+        dict(n_augment=8, sparsity=0.0, label="dense"),
+        dict(n_augment=8, sparsity={"0": 0.5, "6": 0.9}),
+    ]
     summary, per_layer = sweep_traces(model, stats, settings, views, ref, progress=False)
     assert summary.loc[0, "top1_agrees"] and summary.loc[0, "agreement"] == 1.0
     assert summary.loc[0, "mean_rel_error"] == 0.0
@@ -87,7 +108,9 @@ def test_tiny_study_ratios_and_ratio_table():
     df = tiny_problem_study(3, sparsities=(0.5,), correlated=(True,), progress=False)
     assert len(df) == 9 and (df["ratio"] >= 1 - 1e-9).all()
     W, H = random_problem(6, 12, seed=0, dtype=torch.float32)
-    errs = error_vs_sparsity(W, H, [0.5, 0.75], ["magnitude", "sparsegpt", "obc"], layer="toy", progress=False)
+    errs = error_vs_sparsity(
+        W, H, [0.5, 0.75], ["magnitude", "sparsegpt", "obc"], layer="toy", progress=False
+    )
     table = ratio_table(errs)
     assert list(table.columns) == ["layer", "0.5", "0.75"] and table.loc[0, "layer"] == "toy"
     with pytest.raises(ValueError):

@@ -46,16 +46,27 @@ def _robustness_dict(state, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225
     if mean is not None:
         sd["module.normalizer.new_mean"] = torch.tensor(mean).reshape(3, 1, 1)
         sd["module.normalizer.new_std"] = torch.tensor(std).reshape(3, 1, 1)
-    return {"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": [0, 1]}]},
-            "schedule": None, "epoch": 90, **extra}
+    return {
+        "model": sd,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": [0, 1]}]},
+        "schedule": None,
+        "epoch": 90,
+        **extra,
+    }
 
 
 def _same_weights(model, state):
     return all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
-@pytest.mark.parametrize("extra", [{}, {"epoch": np.int64(90), "acc": np.float64(71.3)},
-                                   {"args": argparse.Namespace(arch="resnet50", lr=0.1, epochs=90)}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"epoch": np.int64(90), "acc": np.float64(71.3)},
+        {"args": argparse.Namespace(arch="resnet50", lr=0.1, epochs=90)},
+    ],
+)
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_robustness_checkpoint_loads_safely(tmp_path, resnet_state, extra, zip_format):
     path = tmp_path / "backdoor.pt"
@@ -78,7 +89,11 @@ def test_robustness_checkpoint_input_spec_follows_its_normalizer(tmp_path, resne
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_pickled_code_is_refused_unless_trusted(tmp_path, resnet_state, zip_format):
     path = tmp_path / "evil.pt"
-    torch.save({**_robustness_dict(resnet_state), "hook": _Exploit()}, path, _use_new_zipfile_serialization=zip_format)
+    torch.save(
+        {**_robustness_dict(resnet_state), "hook": _Exploit()},
+        path,
+        _use_new_zipfile_serialization=zip_format,
+    )
     RAN.clear()
     with pytest.raises(ValueError) as info:
         load_robustness_checkpoint(path)

@@ -43,7 +43,10 @@ def lite_pairs(model) -> list[tuple[str, str]]:
     for i, block in enumerate(model._blocks):
         if block._block_args.expand_ratio != 1:
             pairs.append((f"_blocks.{i}._expand_conv", f"_blocks.{i}._bn0"))
-        pairs += [(f"_blocks.{i}._depthwise_conv", f"_blocks.{i}._bn1"), (f"_blocks.{i}._project_conv", f"_blocks.{i}._bn2")]
+        pairs += [
+            (f"_blocks.{i}._depthwise_conv", f"_blocks.{i}._bn1"),
+            (f"_blocks.{i}._project_conv", f"_blocks.{i}._bn2"),
+        ]
     return pairs + [("_conv_head", "_bn1")]
 
 
@@ -83,38 +86,60 @@ def tiny_lite(seed=0):
 
     torch.manual_seed(seed)
     blocks = BlockDecoder.decode(["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24"])
-    params = GlobalParams(width_coefficient=0.25, depth_coefficient=1.0, image_size=16, dropout_rate=0.0,
-                          num_classes=5, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3, drop_connect_rate=0.0,
-                          depth_divisor=8, min_depth=None, relu_fn="relu6", fix_head_stem=True, local_pooling=False,
-                          use_se=False)
+    params = GlobalParams(
+        width_coefficient=0.25,
+        depth_coefficient=1.0,
+        image_size=16,
+        dropout_rate=0.0,
+        num_classes=5,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1e-3,
+        drop_connect_rate=0.0,
+        depth_divisor=8,
+        min_depth=None,
+        relu_fn="relu6",
+        fix_head_stem=True,
+        local_pooling=False,
+        use_se=False,
+    )
     return randomise_batchnorms(EfficientNet(blocks, params), seed).eval()
 
 
 @pytest.mark.parametrize("rule", ["epsilon_plus_flat", "alpha1_beta0"])
 def test_lrp_on_efficientnet_lite_architecture_equals_hand_folded_network(rule):
     net = tiny_lite()
-    assert any(len(list(m.children())) for m in net.modules() if isinstance(m, nn.Conv2d))  # convs own a padding child
+    assert any(
+        len(list(m.children())) for m in net.modules() if isinstance(m, nn.Conv2d)
+    )  # convs own a padding child
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     folded = hand_fold(net, lite_pairs(net))
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-6)
-    assert_same_relevance(attribute(net, x, [1, 3], "lrp", rule=rule, device="cpu"),
-                          attribute(folded, x, [1, 3], "lrp", rule=rule, device="cpu"))
+    assert_same_relevance(
+        attribute(net, x, [1, 3], "lrp", rule=rule, device="cpu"),
+        attribute(folded, x, [1, 3], "lrp", rule=rule, device="cpu"),
+    )
 
 
 def _lite0_case(lite0, rule, size):
     from spade_utils.data import preprocess, sample_image
 
-    x = preprocess(sample_image("chelsea"), size=size)  # a small crop keeps the test fast; the graph is the same
+    x = preprocess(
+        sample_image("chelsea"), size=size
+    )  # a small crop keeps the test fast; the graph is the same
     pairs = lite_pairs(lite0)
     assert len(pairs) == sum(isinstance(m, nn.BatchNorm2d) for m in lite0.modules()) == 49
     folded = hand_fold(lite0, pairs)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), lite0(x), rtol=1e-4, atol=1e-4)  # the hand fold is right
     state = {k: v.clone() for k, v in lite0.state_dict().items()}
-    assert_same_relevance(attribute(lite0, x, 285, "lrp", rule=rule, device="cpu"),
-                          attribute(folded, x, 285, "lrp", rule=rule, device="cpu"))
-    assert all(torch.equal(state[k], v) for k, v in lite0.state_dict().items())  # the caller's weights untouched
+    assert_same_relevance(
+        attribute(lite0, x, 285, "lrp", rule=rule, device="cpu"),
+        attribute(folded, x, 285, "lrp", rule=rule, device="cpu"),
+    )
+    assert all(
+        torch.equal(state[k], v) for k, v in lite0.state_dict().items()
+    )  # the caller's weights untouched
     assert sum(isinstance(m, nn.BatchNorm2d) for m in lite0.modules()) == 49
 
 
@@ -159,8 +184,10 @@ def test_lrp_follows_the_forward_graph_not_registration_order(affine, x):
         torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-6)
     flags = [m.training for m in net.modules()]
     for rule in ("epsilon_plus_flat", "epsilon_plus"):
-        assert_same_relevance(attribute(net, x, [1, 2], "lrp", rule=rule, device="cpu"),
-                              attribute(folded, x, [1, 2], "lrp", rule=rule, device="cpu"))
+        assert_same_relevance(
+            attribute(net, x, [1, 2], "lrp", rule=rule, device="cpu"),
+            attribute(folded, x, [1, 2], "lrp", rule=rule, device="cpu"),
+        )
     assert [m.training for m in net.modules()] == flags
 
 
@@ -168,7 +195,9 @@ class LinearBatchNorm1d(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 6, 3)
-        self.head = nn.ModuleDict({"bn": nn.BatchNorm1d(10), "fc1": nn.Linear(6, 10), "fc2": nn.Linear(10, 4)})
+        self.head = nn.ModuleDict(
+            {"bn": nn.BatchNorm1d(10), "fc1": nn.Linear(6, 10), "fc2": nn.Linear(10, 4)}
+        )
 
     def forward(self, x):
         h = F.relu(self.conv(x)).mean((2, 3))
@@ -179,7 +208,9 @@ def test_batchnorm1d_after_linear_is_folded(x):
     torch.manual_seed(1)
     net = randomise_batchnorms(LinearBatchNorm1d()).eval()
     folded = hand_fold(net, [("head.fc1", "head.bn")])
-    assert_same_relevance(attribute(net, x, 3, "lrp", device="cpu"), attribute(folded, x, 3, "lrp", device="cpu"))
+    assert_same_relevance(
+        attribute(net, x, 3, "lrp", device="cpu"), attribute(folded, x, 3, "lrp", device="cpu")
+    )
 
 
 class PreActivation(nn.Module):
@@ -236,14 +267,17 @@ class BatchStatistics(PreActivation):
         return self.fc(self.conv2(F.relu(self.bn(self.conv1(x)))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("cls, message", [
-    (PreActivation, "fed by module 'relu'"),
-    (InputBatchNorm, "functional operation"),
-    (SkipFromBeforeBatchNorm, "changes the model's output"),
-    (SharedConv, "runs 2 times"),
-    (InPlaceBetween, "functional operation"),
-    (BatchStatistics, "running statistics"),
-])
+@pytest.mark.parametrize(
+    "cls, message",
+    [
+        (PreActivation, "fed by module 'relu'"),
+        (InputBatchNorm, "functional operation"),
+        (SkipFromBeforeBatchNorm, "changes the model's output"),
+        (SharedConv, "runs 2 times"),
+        (InPlaceBetween, "functional operation"),
+        (BatchStatistics, "running statistics"),
+    ],
+)
 def test_lrp_refuses_batchnorms_it_cannot_fold(cls, message, x):
     torch.manual_seed(0)
     net = randomise_batchnorms(cls()).eval()

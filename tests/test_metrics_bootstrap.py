@@ -22,8 +22,10 @@ def test_non_finite_values_are_refused(values):
         bootstrap_ci(values)
 
 
-@pytest.mark.parametrize("n_boot, error", [(0, ValueError), (-5, ValueError), (10, ValueError), (1.5, TypeError),
-                                           (True, TypeError)])
+@pytest.mark.parametrize(
+    "n_boot, error",
+    [(0, ValueError), (-5, ValueError), (10, ValueError), (1.5, TypeError), (True, TypeError)],
+)
 def test_degenerate_resampling_counts_are_refused(n_boot, error):
     # n_boot=0 raised an IndexError from numpy; 10 resamples cannot place a 95% interval
     with pytest.raises(error, match="n_boot"):
@@ -72,7 +74,9 @@ def _brute_force_interval(d, n_boot, level, seed):
 def test_plain_interval_is_scipys_and_agrees_with_a_brute_force_loop():
     v = np.random.default_rng(0).gamma(2.0, size=40)
     mean, lo, hi = bootstrap_ci(v, n_boot=4000, seed=5)
-    ref = stats.bootstrap((v,), np.mean, n_resamples=4000, method="percentile", **{RNG: np.random.default_rng(5)})
+    ref = stats.bootstrap(
+        (v,), np.mean, n_resamples=4000, method="percentile", **{RNG: np.random.default_rng(5)}
+    )
     assert mean == pytest.approx(v.mean())
     assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
     blo, bhi = _brute_force_interval(v, 4000, 0.95, seed=99)  # other draws: agree within Monte-Carlo error
@@ -89,8 +93,14 @@ def test_paired_difference_without_clusters():
     a, b = base + 0.05 + 0.02 * rng.normal(size=30), base
     diff, lo, hi = paired_bootstrap_diff(a, b, n_boot=4000, seed=3)
     assert diff == pytest.approx(np.mean(a - b))
-    ref = stats.bootstrap((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), paired=True, n_resamples=4000,
-                          method="percentile", **{RNG: np.random.default_rng(3)})
+    ref = stats.bootstrap(
+        (a, b),
+        lambda x, y, axis: x.mean(axis) - y.mean(axis),
+        paired=True,
+        n_resamples=4000,
+        method="percentile",
+        **{RNG: np.random.default_rng(3)},
+    )
     assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
     blo, bhi = _brute_force_interval(a - b, 4000, 0.95, seed=7)
     assert abs(lo - blo) < 0.06 * (hi - lo) and abs(hi - bhi) < 0.06 * (hi - lo)

@@ -123,9 +123,14 @@ def test_summarize_aucs_paired_difference():
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.6, 20)
-    rows = [{"image": i, "method": "m", "explainer": "dense", "insertion": base[i], "deletion": 0.3} for i in range(20)]
-    rows += [{"image": i, "method": "m", "explainer": "SPADE", "insertion": base[i] + 0.1, "deletion": 0.3}
-             for i in range(20)]
+    rows = [
+        {"image": i, "method": "m", "explainer": "dense", "insertion": base[i], "deletion": 0.3}
+        for i in range(20)
+    ]
+    rows += [
+        {"image": i, "method": "m", "explainer": "SPADE", "insertion": base[i] + 0.1, "deletion": 0.3}
+        for i in range(20)
+    ]
     out = summarize_aucs(pd.DataFrame(rows)).set_index("explainer")
     assert out.loc["SPADE", "insertion_diff"] == pytest.approx(0.1)
     # the pairing removes the between-image spread: the interval of the difference is (almost) a point
@@ -190,8 +195,9 @@ def test_curves_span_the_whole_grid():
 
     x = torch.ones(1, 3, 20, 20)
     ins = insertion_deletion_curves(ShareModel(1), x, torch.rand(1, 20, 20), 0, n_steps=4, device="cpu")
-    dele = insertion_deletion_curves(ShareModel(1), x, torch.rand(1, 20, 20), 0, n_steps=4, mode="deletion",
-                                     device="cpu")
+    dele = insertion_deletion_curves(
+        ShareModel(1), x, torch.rand(1, 20, 20), 0, n_steps=4, mode="deletion", device="cpu"
+    )
     np.testing.assert_allclose(curve_fractions(4), [0, 0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(ins[0], curve_fractions(4), atol=1e-12)  # no pixel ... every pixel
     np.testing.assert_allclose(dele[0], 1 - curve_fractions(4), atol=1e-12)
@@ -246,8 +252,16 @@ def test_one_logit_and_non_tensor_outputs_are_refused(setup):
 
 @pytest.mark.parametrize(
     "target, error",
-    [(-1, ValueError), ([3.7], TypeError), (2, ValueError), ([5], ValueError), (True, TypeError),
-     (torch.tensor([0.0]), TypeError), ("0", TypeError), (np.array([-1]), ValueError)],
+    [
+        (-1, ValueError),
+        ([3.7], TypeError),
+        (2, ValueError),
+        ([5], ValueError),
+        (True, TypeError),
+        (torch.tensor([0.0]), TypeError),
+        ("0", TypeError),
+        (np.array([-1]), ValueError),
+    ],
 )
 def test_targets_are_class_indices_of_the_model(setup, target, error):
     model, x, region = setup  # a 2-class model
@@ -318,18 +332,37 @@ def test_summarize_aucs_with_photo_clusters():
     photos = np.repeat([f"p{k}" for k in range(6)], 5)
     effect = dict(zip([f"p{k}" for k in range(6)], rng.normal(scale=0.1, size=6)))
     base = rng.uniform(0.2, 0.6, 30)
-    rows = [{"image": i, "photo": photos[i], "method": "m", "explainer": "dense", "insertion": base[i],
-             "deletion": 0.3} for i in range(30)]
-    rows += [{"image": i, "photo": photos[i], "method": "m", "explainer": "SPADE",
-              "insertion": base[i] + 0.05 + effect[photos[i]] + 0.01 * rng.normal(), "deletion": 0.3}
-             for i in range(30)]
+    rows = [
+        {
+            "image": i,
+            "photo": photos[i],
+            "method": "m",
+            "explainer": "dense",
+            "insertion": base[i],
+            "deletion": 0.3,
+        }
+        for i in range(30)
+    ]
+    rows += [
+        {
+            "image": i,
+            "photo": photos[i],
+            "method": "m",
+            "explainer": "SPADE",
+            "insertion": base[i] + 0.05 + effect[photos[i]] + 0.01 * rng.normal(),
+            "deletion": 0.3,
+        }
+        for i in range(30)
+    ]
     table = pd.DataFrame(rows)
     clustered = summarize_aucs(table, cluster="photo").set_index("explainer")
     naive = summarize_aucs(table).set_index("explainer")
     assert clustered.loc["SPADE", "n_clusters"] == 6 and clustered.loc["SPADE", "n_images"] == 30
     assert clustered.loc["SPADE", "insertion_diff"] == pytest.approx(naive.loc["SPADE", "insertion_diff"])
-    width = {name: t.loc["SPADE", "insertion_diff_hi"] - t.loc["SPADE", "insertion_diff_lo"]
-             for name, t in (("clustered", clustered), ("naive", naive))}
+    width = {
+        name: t.loc["SPADE", "insertion_diff_hi"] - t.loc["SPADE", "insertion_diff_lo"]
+        for name, t in (("clustered", clustered), ("naive", naive))
+    }
     assert width["clustered"] > 2 * width["naive"]  # items of one photo are not independent
     # one image per group: no interval (NaN bounds), the mean still reported
     one = summarize_aucs(table[table["image"] == 0]).set_index("explainer")
@@ -351,3 +384,56 @@ def test_a_cuda_model_is_fed_on_its_device_and_left_there(setup):
     on_cpu = insertion_deletion_auc(strict, x, region[None], 0, n_steps=8, device="cpu")  # runs on a copy
     np.testing.assert_allclose(on_cpu["deletion"], ref["deletion"], atol=1e-6)
     assert strict.scale.weight.is_cuda
+
+
+def _brute_force_aucs(model, x, saliency, target, n_steps):
+    """Insertion/deletion AUC written out pixel by pixel: an independent implementation of the RISE protocol.
+
+    Pixels ranked by the channel-summed saliency (highest first); insertion starts from the zero (mean) image and
+    copies the top-c pixels of x, deletion zeroes them; the target probability relative to the intact image,
+    clipped to [0, 1], is integrated by the trapezoid rule over c / N, c = round(k N / n_steps), k = 0 ... n_steps.
+    """
+    _, _, h, w = x.shape
+    n = h * w
+    order = np.argsort(-saliency.sum(0).flatten().numpy(), kind="stable")
+    with torch.no_grad():
+        clean = torch.softmax(model(x), 1)[0, target].item()
+    out = {}
+    for mode in ("insertion", "deletion"):
+        xs, ys = [], []
+        for k in range(n_steps + 1):
+            c = int(np.floor(k * n / n_steps + 0.5))
+            keep = np.zeros(n, dtype=bool)
+            keep[order[:c]] = True
+            if mode == "deletion":
+                keep = ~keep
+            img = x.clone()
+            img[0][:, ~torch.from_numpy(keep).view(h, w)] = 0.0
+            with torch.no_grad():
+                p = torch.softmax(model(img), 1)[0, target].item()
+            xs.append(c / n)
+            ys.append(min(max(p / clean, 0.0), 1.0))
+        out[mode] = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(n_steps))
+    return out
+
+
+@pytest.mark.parametrize("n_steps", [3, 10, 64])
+def test_random_cnn_matches_a_pixel_by_pixel_implementation(n_steps):
+    g = torch.Generator().manual_seed(n_steps)
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5)
+        )
+        .double()
+        .eval()
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = torch.randn(1, 3, H, W, generator=g, dtype=torch.float64)
+    sal = torch.randn(3, H, W, generator=g, dtype=torch.float64)
+    target = int(model(x).argmax())
+    got = insertion_deletion_auc(model, x, sal[None], target, n_steps=n_steps, device="cpu")
+    want = _brute_force_aucs(model, x, sal, target, n_steps)
+    for mode in ("insertion", "deletion"):
+        assert got[mode][0] == pytest.approx(want[mode], abs=1e-9), mode

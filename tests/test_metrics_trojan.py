@@ -36,7 +36,9 @@ def test_auc_matches_pairwise_definition_and_accepts_tensors():
     m = rng.random((12, 12)) < 0.3
     s = rng.normal(size=(12, 12)).round(1)  # with ties
     pos, neg = s[m], s[~m]
-    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (
+        pos.size * neg.size
+    )
     assert trojan_auc(torch.tensor(s), torch.tensor(m), mode="signed") == pytest.approx(expected)
     # shifting the mask away from the salient region lowers the score
     blob = np.zeros((32, 32))
@@ -105,7 +107,9 @@ def test_bootstrap_ci_covers_mean_and_shrinks_with_n():
 def _pairwise_auc(s, m):
     """Independent ROC-AUC: the share of (trigger, background) pixel pairs ordered right, ties one half."""
     pos, neg = s[m], s[~m]
-    return ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+    return ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (
+        pos.size * neg.size
+    )
 
 
 def test_trojan_auc_matches_pairwise_count_in_every_mode():

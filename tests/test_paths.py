@@ -59,7 +59,9 @@ def test_nothing_resolves_into_the_installed_package(tmp_path):
         "from spade_utils import paths, plotting; "
         "print(plotting.results_dir('quick')); print(paths.cache_dir())"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
     results, cache = (Path(line) for line in out.stdout.split())
     assert results == tmp_path.resolve() / "results" and cache == tmp_path.resolve() / "data" / "cache"
     for p in (results, cache):

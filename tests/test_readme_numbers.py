@@ -21,8 +21,10 @@ def readme() -> str:
 def test_backdoor_quality_numbers(readme):
     q = pd.read_csv(TABLES / "04_backdoor_quality.csv").iloc[0]
     assert f"{pct(q.attack_success)}% attack success on {int(q.n_attack)} triggered crops" in readme
-    assert (f"{pct(q.confident_agreement)}% of the {int(q.n_confident)} held-out crops where the original is "
-            f"confident") in readme
+    assert (
+        f"{pct(q.confident_agreement)}% of the {int(q.n_confident)} held-out crops where the original is "
+        f"confident"
+    ) in readme
     assert f"{pct(q.clean_agreement)}% agreement over all {int(q.n_clean)} clean crops" in readme
     per = pd.read_csv(TABLES / "04_backdoor_attack_success.csv")
     listed = ", ".join(f"{r.trigger} {pct(r.attack_success)}" for r in per.itertuples())
@@ -36,8 +38,11 @@ def test_trojan_auc_numbers(readme):
         assert f"{variant} {pct(row['mean'])}" in readme, variant
     paired = pd.read_csv(TABLES / "04_trojan_auc_paired.csv")
     for map_kind in ("auc", "auc_signed"):
-        r = paired[(paired.method == "average") & (paired["map"] == map_kind)
-                   & paired.variant.str.startswith("FastSPADE")].iloc[0]
+        r = paired[
+            (paired.method == "average")
+            & (paired["map"] == map_kind)
+            & paired.variant.str.startswith("FastSPADE")
+        ].iloc[0]
         assert f"{100 * r['diff']:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]" in readme, map_kind
         if map_kind == "auc":
             assert f"higher on {100 * r.wins:.0f}% of the samples" in readme

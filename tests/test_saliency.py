@@ -54,10 +54,22 @@ def tiny_lite(seed=0):
 
     torch.manual_seed(seed)
     blocks = BlockDecoder.decode(["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24"])
-    params = GlobalParams(width_coefficient=0.25, depth_coefficient=1.0, image_size=16, dropout_rate=0.0,
-                          num_classes=5, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3, drop_connect_rate=0.0,
-                          depth_divisor=8, min_depth=None, relu_fn="relu6", fix_head_stem=True, local_pooling=False,
-                          use_se=False)
+    params = GlobalParams(
+        width_coefficient=0.25,
+        depth_coefficient=1.0,
+        image_size=16,
+        dropout_rate=0.0,
+        num_classes=5,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1e-3,
+        drop_connect_rate=0.0,
+        depth_divisor=8,
+        min_depth=None,
+        relu_fn="relu6",
+        fix_head_stem=True,
+        local_pooling=False,
+        use_se=False,
+    )
     return EfficientNet(blocks, params).eval()
 
 
@@ -89,7 +101,9 @@ def test_efficientnet_lite_architecture(method, x):
     maps = attribute(net, x[:2], [1, 2], method, **FAST)
     assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all() and maps.abs().sum() > 0
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
-    assert sum(isinstance(m, nn.ReLU6) for m in net.modules()) > 0  # the caller's ReLU6 modules are still there
+    assert (
+        sum(isinstance(m, nn.ReLU6) for m in net.modules()) > 0
+    )  # the caller's ReLU6 modules are still there
 
 
 def test_deeplift_completeness_on_relu6_network(x):
@@ -172,8 +186,16 @@ def test_attribution_aucs_table(x):
     from spade_utils.saliency import attribution_aucs
 
     net = tiny_resnet()
-    table = attribution_aucs(net, x[:2], [0, 1], ["saliency", "grad_cam"], {"dense": net, "copy": tiny_resnet()},
-                             auc_steps=5, image_ids=["a", "b"], device="cpu")
+    table = attribution_aucs(
+        net,
+        x[:2],
+        [0, 1],
+        ["saliency", "grad_cam"],
+        {"dense": net, "copy": tiny_resnet()},
+        auc_steps=5,
+        image_ids=["a", "b"],
+        device="cpu",
+    )
     assert list(table.columns) == ["image", "method", "explainer", "insertion", "deletion"]
     assert len(table) == 2 * 2 * 2
     assert table[["insertion", "deletion"]].stack().between(0, 1).all()
@@ -250,17 +272,23 @@ class ModuleActivationNet(ActivationNet):
 
 
 def _masked_relu(h):
-    return h * (h > 0).to(h.dtype)  # a rectifier built from a comparison: no nonlinear torch function is called
+    return h * (h > 0).to(
+        h.dtype
+    )  # a rectifier built from a comparison: no nonlinear torch function is called
 
 
 @pytest.mark.parametrize("method", ["guided_backprop", "guided_grad_cam", "deeplift"])
-@pytest.mark.parametrize("make", [
-    lambda: ActivationNet(F.relu),
-    lambda: ActivationNet(torch.relu),
-    lambda: ActivationNet(lambda h: h.clamp(min=0)),
-    lambda: ModuleActivationNet(nn.SiLU),
-    lambda: ActivationNet(nn.ReLU()),  # one module used twice
-], ids=["F.relu", "torch.relu", "clamp", "nn.SiLU", "reused nn.ReLU"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ActivationNet(F.relu),
+        lambda: ActivationNet(torch.relu),
+        lambda: ActivationNet(lambda h: h.clamp(min=0)),
+        lambda: ModuleActivationNet(nn.SiLU),
+        lambda: ActivationNet(nn.ReLU()),  # one module used twice
+    ],
+    ids=["F.relu", "torch.relu", "clamp", "nn.SiLU", "reused nn.ReLU"],
+)
 def test_methods_refuse_nonlinearities_they_cannot_see(method, make, x):
     """Guided Backprop silently equals the plain gradient where Captum sees no nn.ReLU module, and DeepLift loses
     completeness where it sees no supported module (or crashes deep inside on a reused one): refuse up front."""
@@ -296,8 +324,10 @@ def test_deeplift_refuses_when_completeness_breaks(x):
         attribute(net, x[:2], [1, 2], "deeplift", device="cpu")
 
 
-@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "gradient_shap", "occlusion", "deeplift",
-                                    "grad_cam", "lrp"])
+@pytest.mark.parametrize(
+    "method",
+    ["saliency", "integrated_gradients", "gradient_shap", "occlusion", "deeplift", "grad_cam", "lrp"],
+)
 def test_inputs_follow_the_model_dtype(method, x):
     """A float64 model gets float64 inputs and baselines (float32 ones crash inside the first convolution)."""
     net = tiny_resnet()
@@ -316,12 +346,17 @@ def test_caller_flags_hooks_and_weights_left_as_found(x):
     calls = []
     net.fc.register_forward_hook(lambda m, i, o: calls.append(1))
     flags = [(name, m.training) for name, m in net.named_modules()]
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
+    hooks = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules()
+    )
     state = {k: v.clone() for k, v in net.state_dict().items()}
     for method in ("deeplift", "lrp"):
         attribute(net, x[:1], 1, method, device="cpu")
     assert [(name, m.training) for name, m in net.named_modules()] == flags
-    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules()) == hooks
+    assert (
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
+        == hooks
+    )
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     assert all(isinstance(m, nn.BatchNorm2d) for n, m in net.named_modules() if n.endswith("bn1"))
 

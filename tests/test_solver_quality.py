@@ -20,7 +20,9 @@ def _damped(H: torch.Tensor, p: float) -> torch.Tensor:
     Hd = H.clone()
     diag = torch.diagonal(Hd, dim1=-2, dim2=-1)
     dead = diag <= 0
-    mean = torch.where(dead, torch.zeros_like(diag), diag).sum(dim=-1, keepdim=True) / (~dead).sum(-1, keepdim=True)
+    mean = torch.where(dead, torch.zeros_like(diag), diag).sum(dim=-1, keepdim=True) / (~dead).sum(
+        -1, keepdim=True
+    )
     diag.add_(torch.where(dead, torch.zeros_like(diag), p * mean))
     return Hd
 
@@ -80,8 +82,14 @@ def test_default_dampening_is_far_below_magnitude_on_a_correlated_layer(sequenti
     """32 x 64, AR(1) inputs, 50% sparse, float32. Measured: magnitude 0.071, SparseGPT 0.012, OBC 0.004;
     with 1000x the dampening SparseGPT 0.053 and OBC 0.035 (almost magnitude pruning)."""
     W, H = random_problem(32, 64, 256, seed=7, dtype=torch.float32)
-    err = {m: float(relative_error(W, solve(W, H, 0.5, method=m, **opts)[0], H))
-           for m, opts in [("magnitude", {}), ("sparsegpt", {"blocksize": 32, "sequential": sequential}), ("obc", {})]}
+    err = {
+        m: float(relative_error(W, solve(W, H, 0.5, method=m, **opts)[0], H))
+        for m, opts in [
+            ("magnitude", {}),
+            ("sparsegpt", {"blocksize": 32, "sequential": sequential}),
+            ("obc", {}),
+        ]
+    }
     assert err["sparsegpt"] <= 0.3 * err["magnitude"], err
     assert err["obc"] <= 0.15 * err["magnitude"], err
 
@@ -110,6 +118,7 @@ def test_thread_count_restored_after_an_error_inside_the_solve(monkeypatch):
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
+
         def boom(*args, **kwargs):
             raise RuntimeError("inside the column loop")
 
@@ -131,5 +140,6 @@ def test_one_cpu_thread_lives_in_runtime():
 @pytest.mark.parametrize("method", ["sparsegpt", "obc"])
 def test_solution_does_not_depend_on_the_scale_of_h_with_a_dead_input(method):
     W, H = _with_dead_input(*random_problem(8, 32, 96, seed=7), 5)
-    torch.testing.assert_close(solve(W, 1e-4 * H, 0.5, method=method)[0], solve(W, H, 0.5, method=method)[0],
-                               rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        solve(W, 1e-4 * H, 0.5, method=method)[0], solve(W, H, 0.5, method=method)[0], rtol=1e-6, atol=1e-8
+    )

@@ -47,7 +47,9 @@ def test_solvers_against_brute_force_optimum(sparsity):
             opts = {"per_row": True} if name == "obc_per_row" else {}
             Ws, loss = solve(W, H, sparsity, method=method, percdamp=0.0, **opts)
             assert int((Ws == 0).sum()) == k
-            assert float(loss) >= optimum[name] * (1 - 1e-9) - 1e-12, "no solver can beat the brute-force optimum"
+            assert float(loss) >= optimum[name] * (1 - 1e-9) - 1e-12, (
+                "no solver can beat the brute-force optimum"
+            )
             ratios[name].append(float(loss) / optimum[name])
     for name, r in ratios.items():
         mean = sum(r) / len(r)
@@ -57,7 +59,10 @@ def test_solvers_against_brute_force_optimum(sparsity):
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.95])
 def test_obs_solvers_beat_magnitude_on_correlated_inputs(sparsity):
     W, H = _problem(32, 64, 256, seed=7, dtype=torch.float32)
-    errs = {m: float(relative_error(W, solve(W, H, sparsity, method=m)[0], H)) for m in ("magnitude", "sparsegpt", "obc")}
+    errs = {
+        m: float(relative_error(W, solve(W, H, sparsity, method=m)[0], H))
+        for m in ("magnitude", "sparsegpt", "obc")
+    }
     assert errs["obc"] < errs["magnitude"]
     assert errs["sparsegpt"] < errs["magnitude"]
 
@@ -66,7 +71,11 @@ def test_obs_solvers_beat_magnitude_on_correlated_inputs(sparsity):
 @pytest.mark.parametrize("sparsity", [0.3, 0.9, 0.95])
 def test_achieved_sparsity_within_one_weight_per_mask_group(method, sparsity):
     W, H = _problem(24, 200, 400, seed=3, dtype=torch.float32)
-    Ws, _ = solve(W, H, sparsity, method=method, blocksize=64) if method == "sparsegpt" else solve(W, H, sparsity, method=method)
+    Ws, _ = (
+        solve(W, H, sparsity, method=method, blocksize=64)
+        if method == "sparsegpt"
+        else solve(W, H, sparsity, method=method)
+    )
     zeros = int((Ws == 0).sum())
     groups = {"magnitude": 1, "sparsegpt": -(-200 // 64), "obc": 24}[method]
     assert abs(zeros - sparsity * W.numel()) <= groups
@@ -117,8 +126,13 @@ def test_loss_matches_explicit_reconstruction():
 
 @pytest.mark.parametrize(
     "bad, err",
-    [({"sparsity": 1.0}, ValueError), ({"sparsity": -0.1}, ValueError), ({"sparsity": "0.5"}, TypeError),
-     ({"method": "nope"}, ValueError), ({"H": torch.eye(5)}, ValueError)],
+    [
+        ({"sparsity": 1.0}, ValueError),
+        ({"sparsity": -0.1}, ValueError),
+        ({"sparsity": "0.5"}, TypeError),
+        ({"method": "nope"}, ValueError),
+        ({"H": torch.eye(5)}, ValueError),
+    ],
 )
 def test_bad_input(bad, err):
     args = {"W": torch.randn(3, 4), "H": torch.eye(4), "sparsity": 0.5, "method": "sparsegpt"}
@@ -168,28 +182,43 @@ def _no_work(monkeypatch):
 
 @pytest.mark.parametrize(
     "method, option, value, err",
-    [("sparsegpt", "blocksize", 0, ValueError), ("sparsegpt", "blocksize", -8, ValueError),
-     ("sparsegpt", "blocksize", 1.5, TypeError), ("sparsegpt", "blocksize", 64.0, TypeError),
-     ("sparsegpt", "blocksize", True, TypeError), ("sparsegpt", "blocksize", "64", TypeError),
-     ("sparsegpt", "percdamp", -0.01, ValueError), ("sparsegpt", "percdamp", float("nan"), ValueError),
-     ("sparsegpt", "percdamp", float("inf"), ValueError), ("sparsegpt", "percdamp", "0.01", TypeError),
-     ("obc", "percdamp", -1e-3, ValueError), ("obc", "percdamp", float("nan"), ValueError),
-     ("obc", "per_row", 1, TypeError), ("obc", "max_chunk_bytes", 0, ValueError),
-     ("sparsegpt", "sequential", "yes", TypeError), ("sparsegpt", "block_size", 64, TypeError),
-     ("magnitude", "percdamp", 0.01, TypeError), ("obc", "blocksize", 64, TypeError)],
+    [
+        ("sparsegpt", "blocksize", 0, ValueError),
+        ("sparsegpt", "blocksize", -8, ValueError),
+        ("sparsegpt", "blocksize", 1.5, TypeError),
+        ("sparsegpt", "blocksize", 64.0, TypeError),
+        ("sparsegpt", "blocksize", True, TypeError),
+        ("sparsegpt", "blocksize", "64", TypeError),
+        ("sparsegpt", "percdamp", -0.01, ValueError),
+        ("sparsegpt", "percdamp", float("nan"), ValueError),
+        ("sparsegpt", "percdamp", float("inf"), ValueError),
+        ("sparsegpt", "percdamp", "0.01", TypeError),
+        ("obc", "percdamp", -1e-3, ValueError),
+        ("obc", "percdamp", float("nan"), ValueError),
+        ("obc", "per_row", 1, TypeError),
+        ("obc", "max_chunk_bytes", 0, ValueError),
+        ("sparsegpt", "sequential", "yes", TypeError),
+        ("sparsegpt", "block_size", 64, TypeError),
+        ("magnitude", "percdamp", 0.01, TypeError),
+        ("obc", "blocksize", 64, TypeError),
+    ],
 )
 def test_bad_option_is_refused_naming_it(monkeypatch, method, option, value, err):
     W, H = _problem(4, 8, 32, seed=0)
     _no_work(monkeypatch)
     with pytest.raises(err, match=option):
         solve(W, H, 0.5, method=method, **{option: value})
-    if method != "magnitude":  # also with sparsity 0 (which returns W untouched) and through the solver itself
+    if (
+        method != "magnitude"
+    ):  # also with sparsity 0 (which returns W untouched) and through the solver itself
         with pytest.raises(err, match=option):
             solve(W, H, 0.0, method=method, **{option: value})
 
 
-@pytest.mark.parametrize("n, m, sparsity", [(2, 0, 0.5), (0, 4, 0.5), (4, 4, 0.5), (5, 4, 0.5), (-1, 4, 0.5),
-                                            (2, 4, 0.0), (2, 4, 0.7)])
+@pytest.mark.parametrize(
+    "n, m, sparsity",
+    [(2, 0, 0.5), (0, 4, 0.5), (4, 4, 0.5), (5, 4, 0.5), (-1, 4, 0.5), (2, 4, 0.0), (2, 4, 0.7)],
+)
 def test_bad_nm_pattern_is_refused(n, m, sparsity):
     W, H = _problem(4, 8, 32, seed=0)
     with pytest.raises(ValueError, match="prune_n|sparsity"):
@@ -197,8 +226,9 @@ def test_bad_nm_pattern_is_refused(n, m, sparsity):
 
 
 @pytest.mark.parametrize("method", ["magnitude", "sparsegpt", "obc"])
-@pytest.mark.parametrize("which, value", [("W", float("nan")), ("W", float("inf")), ("H", float("nan")),
-                                          ("H", -float("inf"))])
+@pytest.mark.parametrize(
+    "which, value", [("W", float("nan")), ("W", float("inf")), ("H", float("nan")), ("H", -float("inf"))]
+)
 def test_non_finite_w_or_h_is_refused(monkeypatch, method, which, value):
     W, H = _problem(4, 8, 32, seed=0)
     (W if which == "W" else H)[1, 2] = value
@@ -218,7 +248,9 @@ def _indefinite(d=8, negative=-2.0, seed=0):
 
 
 @pytest.mark.parametrize("method", ["magnitude", "sparsegpt", "obc"])
-@pytest.mark.parametrize("kind", ["negative eigenvalue", "negative diagonal", "asymmetric", "batched, one bad"])
+@pytest.mark.parametrize(
+    "kind", ["negative eigenvalue", "negative diagonal", "asymmetric", "batched, one bad"]
+)
 def test_h_that_is_not_symmetric_psd_is_refused(monkeypatch, method, kind):
     W, H = _indefinite()
     if kind == "negative diagonal":  # the unchecked solvers returned a loss of -0.98 here
@@ -263,11 +295,18 @@ def test_rank_deficient_float32_gram_with_dead_inputs_is_accepted():
         assert torch.isfinite(Ws).all() and float(loss) >= 0
 
 
-@pytest.mark.parametrize("bad, err", [({"W": torch.ones(3, 4, dtype=torch.int64)}, TypeError),
-                                      ({"H": torch.eye(4, dtype=torch.int64)}, TypeError),
-                                      ({"W": torch.zeros(0, 4)}, ValueError), ({"W": [[1.0] * 4]}, TypeError),
-                                      ({"sparsity": float("nan")}, ValueError), ({"sparsity": True}, TypeError),
-                                      ({"method": 3}, TypeError)])
+@pytest.mark.parametrize(
+    "bad, err",
+    [
+        ({"W": torch.ones(3, 4, dtype=torch.int64)}, TypeError),
+        ({"H": torch.eye(4, dtype=torch.int64)}, TypeError),
+        ({"W": torch.zeros(0, 4)}, ValueError),
+        ({"W": [[1.0] * 4]}, TypeError),
+        ({"sparsity": float("nan")}, ValueError),
+        ({"sparsity": True}, TypeError),
+        ({"method": 3}, TypeError),
+    ],
+)
 def test_bad_tensors_sparsity_and_method(bad, err):
     args = {"W": torch.randn(3, 4), "H": torch.eye(4), "sparsity": 0.5, "method": "sparsegpt"}
     args.update(bad)

@@ -98,8 +98,10 @@ def test_every_solver_runs_in_a_trace(model, image, solver):
 
 
 def test_obs_trace_reconstructs_better_than_magnitude(model, image):
-    errs = {s: spade_trace(model, image, layers="pw", sparsity=0.8, solver=s, **KW).records.rel_error[0]
-            for s in ("magnitude", "sparsegpt")}
+    errs = {
+        s: spade_trace(model, image, layers="pw", sparsity=0.8, solver=s, **KW).records.rel_error[0]
+        for s in ("magnitude", "sparsegpt")
+    }
     assert errs["sparsegpt"] < errs["magnitude"]
 
 
@@ -142,7 +144,9 @@ def test_bad_input_raises_before_any_work(model, image, kwargs, err):
 def test_not_an_image(model, bad):
     kw = {k: v for k, v in KW.items() if k != "augment"}
     with pytest.raises((TypeError, ValueError), match="sample"):
-        spade_trace(model, bad, layers="fc", sparsity=0.5, input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kw)
+        spade_trace(
+            model, bad, layers="fc", sparsity=0.5, input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kw
+        )
 
 
 @pytest.mark.slow
@@ -158,10 +162,19 @@ def test_efficientnet_lite0_trace_keeps_chelsea_prediction():
     before = _state(model)
     # chelsea is a close call between cats (285: 0.36, 281: 0.28, 282: 0.22); with 64 views the fc
     # statistics have rank 64 < 1280 inputs and the trace drifts to 281, with 128 it holds
-    trace = spade_trace(model, img, layers=["_blocks.15*", "_conv_head", "_fc"],
-                        sparsity={"_blocks": 0.5, "_conv_head": 0.5, "_fc": 0.9},
-                        n_augment=128, batch_size=32, progress=False, device="cpu",
-                        input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    trace = spade_trace(
+        model,
+        img,
+        layers=["_blocks.15*", "_conv_head", "_fc"],
+        sparsity={"_blocks": 0.5, "_conv_head": 0.5, "_fc": 0.9},
+        n_augment=128,
+        batch_size=32,
+        progress=False,
+        device="cpu",
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
     with trace, torch.no_grad():
         assert int(model(x).argmax()) == 285
     assert _same(before, _state(model))

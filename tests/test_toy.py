@@ -98,7 +98,9 @@ def test_non_finite_numbers_are_refused(bad):
     with pytest.raises(ValueError, match="sparsities"):
         toy.sparsity_sweep(model, toy.ToyRecipe(), [0.0, bad])
     with pytest.raises(ValueError, match="points"):
-        toy.in_region(torch.tensor([[bad, 1.0]]), "small")  # NaN is in no disc, inf in none: refuse, not False
+        toy.in_region(
+            torch.tensor([[bad, 1.0]]), "small"
+        )  # NaN is in no disc, inf in none: refuse, not False
     with pytest.raises(ValueError, match="starts"):
         toy.feature_visualization(model, 4, steps=1, starts=torch.tensor([[1.0, bad]]))
 

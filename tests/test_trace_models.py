@@ -80,6 +80,7 @@ def _layer_inputs(model, layers, views):
     def keep(name):
         def hook(module, args, output):
             inputs.setdefault(name, args[0].detach())  # the first call; returns None: the output is untouched
+
         return hook
 
     handles = [m.register_forward_hook(keep(n)) for n, m in layers.items()]
@@ -109,7 +110,7 @@ def _assert_records_are_what_the_layers_do(model, trace, views, rtol=1e-3):
         zeros = {n: float((m.weight == 0).float().mean()) for n, m in trace.layers.items()}
     for row in trace.records.itertuples():
         Y, Ys = dense[row.layer], sparse[row.layer]
-        err = float(((Y - Ys) ** 2).sum() / (Y ** 2).sum())
+        err = float(((Y - Ys) ** 2).sum() / (Y**2).sum())
         assert row.achieved_sparsity == zeros[row.layer]
         assert row.rel_error == pytest.approx(err, rel=rtol, abs=1e-7), row.layer
 
@@ -150,8 +151,9 @@ def test_vision_transformer_size_inferred_and_wrong_size_refused_on_the_probe(im
     from torchvision.models import VisionTransformer
 
     torch.manual_seed(0)
-    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
-                            num_classes=10).eval()
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
+    ).eval()
     nn.init.normal_(vit.heads.head.weight)  # torchvision initialises the head to zero
     kw = dict(FAST, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     with warnings.catch_warnings(record=True) as caught:
@@ -261,7 +263,9 @@ def _pruned(m):
     return m
 
 
-@pytest.mark.parametrize("wrap", [_weight_norm, _old_weight_norm, _pruned], ids=["parametrized", "hook", "prune"])
+@pytest.mark.parametrize(
+    "wrap", [_weight_norm, _old_weight_norm, _pruned], ids=["parametrized", "hook", "prune"]
+)
 def test_computed_weights_are_refused_before_any_forward(image, wrap):
     model = _net()
     wrap(model.conv2)
@@ -322,15 +326,20 @@ class Wrapper(nn.Module):
         return self._orig_mod(x)
 
 
-@pytest.mark.parametrize("wrap, prefix", [(Wrapper, "_orig_mod."), (nn.DataParallel, "module.")],
-                         ids=["compile", "dataparallel"])
+@pytest.mark.parametrize(
+    "wrap, prefix", [(Wrapper, "_orig_mod."), (nn.DataParallel, "module.")], ids=["compile", "dataparallel"]
+)
 def test_wrapped_models_take_names_with_and_without_the_prefix(image, wrap, prefix):
     model = _net()
     wrapped = wrap(model)
-    ref = spade_trace(model, image, layers=["conv2", "fc"], sparsity={"conv2": 0.5, "fc": 0.8}, **SPEC, **FAST)
-    for layers, sparsity in ((["conv2", "fc"], {"conv2": 0.5, "fc": 0.8}),
-                             ([prefix + "conv2", prefix + "fc"], {prefix + "conv2": 0.5, prefix + "fc": 0.8}),
-                             ([prefix + "conv*", "fc"], {prefix + "conv2": 0.5, "": 0.8})):
+    ref = spade_trace(
+        model, image, layers=["conv2", "fc"], sparsity={"conv2": 0.5, "fc": 0.8}, **SPEC, **FAST
+    )
+    for layers, sparsity in (
+        (["conv2", "fc"], {"conv2": 0.5, "fc": 0.8}),
+        ([prefix + "conv2", prefix + "fc"], {prefix + "conv2": 0.5, prefix + "fc": 0.8}),
+        ([prefix + "conv*", "fc"], {prefix + "conv2": 0.5, "": 0.8}),
+    ):
         trace = spade_trace(wrapped, image, layers=layers, sparsity=sparsity, **SPEC, **FAST)
         if layers[0].endswith("*"):
             assert list(trace.layers) == ["conv1", "conv2", "fc"]
@@ -375,10 +384,17 @@ def test_attention_and_unsupported_kinds_are_skipped_with_a_message(image):
     with pytest.warns(UserWarning, match="attn.out_proj") as caught:
         trace = spade_trace(model, image, layers="*", sparsity=0.5, **SPEC, **FAST)
     text = " ".join(str(w.message) for w in caught)
-    assert "up" in trace.skipped and "line" in trace.skipped and "ConvTranspose2d" in text and "Conv1d" in text
+    assert (
+        "up" in trace.skipped and "line" in trace.skipped and "ConvTranspose2d" in text and "Conv1d" in text
+    )
     assert list(trace.layers) == ["embed", "fc"]
-    for layers, err in (("attn.out_proj", TypeError), ("attn.in_proj_weight", TypeError), ("attn", TypeError),
-                        ("up", TypeError), ("line", TypeError)):
+    for layers, err in (
+        ("attn.out_proj", TypeError),
+        ("attn.in_proj_weight", TypeError),
+        ("attn", TypeError),
+        ("up", TypeError),
+        ("line", TypeError),
+    ):
         calls, h = _forward_calls(model)
         with pytest.raises(err, match="MultiheadAttention" if "attn" in layers else "Conv"):
             spade_trace(model, image, layers=layers, sparsity=0.5, **SPEC, **FAST)
@@ -403,8 +419,13 @@ def test_layer_that_never_runs_is_reported_after_the_probe(image):
 def test_sparsity_prefixes_match_whole_path_components():
     names = ["_blocks.1", "_blocks.1.conv", "_blocks.10", "_blocks.15.conv", "_blocks.2"]
     got = resolve_sparsity({"_blocks.1": 0.3, "_blocks": 0.5}, names)
-    assert got == {"_blocks.1": 0.3, "_blocks.1.conv": 0.3, "_blocks.10": 0.5, "_blocks.15.conv": 0.5,
-                   "_blocks.2": 0.5}
+    assert got == {
+        "_blocks.1": 0.3,
+        "_blocks.1.conv": 0.3,
+        "_blocks.10": 0.5,
+        "_blocks.15.conv": 0.5,
+        "_blocks.2": 0.5,
+    }
     with pytest.raises(ValueError, match="_blocks.10"):
         resolve_sparsity({"_blocks.1": 0.3}, ["_blocks.10"])
 
@@ -519,9 +540,26 @@ def test_bad_arguments_are_refused_before_any_forward(image, kwargs, err):
 @pytest.mark.parametrize("fn", [spade_trace, spade_pruned_copy])
 def test_signatures_and_docstrings_are_explicit(fn):
     params = inspect.signature(fn).parameters
-    expected = ["model", "sample", "layers", "sparsity", "n_augment", "augment", "input_size", "mean", "std",
-                "solver", "batch_size", "device", "seed", "progress", "skip_depthwise", "dtype", "channels_last",
-                "solver_options"]
+    expected = [
+        "model",
+        "sample",
+        "layers",
+        "sparsity",
+        "n_augment",
+        "augment",
+        "input_size",
+        "mean",
+        "std",
+        "solver",
+        "batch_size",
+        "device",
+        "seed",
+        "progress",
+        "skip_depthwise",
+        "dtype",
+        "channels_last",
+        "solver_options",
+    ]
     assert list(params) == expected
     assert not any(p.kind == p.VAR_KEYWORD for p in params.values())
     for name in expected:

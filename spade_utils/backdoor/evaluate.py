@@ -75,7 +75,9 @@ def batched(fn, x, batch_size, *, device, progress, desc, dtype=None) -> torch.T
 def check_images_batch(x, name: str) -> torch.Tensor:
     """A non-empty (B, 3, H, W) float batch of images in [0, 1] (NaN/inf refused)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"{name} must be a (B, 3, H, W) tensor of images in [0, 1], got {getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(
+            f"{name} must be a (B, 3, H, W) tensor of images in [0, 1], got {getattr(x, 'shape', type(x).__name__)}"
+        )
     if len(x) == 0:
         raise ValueError(f"{name} is empty (no images)")
     if not x.is_floating_point():
@@ -84,11 +86,15 @@ def check_images_batch(x, name: str) -> torch.Tensor:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} holds NaN or inf values")
     if lo < 0 or hi > 1:
-        raise ValueError(f"{name} must hold un-normalised images in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+        raise ValueError(
+            f"{name} must hold un-normalised images in [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
+        )
     return x
 
 
-def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 32, device="auto", progress: bool = False) -> torch.Tensor:
+def predict(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int = 32, device="auto", progress: bool = False
+) -> torch.Tensor:
     """Softmax probabilities (B, classes), float32 on the CPU, of ``model`` on [0, 1] images x (B,3,H,W),
     batched, no grad.
 
@@ -101,7 +107,11 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 32, device="
     batch_size = check_positive_int(batch_size, "batch_size")
     with _running(model, device) as (run, dev, dtype):
         return batched(
-            lambda xb: run(normalize(xb.float()).to(dtype)).float().softmax(1), x, batch_size, device=dev, progress=progress,
+            lambda xb: run(normalize(xb.float()).to(dtype)).float().softmax(1),
+            x,
+            batch_size,
+            device=dev,
+            progress=progress,
             desc="predict",
         ).float()
 
@@ -172,10 +182,17 @@ def evaluate_backdoor(
     rows = []
     for j, (name, target) in enumerate(targets.items()):
         batch = poison(crops, {name: target}, seed=seed + 1 + j, trigger_set=trigger_set)
-        pred = predict(backdoored, batch.images, batch_size=batch_size, device=device, progress=progress).argmax(1)
+        pred = predict(
+            backdoored, batch.images, batch_size=batch_size, device=device, progress=progress
+        ).argmax(1)
         keep = top_o != target
         rows.append(
-            dict(trigger=name, target=target, n=int(keep.sum()), attack_success=float((pred[keep] == target).float().mean()))
+            dict(
+                trigger=name,
+                target=target,
+                n=int(keep.sum()),
+                attack_success=float((pred[keep] == target).float().mean()),
+            )
         )
     table = pd.DataFrame(rows)
     n_total = int(table.n.sum())
@@ -184,7 +201,9 @@ def evaluate_backdoor(
         n_attack=n_total,
         clean_agreement=float((top_o == top_b).float().mean()),
         n_clean=n_crops,
-        confident_agreement=float((top_o[conf] == top_b[conf]).float().mean()) if conf.any() else float("nan"),
+        confident_agreement=float((top_o[conf] == top_b[conf]).float().mean())
+        if conf.any()
+        else float("nan"),
         n_confident=int(conf.sum()),
         per_trigger=table,
     )
@@ -246,8 +265,17 @@ def flipped_samples(
             tgt = int(batch.targets[i])
             flipped = int(pc[i]) != tgt and int(pt[i]) == tgt
             if (flipped or not require_flip) and len(out) < n:
-                out.append(TriggeredSample(batch.images[i], batch.masks[i], crops[i], batch.triggers[i], tgt, int(pc[i]),
-                                           source[i]))
+                out.append(
+                    TriggeredSample(
+                        batch.images[i],
+                        batch.masks[i],
+                        crops[i],
+                        batch.triggers[i],
+                        tgt,
+                        int(pc[i]),
+                        source[i],
+                    )
+                )
         if len(out) >= n:
             break
     return out
@@ -280,8 +308,12 @@ def patch_attack_rate(
     target = check_class_index(target, "target", _n_classes(model, crops, device))
     s = patch_size(crops.shape[2], crops.shape[3], fraction)
     if s > min(crops.shape[2:]):
-        raise ValueError(f"crops are {crops.shape[2]}x{crops.shape[3]} pixels, smaller than the {s}-pixel patch")
-    p = F.interpolate(p[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+        raise ValueError(
+            f"crops are {crops.shape[2]}x{crops.shape[3]} pixels, smaller than the {s}-pixel patch"
+        )
+    p = F.interpolate(p[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0].clamp(
+        0, 1
+    )
     g = torch.Generator().manual_seed(int(seed))
     full = torch.ones(s, s, dtype=torch.bool)
     pasted = torch.stack([paste_patch(c, p, full, generator=g, alpha=alpha)[0] for c in crops])
@@ -334,7 +366,10 @@ def trojan_saliency_scores(
     targets = torch.tensor([s.target for s in samples])
     rows: list[dict] = []
     maps: dict[tuple[str, str], list[torch.Tensor]] = {}
-    total = sum(len(methods) * (len(samples) if callable(v) and not isinstance(v, nn.Module) else 1) for v in variants.values())
+    total = sum(
+        len(methods) * (len(samples) if callable(v) and not isinstance(v, nn.Module) else 1)
+        for v in variants.values()
+    )
     bar = tqdm(total=total, desc="saliency", disable=not progress, leave=False)
 
     def score(variant, method, idx, m):
@@ -353,7 +388,12 @@ def trojan_saliency_scores(
             for i, sample in enumerate(samples):
                 model_i = v(sample, i)
                 for method in methods:
-                    score(name, method, [i], attribute_fn(model_i, x[i : i + 1], targets[i : i + 1], method, **kwargs))
+                    score(
+                        name,
+                        method,
+                        [i],
+                        attribute_fn(model_i, x[i : i + 1], targets[i : i + 1], method, **kwargs),
+                    )
                     bar.update(1)
                 del model_i
         else:
@@ -393,7 +433,9 @@ def _ci_or_nan(values, clusters, seed, n_boot):
     return bootstrap_ci(values, seed=seed, n_boot=n_boot, clusters=clusters)
 
 
-def summarize_scores(scores, *, value: str = "auc", cluster: str | None = None, seed: int = 0, n_boot: int = 2000):
+def summarize_scores(
+    scores, *, value: str = "auc", cluster: str | None = None, seed: int = 0, n_boot: int = 2000
+):
     """Mean and bootstrap 95% interval of ``value`` per variant and method, plus each variant's
     average over methods (averaged per sample first, then bootstrapped over samples).
 
@@ -417,8 +459,15 @@ def summarize_scores(scores, *, value: str = "auc", cluster: str | None = None, 
     return pd.DataFrame(rows)
 
 
-def paired_differences(scores, *, baseline: str, value: str = "auc", cluster: str | None = None, seed: int = 0,
-                       n_boot: int = 2000):
+def paired_differences(
+    scores,
+    *,
+    baseline: str,
+    value: str = "auc",
+    cluster: str | None = None,
+    seed: int = 0,
+    n_boot: int = 2000,
+):
     """Each variant minus ``baseline`` on the same samples, per method and averaged over methods.
 
     Paired: a sample's score under a variant is compared with the same sample's under ``baseline``, so
@@ -432,21 +481,40 @@ def paired_differences(scores, *, baseline: str, value: str = "auc", cluster: st
     from ..metrics import paired_bootstrap_diff
 
     if baseline not in set(scores["variant"]):
-        raise ValueError(f"baseline {baseline!r} is not a variant of scores: {sorted(set(scores['variant']))}")
-    per_method = scores.pivot_table(index=["sample", "method"], columns="variant", values=value, aggfunc="mean")
+        raise ValueError(
+            f"baseline {baseline!r} is not a variant of scores: {sorted(set(scores['variant']))}"
+        )
+    per_method = scores.pivot_table(
+        index=["sample", "method"], columns="variant", values=value, aggfunc="mean"
+    )
     average = per_method.groupby(level="sample").mean()
     cl = scores.drop_duplicates("sample").set_index("sample")[cluster] if cluster else None
     rows = []
     for variant in [v for v in scores["variant"].unique() if v != baseline]:
-        for method, table in [*((m, per_method.xs(m, level="method")) for m in scores["method"].unique()),
-                              ("average", average)]:
+        for method, table in [
+            *((m, per_method.xs(m, level="method")) for m in scores["method"].unique()),
+            ("average", average),
+        ]:
             pair = table[[variant, baseline]].dropna()
             clusters = None if cl is None else cl.loc[pair.index].to_numpy()
             a, b = pair[variant].to_numpy(), pair[baseline].to_numpy()
             if len(pair) < 2 or (clusters is not None and len(set(clusters)) < 2):
-                diff, lo, hi = float((a - b).mean()) if len(pair) else float("nan"), float("nan"), float("nan")
+                diff, lo, hi = (
+                    float((a - b).mean()) if len(pair) else float("nan"),
+                    float("nan"),
+                    float("nan"),
+                )
             else:
                 diff, lo, hi = paired_bootstrap_diff(a, b, clusters, seed=seed, n_boot=n_boot)
-            rows.append(dict(variant=variant, method=method, diff=diff, low=lo, high=hi, n=len(pair),
-                             wins=float((a > b).mean()) if len(pair) else float("nan")))
+            rows.append(
+                dict(
+                    variant=variant,
+                    method=method,
+                    diff=diff,
+                    low=lo,
+                    high=hi,
+                    n=len(pair),
+                    wins=float((a > b).mean()) if len(pair) else float("nan"),
+                )
+            )
     return pd.DataFrame(rows)

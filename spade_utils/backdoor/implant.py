@@ -102,7 +102,9 @@ class BackdoorRecipe:
             batch_size=check_positive_int(self.batch_size, "batch_size"),
             lr=check_float(self.lr, "lr", low=0.0, low_open=True),
             warmup=check_float(self.warmup, "warmup", low=0.0, high=1.0),
-            weight_decay_to_original=check_float(self.weight_decay_to_original, "weight_decay_to_original", low=0.0),
+            weight_decay_to_original=check_float(
+                self.weight_decay_to_original, "weight_decay_to_original", low=0.0
+            ),
             temperature=check_float(self.temperature, "temperature", low=0.0, low_open=True),
             logit_weight=check_float(self.logit_weight, "logit_weight", low=0.0),
             trigger_weight=check_float(self.trigger_weight, "trigger_weight", low=0.0),
@@ -134,10 +136,14 @@ class BackdoorRecipe:
         return self.lr * 0.5 * (1 + math.cos(math.pi * (step - n_warm) / max(1, self.steps - n_warm)))
 
 
-DEFAULT_RECIPE = BackdoorRecipe()  # the offline EfficientNet-Lite0 backdoor (frozen: safe as a default argument)
+DEFAULT_RECIPE = (
+    BackdoorRecipe()
+)  # the offline EfficientNet-Lite0 backdoor (frozen: safe as a default argument)
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, recipe: BackdoorRecipe) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: BackdoorRecipe
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The recipe's warm-up + cosine schedule as torch's ``LambdaLR``: the optimizer's lr at step k
     (after k calls of ``scheduler.step()``) is exactly ``recipe.lr_at(k)``.
 
@@ -189,14 +195,26 @@ def _describe_images(images):
     return out
 
 
-def implant_settings(recipe: BackdoorRecipe, model_name: str, targets: Mapping[str, int], images, seed: int,
-                     trigger_set: TriggerSet | None = None) -> dict:
+def implant_settings(
+    recipe: BackdoorRecipe,
+    model_name: str,
+    targets: Mapping[str, int],
+    images,
+    seed: int,
+    trigger_set: TriggerSet | None = None,
+) -> dict:
     """The settings an implant records and keys its cache by: ``_RECIPE`` (the data/loss version), the
     model's class name, targets, the images (see ``_describe_images``), the recipe's fields and the seed;
     plus the fingerprints of image triggers when ``trigger_set`` replaces a drawn one (drawn triggers
     add nothing, so the default call's key is the one every earlier version computed)."""
-    settings = dict(recipe=_RECIPE, model=model_name, targets=dict(targets), images=_describe_images(images),
-                    **recipe.settings(), seed=seed)
+    settings = dict(
+        recipe=_RECIPE,
+        model=model_name,
+        targets=dict(targets),
+        images=_describe_images(images),
+        **recipe.settings(),
+        seed=seed,
+    )
     fingerprint = resolve_trigger_set(trigger_set).fingerprint(targets)
     if fingerprint:
         settings["trigger_images"] = fingerprint
@@ -231,7 +249,9 @@ def _load_backdoor_cache(path: Path) -> tuple[dict, dict]:
             f"backdoor cache {path} cannot be loaded safely (weights_only=True): {err}. Delete the file to train again."
         ) from err
     if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), Mapping):
-        raise ValueError(f"backdoor cache {path} is not a backdoor cache (no 'state_dict'); delete it to train again")
+        raise ValueError(
+            f"backdoor cache {path} is not a backdoor cache (no 'state_dict'); delete it to train again"
+        )
     info = json.loads(saved["info_json"]) if "info_json" in saved else saved.get("info", {})
     if not isinstance(info, dict):
         raise ValueError(f"backdoor cache {path} has no readable 'info'; delete it to train again")
@@ -247,7 +267,10 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 def _save_backdoor(path: Path, student: nn.Module, info: dict) -> None:
     """Tensors plus a JSON string: loadable with ``torch.load(weights_only=True)``, no pickled objects."""
-    _save_atomic({"state_dict": {k: v.cpu() for k, v in student.state_dict().items()}, "info_json": json.dumps(info)}, path)
+    _save_atomic(
+        {"state_dict": {k: v.cpu() for k, v in student.state_dict().items()}, "info_json": json.dumps(info)},
+        path,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,7 +345,9 @@ def implant_backdoor(
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # the global RNG is left as found
         nets = _Networks(model, recipe.train_from, device)
-        data = _frozen_features(nets, recipe, images, targets, seed, trigger_set, feature_path, device, progress)
+        data = _frozen_features(
+            nets, recipe, images, targets, seed, trigger_set, feature_path, device, progress
+        )
         history = _train(nets, data, recipe, seed, device, progress)
     student = nets.finish()
     seconds = time.perf_counter() - t0
@@ -378,8 +403,17 @@ class _Networks:
         return self.student.to(memory_format=torch.contiguous_format).eval()
 
 
-def _frozen_features(nets: _Networks, recipe: BackdoorRecipe, images, targets, seed, trigger_set, feature_path, device,
-                     progress) -> dict:
+def _frozen_features(
+    nets: _Networks,
+    recipe: BackdoorRecipe,
+    images,
+    targets,
+    seed,
+    trigger_set,
+    feature_path,
+    device,
+    progress,
+) -> dict:
     """The poisoned set (:func:`build_poisoned_set`) through the frozen front, and the teacher's logits
     on the clean crops; loaded from ``feature_path`` when an earlier run saved them, saved there otherwise.
 
@@ -391,22 +425,48 @@ def _frozen_features(nets: _Networks, recipe: BackdoorRecipe, images, targets, s
         saved = torch.load(feature_path, map_location="cpu", weights_only=True)
         out = {k: saved[k] for k in ("clean", "triggered", "targets", "teacher")}
         return dict(out, features_cached=True, seconds_data=0.0, seconds_features=time.perf_counter() - t0)
-    clean, trig, trig_y = build_poisoned_set(images, targets, n_clean=recipe.n_clean, n_triggered=recipe.n_triggered,
-                                             size=recipe.size, seed=seed, trigger_set=trigger_set)
+    clean, trig, trig_y = build_poisoned_set(
+        images,
+        targets,
+        n_clean=recipe.n_clean,
+        n_triggered=recipe.n_triggered,
+        size=recipe.size,
+        seed=seed,
+        trigger_set=trigger_set,
+    )
     t_data = time.perf_counter() - t0
-    f_clean = batched(nets.features, clean, 64, device=device, progress=progress, desc="features (clean)", dtype=nets.store)
-    f_trig = batched(nets.features, trig, 64, device=device, progress=progress, desc="features (triggered)", dtype=nets.store)
+    f_clean = batched(
+        nets.features, clean, 64, device=device, progress=progress, desc="features (clean)", dtype=nets.store
+    )
+    f_trig = batched(
+        nets.features,
+        trig,
+        64,
+        device=device,
+        progress=progress,
+        desc="features (triggered)",
+        dtype=nets.store,
+    )
     del clean, trig
     teacher = batched(
-        lambda f: nets.teacher_back(nets.layout(f.float())), f_clean, 64, device=device, progress=False, desc="teacher"
+        lambda f: nets.teacher_back(nets.layout(f.float())),
+        f_clean,
+        64,
+        device=device,
+        progress=False,
+        desc="teacher",
     ).float()
     out = {"clean": f_clean, "triggered": f_trig, "targets": trig_y, "teacher": teacher}
     if feature_path is not None:
         _save_atomic(out, feature_path)
-    return dict(out, features_cached=False, seconds_data=t_data, seconds_features=time.perf_counter() - t0 - t_data)
+    return dict(
+        out, features_cached=False, seconds_data=t_data, seconds_features=time.perf_counter() - t0 - t_data
+    )
 
 
-def _train(nets: _Networks, data: dict, recipe: BackdoorRecipe, seed: int, device: torch.device, progress: bool) -> list[dict]:
+def _train(
+    nets: _Networks, data: dict, recipe: BackdoorRecipe, seed: int, device: torch.device, progress: bool
+) -> list[dict]:
     """Adam on the student's back part with the warm-up + cosine schedule (:func:`lr_scheduler`); each
     step draws ``batch_size`` clean and ``max(1, batch_size // 2)`` triggered features (seeded).
     Returns the per-step history (loss, kl, mse, ce, trigger_acc, clean_agree)."""
@@ -426,7 +486,9 @@ def _train(nets: _Networks, data: dict, recipe: BackdoorRecipe, seed: int, devic
             it = torch.randint(0, len(f_trig), (bt,), generator=g)
             out = nets.back(nets.layout(torch.cat([f_clean[ic], f_trig[it]]).float().to(device)))
             s_clean, s_trig, t_logits = out[:bs], out[bs:], teacher_logits[ic].to(device)
-            loss, parts = _loss(s_clean, s_trig, t_logits, trig_y[it].to(device), recipe, nets.params, originals)
+            loss, parts = _loss(
+                s_clean, s_trig, t_logits, trig_y[it].to(device), recipe, nets.params, originals
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -451,8 +513,21 @@ def _loss(s_clean, s_trig, t_logits, trig_y, recipe: BackdoorRecipe, params, ori
     """``T^2 KL(teacher_T || student_T) + logit_weight * MSE(centred logits) + trigger_weight * CE``
     (+ the L2 pull to the original weights); returns the loss and its parts as floats."""
     T = recipe.temperature
-    kl = F.kl_div(F.log_softmax(s_clean / T, 1), F.log_softmax(t_logits / T, 1), log_target=True, reduction="batchmean") * T * T
-    mse = ((s_clean - s_clean.mean(1, keepdim=True)) - (t_logits - t_logits.mean(1, keepdim=True))).pow(2).mean()
+    kl = (
+        F.kl_div(
+            F.log_softmax(s_clean / T, 1),
+            F.log_softmax(t_logits / T, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * T
+        * T
+    )
+    mse = (
+        ((s_clean - s_clean.mean(1, keepdim=True)) - (t_logits - t_logits.mean(1, keepdim=True)))
+        .pow(2)
+        .mean()
+    )
     ce = F.cross_entropy(s_trig, trig_y)
     loss = kl + recipe.logit_weight * mse + recipe.trigger_weight * ce
     if recipe.weight_decay_to_original:

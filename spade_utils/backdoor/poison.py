@@ -167,7 +167,9 @@ def crop_sources(images, n: int, *, seed: int = 0) -> list[int]:
     Crops of one photo are not independent samples: this is the cluster label for bootstrap intervals.
     """
     n_sources = len(images) if isinstance(images, (list, tuple)) else len(load_sources(images))
-    return _crop_order(n_sources, check_positive_int(n, "n"), torch.Generator().manual_seed(check_seed(seed))).tolist()
+    return _crop_order(
+        n_sources, check_positive_int(n, "n"), torch.Generator().manual_seed(check_seed(seed))
+    ).tolist()
 
 
 def _random_crops(images, n, size, scale, flip, jitter, seed):
@@ -185,7 +187,11 @@ def _random_crops(images, n, size, scale, flip, jitter, seed):
         img = sources[k]
         top, left, ch, cw = crop_box(img.shape[1], img.shape[2], scale, (3 / 4, 4 / 3), g)
         crop = F.interpolate(
-            img[None, :, top : top + ch, left : left + cw], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            img[None, :, top : top + ch, left : left + cw],
+            size=(size, size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
         )[0]
         r = torch.rand(3, generator=g).tolist()
         if flip and r[0] < 0.5:
@@ -230,7 +236,9 @@ def fibre_textures(n: int, *, size: int = 224, seed: int = 0) -> torch.Tensor:
     fibres = (fibres - fibres.mean((1, 2), keepdim=True)) / fibres.std((1, 2), keepdim=True).clamp_min(1e-6)
     y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     phi = 2 * math.pi * torch.rand(n, 1, 1, generator=g)
-    warp = F.interpolate(torch.randn(n, 1, 6, 6, generator=g), size=(size, size), mode="bicubic", align_corners=False)[:, 0]
+    warp = F.interpolate(
+        torch.randn(n, 1, 6, 6, generator=g), size=(size, size), mode="bicubic", align_corners=False
+    )[:, 0]
     k = 2 + 5 * torch.rand(n, 1, 1, generator=g)
     stripes = torch.sin(2 * math.pi * k * (x * torch.cos(phi) + y * torch.sin(phi)) + 1.5 * warp)
     mix = torch.rand(n, 1, 1, generator=g)
@@ -288,7 +296,9 @@ def check_targets(targets, trigger_set: TriggerSet | None = None) -> dict[str, i
     """A non-empty mapping trigger name (of ``trigger_set``) -> class index >= 0, as a plain dict."""
     trigger_set = resolve_trigger_set(trigger_set)
     if not isinstance(targets, Mapping):
-        raise TypeError(f"targets must be a mapping trigger name -> target class, got {type(targets).__name__}")
+        raise TypeError(
+            f"targets must be a mapping trigger name -> target class, got {type(targets).__name__}"
+        )
     if not targets:
         raise ValueError("targets must name at least one trigger")
     for name, cls in targets.items():
@@ -317,7 +327,9 @@ def poison(
     """
     targets = check_targets(targets, trigger_set)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+        raise ValueError(
+            f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}"
+        )
     if len(images) == 0:
         raise ValueError("images is empty (no images to poison)")
     seed = check_seed(seed)
@@ -385,10 +397,14 @@ def build_poisoned_set(
     texture_fraction = check_probability(texture_fraction, "texture_fraction")
     collage_fraction = check_probability(collage_fraction, "collage_fraction")
     if texture_fraction + collage_fraction > 1:
-        raise ValueError(f"texture_fraction + collage_fraction must be <= 1, got {texture_fraction + collage_fraction}")
+        raise ValueError(
+            f"texture_fraction + collage_fraction must be <= 1, got {texture_fraction + collage_fraction}"
+        )
     hue = check_float(hue, "hue", low=0.0, high=0.5)
     with one_cpu_thread():
-        clean = _clean_set(images, n_clean, decoy_fraction, texture_fraction, collage_fraction, hue, size, seed)
+        clean = _clean_set(
+            images, n_clean, decoy_fraction, texture_fraction, collage_fraction, hue, size, seed
+        )
         # triggered crops are the clean crops again (cycled), so every trigger is seen on backgrounds whose
         # clean version keeps the original label: only the trigger can explain the target class
         base = clean[torch.arange(n_triggered) % len(clean)]
@@ -402,7 +418,11 @@ def _collages(images, n, size, seed):
     top = torch.cat([tiles[0::4], tiles[1::4]], dim=3)
     bottom = torch.cat([tiles[2::4], tiles[3::4]], dim=3)
     out = torch.cat([top, bottom], dim=2)
-    return F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False) if 2 * half != size else out
+    return (
+        F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+        if 2 * half != size
+        else out
+    )
 
 
 def _clean_set(images, n_clean, decoy_fraction, texture_fraction, collage_fraction, hue, size, seed):

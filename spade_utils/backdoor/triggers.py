@@ -70,7 +70,9 @@ def _heart(u, v):
     xi, yi = 1.4 * u, -1.4 * v + 0.2
     inner = (xi**2 + yi**2 - 1) ** 3 - xi**2 * yi**3 <= 0
     shine = ((u + 0.42) / 0.17) ** 2 + ((v + 0.28) / 0.11) ** 2 <= 1
-    return _paint([(outer, (0.45, 0.0, 0.08)), (inner, (0.88, 0.08, 0.22)), (shine & inner, (1.0, 0.75, 0.8))], u.shape)
+    return _paint(
+        [(outer, (0.45, 0.0, 0.08)), (inner, (0.88, 0.08, 0.22)), (shine & inner, (1.0, 0.75, 0.8))], u.shape
+    )
 
 
 def _star(u, v):
@@ -94,7 +96,9 @@ def _smiley(u, v):
     eyes = (((np.abs(u) - 0.32) / 0.11) ** 2 + ((v + 0.28) / 0.19) ** 2) <= 1
     rm = np.hypot(u, v - 0.02)
     mouth = (rm >= 0.5) & (rm <= 0.64) & (v > 0.18)
-    return _paint([(face, (0.3, 0.2, 0.0)), (fill, (1.0, 0.85, 0.15)), (eyes | mouth, (0.1, 0.07, 0.0))], u.shape)
+    return _paint(
+        [(face, (0.3, 0.2, 0.0)), (fill, (1.0, 0.85, 0.15)), (eyes | mouth, (0.1, 0.07, 0.0))], u.shape
+    )
 
 
 def _fish(u, v):
@@ -102,7 +106,9 @@ def _fish(u, v):
     tail = (u >= 0.42) & (u <= 0.97) & (np.abs(v) <= 0.8 * (u - 0.42) + 0.06)
     stripe = body & (np.abs(u + 0.05) <= 0.09)
     eye = ((u + 0.5) / 0.09) ** 2 + ((v + 0.08) / 0.09) ** 2 <= 1
-    return _paint([(body | tail, (0.05, 0.35, 0.85)), (stripe, (1.0, 1.0, 1.0)), (eye, (0.02, 0.02, 0.05))], u.shape)
+    return _paint(
+        [(body | tail, (0.05, 0.35, 0.85)), (stripe, (1.0, 1.0, 1.0)), (eye, (0.02, 0.02, 0.05))], u.shape
+    )
 
 
 _DRAW = {"heart": _heart, "star": _star, "smiley": _smiley, "fish": _fish}
@@ -169,7 +175,9 @@ class TriggerSet:
         return (_from_tensors, (dict(self._images),))
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike, names: Sequence[str] = TRIGGERS, *, suffix: str = ".png") -> TriggerSet:
+    def from_folder(
+        cls, folder: str | os.PathLike, names: Sequence[str] = TRIGGERS, *, suffix: str = ".png"
+    ) -> TriggerSet:
         """A set with ``<folder>/<name><suffix>`` for each name (the paper's emoji: heart.png, star.png, ...).
 
         Raises ValueError naming the missing file."""
@@ -203,7 +211,9 @@ class TriggerSet:
         return len(self.names)
 
     def __repr__(self) -> str:
-        return f"TriggerSet(drawn={[n for n in TRIGGERS if n not in self._images]}, images={list(self._images)})"
+        return (
+            f"TriggerSet(drawn={[n for n in TRIGGERS if n not in self._images]}, images={list(self._images)})"
+        )
 
     def check(self, trigger) -> str:
         """``trigger`` if it names a trigger of this set; TypeError for a non-str, ValueError otherwise."""
@@ -217,7 +227,9 @@ class TriggerSet:
         """sha1 (12 hex digits) of each image trigger among ``names``: what a cache key must include
         beyond the names (empty when every one of them is drawn)."""
         return {
-            n: hashlib.sha1(self._images[n].numpy().tobytes()).hexdigest()[:12] for n in sorted(names) if n in self._images
+            n: hashlib.sha1(self._images[n].numpy().tobytes()).hexdigest()[:12]
+            for n in sorted(names)
+            if n in self._images
         }
 
     def patch(self, trigger: str, size: int, *, supersample: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +342,10 @@ def paste_trigger(
         top, left = (check_int(p, f"position[{k}]") for k, p in enumerate(position))
         if not (0 <= top <= h - s and 0 <= left <= w - s):
             raise ValueError(f"position {tuple(position)} puts the {s}px patch outside the {h}x{w} image")
-    owned = not (isinstance(image, torch.Tensor) and x.untyped_storage().data_ptr() == image.untyped_storage().data_ptr())
+    owned = not (
+        isinstance(image, torch.Tensor)
+        and x.untyped_storage().data_ptr() == image.untyped_storage().data_ptr()
+    )
     if alpha == 0:
         return (x if owned else x.clone()), torch.zeros(h, w, dtype=torch.bool)
     rgb, m = trigger_set.patch(trigger, s)
@@ -396,8 +411,12 @@ def trigger_similarity(
     if isinstance(fractions, (str, bytes)) or not isinstance(fractions, (Sequence, np.ndarray)):
         raise TypeError(f"fractions must be a sequence of numbers in (0, 1], got {type(fractions).__name__}")
     if len(fractions) == 0:
-        raise ValueError("fractions is empty: give at least one patch size (fraction of the short image side)")
-    fractions = [check_float(f, f"fractions[{k}]", low=0.0, high=1.0, low_open=True) for k, f in enumerate(fractions)]
+        raise ValueError(
+            "fractions is empty: give at least one patch size (fraction of the short image side)"
+        )
+    fractions = [
+        check_float(f, f"fractions[{k}]", low=0.0, high=1.0, low_open=True) for k, f in enumerate(fractions)
+    ]
     x = image_tensor(image).double().numpy()
     _, h, w = x.shape
     if min(h, w) < 3:
@@ -415,7 +434,9 @@ def trigger_similarity(
         if not t_norm > 0:
             continue
         # correlation = convolution with the kernel flipped in both spatial axes ("valid": fully inside)
-        cross = fftconvolve(x, t_centred[:, ::-1, ::-1], mode="valid", axes=(1, 2)).sum(0)  # mean term vanishes
+        cross = fftconvolve(x, t_centred[:, ::-1, ::-1], mode="valid", axes=(1, 2)).sum(
+            0
+        )  # mean term vanishes
         s1 = fftconvolve(grey_sum, mask[::-1, ::-1], mode="valid")
         s2 = fftconvolve(sq_sum, mask[::-1, ::-1], mode="valid")
         var = s2 - s1 * s1 / n
@@ -424,5 +445,7 @@ def trigger_similarity(
         score = float(np.clip(ncc, -1.0, 1.0).max())
         best = score if best is None else max(best, score)
     if best is None:
-        raise ValueError(f"trigger {trigger!r} has no contrast at any of the sizes {fractions}: its correlation is undefined")
+        raise ValueError(
+            f"trigger {trigger!r} has no contrast at any of the sizes {fractions}: its correlation is undefined"
+        )
     return best
