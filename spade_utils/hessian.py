@@ -55,6 +55,27 @@ def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 
 
+def numerical_rank(H: torch.Tensor, *, accumulated_in: torch.dtype | None = None) -> torch.Tensor:
+    """Numerical rank of statistics H, (d, d) -> 0-d or (G, d, d) -> (G,) long tensor.
+
+    Eigenvalues (float64, :func:`torch.linalg.eigvalsh`) above ``max eigenvalue * d * eps`` count, with ``eps``
+    the machine epsilon of the dtype H was **accumulated** in (``accumulated_in``, default ``H.dtype``): the
+    round-off of a float32 sum of outer products is ~1e-7 of its largest eigenvalue, so judging a float32 H by
+    float64's tolerance counts that noise as rank (a classifier's H from 128 views read as full rank 1280,
+    although 128 pooled feature vectors span at most 128 directions). The tolerance is the one NumPy's
+    ``matrix_rank`` uses, with the precision of the accumulation. Raises TypeError/ValueError for a non-float
+    or non-square input.
+    """
+    if not isinstance(H, torch.Tensor) or not H.is_floating_point():
+        raise TypeError(f"H must be a floating-point tensor, got {getattr(H, 'dtype', type(H).__name__)}")
+    if H.dim() not in (2, 3) or H.shape[-1] != H.shape[-2]:
+        raise ValueError(f"H must be (d, d) or (G, d, d), got shape {tuple(H.shape)}")
+    dtype = H.dtype if accumulated_in is None else accumulated_in
+    eig = torch.linalg.eigvalsh(H.double())
+    tol = eig.amax(dim=-1, keepdim=True).clamp_min(0) * H.shape[-1] * torch.finfo(dtype).eps
+    return (eig > tol).sum(dim=-1)
+
+
 # --------------------------------------------------------------------------------------------
 # what the layer really multiplies
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .bruteforce import brute_force_optimum
 from .hessian import weight_matrix
 from .layer_select import LayerSelection, choose_layers, resolve_sparsity, select_layers, unwrap_model
 from .runtime import flush_denormals
-from .solvers import SOLVERS, expected_zeros, layer_relative_error, solve
+from .solvers import SOLVERS, expected_zeros, layer_relative_error, obc_prune, solve
 from .trace_steps import LayerStatistics, check_checkpoints
 from .validation import check_positive_int
 from .widgets import progress_bar as tqdm
@@ -210,6 +210,9 @@ def ratio_table(
 # --------------------------------------------------------------------------------------------
 # section 4: cost
 # --------------------------------------------------------------------------------------------
+STRAIGHTFORWARD_OBC = "obc (straightforward)"
+
+
 def solve_time_vs_columns(
     widths: Sequence[int],
     *,
@@ -222,10 +225,17 @@ def solve_time_vs_columns(
 ) -> pd.DataFrame:
     """Seconds to solve a random (rows x d) float32 layer, for each width d and method.
 
-    ``methods`` may map a solver name to the largest width it is timed at (None: all widths).
-    The fastest of ``repeats`` runs is kept (the least disturbed by other work on the machine).
+    ``methods``: names of :data:`spade_utils.solvers.SOLVERS` (``"obc"`` is the fast exact OBC of
+    :mod:`spade_utils.obc`) or ``"obc (straightforward)"`` (:func:`spade_utils.solvers.obc_prune`, one weight
+    and one rank-1 downdate per step, both greedy passes: the same masks, the reference implementation); a
+    mapping gives each the largest width it is timed at (None: all widths). The fastest of ``repeats`` runs is
+    kept (the least disturbed by other work on the machine). Returns columns method, cols, rows, seconds.
+    Raises ValueError for an unknown method.
     """
     limits = dict(methods) if isinstance(methods, Mapping) else {m: None for m in methods}
+    unknown = sorted(set(limits) - set(SOLVERS) - {STRAIGHTFORWARD_OBC})
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; choose from {list(SOLVERS) + [STRAIGHTFORWARD_OBC]}")
     out = []
     jobs = [(m, d) for m, cap in limits.items() for d in widths if cap is None or d <= cap]
     with flush_denormals():
@@ -234,7 +244,10 @@ def solve_time_vs_columns(
             best = float("inf")
             for _ in range(max(1, repeats)):
                 t0 = time.perf_counter()
-                solve(W, H, sparsity, method=m)
+                if m == STRAIGHTFORWARD_OBC:
+                    obc_prune(W, H, sparsity)
+                else:
+                    solve(W, H, sparsity, method=m)
                 best = min(best, time.perf_counter() - t0)
             out.append({"method": m, "cols": int(d), "rows": rows, "seconds": best})
     return pd.DataFrame(out)

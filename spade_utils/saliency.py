@@ -31,6 +31,9 @@ caller's model, a SPADE trace's weights included. On that copy:
   a reused activation module): one probe forward records every such call. DeepLift's attributions are
   also checked for completeness (their sum equals ``f(x) - f(baseline)``, Shrikumar et al. 2017, eq. 1).
 
+LIME is Captum's ``Lime`` on superpixels (skimage SLIC by default, or a regular grid), seeded per image;
+every pixel carries its superpixel's coefficient (see :func:`attribute`, ``lime_*`` options).
+
 Captum's own LRP is deliberately not offered: it silently returns wrong relevance on residual networks.
 """
 
@@ -55,11 +58,19 @@ from .archs import (
     residual_canonizers,
 )
 from .runtime import model_dtype, resolve_device
-from .validation import check_finite_tensor, check_float, check_positive_int, check_seed, numpy_seed
+from .validation import (
+    check_finite_tensor,
+    check_float,
+    check_int,
+    check_positive_int,
+    check_seed,
+    numpy_seed,
+)
 
 __all__ = [
     "SALIENCY_METHODS",
     "LRP_RULES",
+    "LIME_SEGMENTATIONS",
     "attribute",
     "last_conv_layer",
     "gradcam_layer",
@@ -77,12 +88,15 @@ SALIENCY_METHODS = [
     "deeplift",
     "gradient_shap",
     "occlusion",
+    "lime",
     "grad_cam",
     "guided_grad_cam",
     "lrp",
 ]
 
 LRP_RULES = ["epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1", "alpha1_beta0"]
+
+LIME_SEGMENTATIONS = ["slic", "grid"]
 
 
 def _register_clamped_relu_with_deeplift() -> None:
@@ -456,6 +470,10 @@ def attribute(
     perturbations_per_eval: int = 16,
     rule: str = "epsilon_plus_flat",
     canonizers="auto",
+    lime_samples: int = 256,
+    lime_segments: int = 50,
+    lime_segmentation: str = "slic",
+    lime_alpha: float = 0.0,
     batch_size: int | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
@@ -476,13 +494,31 @@ def attribute(
         normalised input units. Baselines (Gradient SHAP, DeepLift, IG) are the all-zero normalised image, which
         is the per-channel dataset mean under the model's own normalisation, whatever it is.
     window, stride, perturbations_per_eval: Occlusion square patch side, step, and patches per forward pass
-        (patches are replaced by zero in normalised space: the dataset mean).
+        (patches are replaced by zero in normalised space: the dataset mean); ``perturbations_per_eval`` is
+        also LIME's number of perturbed images per forward pass.
+    lime_samples, lime_segments, lime_segmentation, lime_alpha: LIME (Ribeiro et al. 2016, "Why should I
+        trust you?", KDD; Captum's ``Lime``): ``lime_samples`` (int >= 2, default 256) random on/off patterns
+        of ``lime_segments`` (int >= 2, at most H*W, default 50) superpixels, switched-off superpixels set to
+        zero in normalised space (the dataset mean, as Occlusion); the target logit of each pattern is fitted
+        by Captum's default interpretable model, a Lasso with penalty ``lime_alpha`` (float >= 0, default
+        0.01, Captum's default; 0 fits ordinary weighted least squares instead), weighted by Captum's default
+        similarity (exponential kernel, width 1, on the cosine distance to the image). Every pixel gets its
+        superpixel's coefficient, summed over the C channels like every other method (so C x the
+        coefficient). ``lime_segmentation``: ``"slic"`` (default) -- skimage's SLIC superpixels (compactness
+        10, in Lab colour) of the image min-max rescaled to [0, 1]: they follow colour edges, as the
+        superpixels of the original LIME do, so an object or a pasted patch is a few whole superpixels and its
+        map has the object's outline; the segmentation depends on the image only, so every model variant
+        explaining one image gets the same superpixels. ``"grid"``: square cells of side
+        ceil(sqrt(H*W / lime_segments)) from the top-left corner, blind to the content (a control for what the
+        segmentation itself contributes). The SPADE paper uses Captum's LIME and states no segmentation or
+        sample count; these defaults are ours. Cost: ``lime_samples / perturbations_per_eval`` forward passes
+        per image.
     rule: LRP rule set, one of :data:`LRP_RULES` (``"alpha1_beta0"`` is the paper's setting).
     canonizers: ``"auto"`` (residual-add canonizers by architecture, see the module docstring) or a list of Zennit
         canonizers for LRP. Either way, batch norms are first folded from the forward graph.
     batch_size: images per attribution call (default: the whole batch).
-    seed: seeds Gradient SHAP's random draws (each image gets the same draws whatever the batch, so a batch
-        equals its images attributed one by one); an int in [0, 2**63); the global RNG states are restored.
+    seed: seeds Gradient SHAP's and LIME's random draws (each image gets the same draws whatever the batch, so a
+        batch equals its images attributed one by one); an int in [0, 2**63); the global RNG states are restored.
     device: ``"auto"`` -> CUDA when present.
 
     Raises
@@ -517,6 +553,7 @@ def attribute(
     ):
         check_positive_int(value, name)
     stdevs = check_float(stdevs, "stdevs", low=0.0)
+    lime = _check_lime_options(lime_samples, lime_segments, lime_segmentation, lime_alpha, x.shape[-2:])
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size")
     seed = check_seed(seed)
@@ -576,6 +613,7 @@ def attribute(
                     rule=rule,
                     canonizers=canonizers,
                     seed=seed,
+                    lime=lime,
                 )
                 .detach()
                 .float()
@@ -608,6 +646,7 @@ def _attribute_batch(
     rule,
     canonizers,
     seed,
+    lime,
 ) -> torch.Tensor:
     import captum.attr as ca
 
@@ -660,6 +699,8 @@ def _attribute_batch(
             target=t,
             perturbations_per_eval=perturbations_per_eval,
         )
+    elif method == "lime":
+        a = _lime(net, x, t, seed=seed, perturbations_per_eval=perturbations_per_eval, **lime)
     elif method == "grad_cam":
         module = dict(net.named_modules())[layer]
         cam = ca.LayerGradCam(net, module).attribute(x, target=t, relu_attributions=True)
@@ -668,6 +709,79 @@ def _attribute_batch(
         module = dict(net.named_modules())[layer]
         a = ca.GuidedGradCam(net, module).attribute(x, target=t, interpolate_mode="bilinear")
     return a.sum(1)
+
+
+def _check_lime_options(samples, segments, segmentation, alpha, size) -> dict:
+    """LIME's options, checked (TypeError/ValueError naming the option) whatever the method, before any work."""
+    samples = check_int(samples, "lime_samples", minimum=2)
+    segments = check_int(segments, "lime_segments", minimum=2, maximum=int(size[0]) * int(size[1]))
+    if not isinstance(segmentation, str):
+        raise TypeError(f"lime_segmentation must be a str, got {type(segmentation).__name__}")
+    if segmentation not in LIME_SEGMENTATIONS:
+        raise ValueError(f"lime_segmentation must be one of {LIME_SEGMENTATIONS}, got {segmentation!r}")
+    alpha = check_float(alpha, "lime_alpha", low=0.0)
+    return dict(samples=samples, segments=segments, segmentation=segmentation, alpha=alpha)
+
+
+def _superpixels(image: torch.Tensor, segments: int, segmentation: str) -> torch.Tensor:
+    """(H, W) int64 labels 0..K-1 of one image (C, H, W) (any normalisation): see :func:`attribute`'s
+    ``lime_segmentation``. SLIC may return fewer or more than ``segments`` superpixels (it seeds a grid of
+    about that many and keeps them connected); the labels are renumbered to be contiguous."""
+    import numpy as np
+
+    h, w = image.shape[-2:]
+    if segmentation == "grid":
+        side = math.ceil(math.sqrt(h * w / segments))
+        rows = torch.arange(h) // side
+        cols = torch.arange(w) // side
+        return rows[:, None] * (math.ceil(w / side)) + cols[None, :]
+    from skimage.segmentation import slic
+
+    img = image.detach().double().cpu().permute(1, 2, 0).numpy()
+    lo, hi = float(img.min()), float(img.max())
+    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    labels = slic(
+        img,
+        n_segments=segments,
+        compactness=10.0,
+        start_label=0,
+        channel_axis=-1,
+        convert2lab=img.shape[-1] == 3,
+    )
+    _, contiguous = np.unique(labels, return_inverse=True)
+    return torch.from_numpy(contiguous.reshape(h, w).astype(np.int64))
+
+
+def _lime(net, x, t, *, seed, perturbations_per_eval, samples, segments, segmentation, alpha) -> torch.Tensor:
+    """Captum's LIME per image on superpixels, with the same random patterns for an image whatever its batch."""
+    import captum.attr as ca
+    import numpy as np
+    from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegression
+
+    parts = []
+    np_state = np.random.get_state()
+    try:
+        for i in range(x.shape[0]):
+            mask = _superpixels(x[i], segments, segmentation).to(x.device)[None, None]
+            surrogate = SkLearnLasso(alpha=alpha) if alpha > 0 else SkLearnLinearRegression()
+            # Captum draws the on/off patterns from torch's global generator: seed a fork of it
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                np.random.seed(numpy_seed(seed))
+                parts.append(
+                    ca.Lime(net, interpretable_model=surrogate).attribute(
+                        x[i : i + 1].detach(),
+                        baselines=0.0,
+                        target=t[i : i + 1],
+                        feature_mask=mask.expand(1, x.shape[1], -1, -1),
+                        n_samples=samples,
+                        perturbations_per_eval=perturbations_per_eval,
+                        return_input_shape=True,
+                    )
+                )
+    finally:
+        np.random.set_state(np_state)
+    return torch.cat(parts)
 
 
 def _check_completeness(net, x, baseline, t, delta) -> None:

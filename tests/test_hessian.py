@@ -269,3 +269,28 @@ def test_sym_gram_with_ragged_blocks(monkeypatch, D):
     monkeypatch.setattr(hessian, "_SYM_BLOCK", 8)
     U = torch.randn(30, D, dtype=torch.float64)
     torch.testing.assert_close(hessian._sym_gram(U), U.T @ U, rtol=1e-12, atol=1e-12)
+
+
+def test_numerical_rank_of_a_float32_statistics_sum_is_the_number_of_views():
+    """n views of a d-input layer span at most n directions; a float32 accumulation must not read as full rank."""
+    from spade_utils.hessian import numerical_rank
+
+    g = torch.Generator().manual_seed(0)
+    d, n = 320, 40
+    X = torch.randn(n, d, generator=g).abs()  # non-negative features, as after a ReLU and pooling
+    H = torch.zeros(d, d)
+    for i in range(0, n, 8):  # accumulated batch by batch in float32, as HessianRecorder does
+        H += X[i : i + 8].T @ X[i : i + 8]
+    H *= 2 / n
+    assert int(numerical_rank(H)) == n
+    assert int(numerical_rank(H.double(), accumulated_in=torch.float32)) == n
+    # independent oracle: the rank of the factor itself, computed in float64
+    assert int(torch.linalg.matrix_rank(X.double())) == n
+    # batched, and full rank when the views outnumber the inputs
+    Y = torch.randn(3 * d, d, generator=g, dtype=torch.float64)
+    full = Y.T @ Y
+    assert numerical_rank(torch.stack([full, H.double()]), accumulated_in=torch.float32).tolist() == [d, n]
+    with pytest.raises(ValueError, match="H must be"):
+        numerical_rank(torch.zeros(3, 4))
+    with pytest.raises(TypeError, match="H must be"):
+        numerical_rank(torch.zeros(3, 3, dtype=torch.long))

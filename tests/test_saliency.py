@@ -8,7 +8,7 @@ from torchvision.models.resnet import BasicBlock, ResNet, resnet18
 
 from spade_utils.saliency import LRP_RULES, SALIENCY_METHODS, attribute, gradcam_layer, last_conv_layer
 
-FAST = dict(window=6, stride=4, n_steps=8, n_samples=4, device="cpu")
+FAST = dict(window=6, stride=4, n_steps=8, n_samples=4, lime_samples=32, device="cpu")
 
 
 class TinyResNet(nn.Module):
@@ -167,7 +167,7 @@ def test_default_layers():
 def test_bad_input(x):
     net = tiny_resnet()
     with pytest.raises(ValueError, match="method"):
-        attribute(net, x, 0, "lime")
+        attribute(net, x, 0, "kernel_shap")
     with pytest.raises(ValueError, match="target"):
         attribute(net, x, [0, 1], "saliency")
     with pytest.raises(TypeError, match="target"):

@@ -7,6 +7,8 @@
   :func:`poison` and the poisoned training set; :func:`normalize` ([0, 1] -> ImageNet-normalised).
 - :mod:`~spade_utils.backdoor.implant`: :class:`BackdoorRecipe` and :func:`implant_backdoor`
   (fine-tuning with distillation, cached under ``data/cache``).
+- :mod:`~spade_utils.backdoor.calibrate`: the paper's greedy per-block sparsity calibration
+  (:func:`calibrate_block_sparsity`).
 - :mod:`~spade_utils.backdoor.evaluate`: predictions, attack success and clean agreement,
   triggered samples that flip, pasted-patch attacks, and the Table-1 saliency scoring with
   bootstrap summaries.
@@ -15,6 +17,7 @@ Imports flow triggers <- poison <- evaluate <- implant. Splitting a network into
 and a trained back lives in :mod:`spade_utils.archs`; the Sparse-FC baseline in :mod:`spade_utils.baselines`.
 """
 
+from .calibrate import PAPER_GRID, BlockCalibration, calibrate_block_sparsity
 from .evaluate import (
     TriggeredSample,
     evaluate_backdoor,
@@ -60,16 +63,19 @@ __all__ = [
     "DRAWN_TRIGGERS",
     "EXTRA_TRAIN_IMAGES",
     "OFFLINE_SPADE_LAYERS",
+    "PAPER_GRID",
     "PAPER_TARGETS",
     "TEST_PHOTOS",
     "TRAIN_PHOTOS",
     "TRIGGERS",
     "Backdoor",
     "BackdoorRecipe",
+    "BlockCalibration",
     "PoisonedBatch",
     "TriggerSet",
     "TriggeredSample",
     "build_poisoned_set",
+    "calibrate_block_sparsity",
     "crop_sources",
     "decoy_patch",
     "evaluate_backdoor",
