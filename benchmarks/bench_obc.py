@@ -16,8 +16,11 @@ Printed tables (nothing is asserted):
   on a row subset (``rows timed``); the fast solver is also timed on the whole layer.
 * ``offline``: the fast solver on every layer of the offline backdoor trace
   (``backdoor.OFFLINE_SPADE_LAYERS``: Lite0 blocks 8-15, head, classifier) from one ``--views`` pass;
-  the sum is the solve time of an exact-OBC trace.
+  the sum (min/median of ``--repeats`` whole passes) is the solve time of an exact-OBC trace,
+  printed with the three slowest layers.
 
+The fast solver's options: ``--block`` (default adaptive), ``--cpu-threads`` (default 1),
+``--no-overlap`` (one chunk of rows at a time instead of two in flight); the first line says which.
 The machine's load is printed first: ratios measured side by side are what to compare.
 """
 
@@ -112,8 +115,10 @@ def layers_table(args) -> None:
             problems[f"resnet50 {name}"] = (W, H)
     dev = torch.device(args.device)
     print(f"\n== layers: H from {args.views} views of 'chelsea'; seconds min/median of {args.repeats}")
-    head = (f"{'layer':30s} {'shape':>11s} {'sp':>4s} {'rows':>5s} {'straight s':>15s} {'fast s':>13s} "
-            f"{'ratio':>6s} {'err straight':>12s} {'err fast':>9s} {'fast all rows s':>16s}")
+    head = (
+        f"{'layer':30s} {'shape':>11s} {'sp':>4s} {'rows':>5s} {'straight s':>15s} {'fast s':>13s} "
+        f"{'ratio':>6s} {'err straight':>12s} {'err fast':>9s} {'fast all rows s':>16s}"
+    )
     print(head)
     for name, (W, H) in problems.items():
         W, H = W.to(dev), H.to(dev)
@@ -121,19 +126,29 @@ def layers_table(args) -> None:
         n_rows = rows if args.full else min(rows, args.rows if cols <= 2048 else args.wide_rows)
         Ws = W[:n_rows]
         for sparsity in args.sparsity:
-            a, s_min, s_med = _timed(lambda Ws=Ws, H=H, sparsity=sparsity: obc_prune(Ws, H, sparsity), 1 if n_rows == rows and rows > 256 else args.repeats)
-            b, f_min, f_med = _timed(lambda Ws=Ws, H=H, sparsity=sparsity: obc_prune_fast(Ws, H, sparsity), args.repeats)
+            a, s_min, s_med = _timed(
+                lambda Ws=Ws, H=H, sparsity=sparsity: obc_prune(Ws, H, sparsity),
+                1 if n_rows == rows and rows > 256 else args.repeats,
+            )
+            b, f_min, f_med = _timed(
+                lambda Ws=Ws, H=H, sparsity=sparsity: obc_prune_fast(Ws, H, sparsity, **args.fast),
+                args.repeats,
+            )
             ea, eb = float(relative_error(Ws, a, H)), float(relative_error(Ws, b, H))
             same = "" if torch.equal(a == 0, b == 0) else " (masks differ)"
             if n_rows < rows and (cols <= 2048 or args.wide_full):
-                full, t_full, _ = _timed(lambda W=W, H=H, sparsity=sparsity: obc_prune_fast(W, H, sparsity), 1)
+                full, t_full, _ = _timed(
+                    lambda W=W, H=H, sparsity=sparsity: obc_prune_fast(W, H, sparsity, **args.fast), 1
+                )
                 full_s = f"{t_full:.2f} (err {float(relative_error(W, full, H)):.4f})"
             elif n_rows == rows:
                 full_s = f"{f_min:.2f}"
             else:
                 full_s = "(--wide-full)"
-            print(f"{name:30s} {rows:>5d}x{cols:<5d} {sparsity:>4.2f} {n_rows:>5d} {s_min:>7.2f}/{s_med:<7.2f} "
-                  f"{f_min:>6.2f}/{f_med:<6.2f} {s_min / f_min:>6.1f} {ea:>12.3e} {eb:>9.3e} {full_s:>16s}{same}")
+            print(
+                f"{name:30s} {rows:>5d}x{cols:<5d} {sparsity:>4.2f} {n_rows:>5d} {s_min:>7.2f}/{s_med:<7.2f} "
+                f"{f_min:>6.2f}/{f_med:<6.2f} {s_min / f_min:>6.1f} {ea:>12.3e} {eb:>9.3e} {full_s:>16s}{same}"
+            )
 
 
 def offline_trace(args) -> None:
@@ -145,15 +160,27 @@ def offline_trace(args) -> None:
     names = list(select_layers(lite, OFFLINE_SPADE_LAYERS))
     problems = _hessians(lite, names, _views(args.views))
     dev = torch.device(args.device)
-    print(f"\n== offline backdoor layer set ({len(names)} layers, {args.views} views): fast exact OBC")
+    print(
+        f"\n== offline backdoor layer set ({len(names)} layers, {args.views} views): fast exact OBC {args.fast or ''}; "
+        f"seconds min/median of {args.repeats} whole passes"
+    )
     for sparsity in args.sparsity:
-        total, worst = 0.0, ("", 0.0)
-        for name, (W, H) in problems.items():
-            W, H = W.to(dev), H.to(dev)
-            _, t, _ = _timed(lambda W=W, H=H, sparsity=sparsity: obc_prune_fast(W, H, sparsity), 1)
-            total += t
-            worst = max(worst, (name, t), key=lambda x: x[1])
-        print(f"sparsity {sparsity:.2f}: sum of solve seconds {total:.1f} (slowest: {worst[0]} {worst[1]:.1f} s)")
+        totals, per_layer = [], {}
+        for _ in range(args.repeats):
+            total = 0.0
+            for name, (W, H) in problems.items():
+                W, H = W.to(dev), H.to(dev)
+                _, t, _ = _timed(
+                    lambda W=W, H=H, sparsity=sparsity: obc_prune_fast(W, H, sparsity, **args.fast), 1
+                )
+                total += t
+                per_layer[name] = min(t, per_layer.get(name, float("inf")))
+            totals.append(total)
+        top = sorted(per_layer.items(), key=lambda x: -x[1])[:3]
+        print(
+            f"sparsity {sparsity:.2f}: sum of solve seconds {min(totals):.1f}/{statistics.median(totals):.1f} "
+            f"(slowest: {', '.join(f'{n} {t:.1f} s' for n, t in top)})"
+        )
 
 
 def main() -> None:
@@ -162,16 +189,39 @@ def main() -> None:
     ap.add_argument("--sparsity", default="0.8,0.9")
     ap.add_argument("--views", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rows", type=int, default=64, help="rows the straightforward solver is timed on (<= 2048 cols)")
+    ap.add_argument(
+        "--rows", type=int, default=64, help="rows the straightforward solver is timed on (<= 2048 cols)"
+    )
     ap.add_argument("--wide-rows", type=int, default=8, help="the same for wider layers")
-    ap.add_argument("--wide-full", action="store_true", help="also run the fast solver on all rows of wide layers")
+    ap.add_argument(
+        "--wide-full", action="store_true", help="also run the fast solver on all rows of wide layers"
+    )
     ap.add_argument("--full", action="store_true", help="time the straightforward solver on every row")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="fast solver: removals per delayed downdate (default adaptive)",
+    )
+    ap.add_argument("--cpu-threads", type=int, default=1, help="fast solver: torch threads on CPU")
+    ap.add_argument("--no-overlap", action="store_true", help="fast solver: one chunk of rows at a time")
     args = ap.parse_args()
     args.only = args.only.split(",")
     args.sparsity = [float(s) for s in args.sparsity.split(",")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
-          f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    args.fast = {
+        k: v
+        for k, v in (
+            ("block", args.block),
+            ("cpu_threads", args.cpu_threads),
+            ("overlap", False if args.no_overlap else None),
+        )
+        if v is not None
+    }
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, fast solver {args.fast}; "
+        f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
+    )
     if "exact" in args.only:
         exactness()
     if "lite0" in args.only or "resnet50" in args.only:

@@ -59,7 +59,43 @@ def test_unbatched_small_chunks_and_early_stop_path():
     fast = obc_prune_fast(W, H, 0.6, max_chunk_bytes=40 * 40 * 8 * 2 * 3)  # 3 rows per chunk
     assert fast.shape == W.shape and fast.dtype == W.dtype
     assert torch.equal(ref == 0, fast == 0)
-    torch.testing.assert_close(reconstruction_loss(W, fast, H), reconstruction_loss(W, ref, H), rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        reconstruction_loss(W, fast, H), reconstruction_loss(W, ref, H), rtol=1e-9, atol=0
+    )
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_groups_with_different_dead_inputs(per_row):
+    # group 0: no dead input, group 1: five, group 2: all dead (a channel that never fires). A group's
+    # live-first order is then a permutation even though the widest group keeps every column
+    W, H = _problem(3, 4, 40, 100, seed=11)
+    H[1, :5], H[1, :, :5], H[2] = 0, 0, 0
+    ref = obc_prune(W, H, 0.6, per_row=per_row)
+    for kwargs in ({}, {"block": 3}, {"max_chunk_bytes": 40 * 40 * 8 * 2 * 3}):
+        fast = obc_prune_fast(W, H, 0.6, per_row=per_row, **kwargs)
+        assert torch.equal(ref == 0, fast == 0), kwargs
+        torch.testing.assert_close(
+            reconstruction_loss(W, fast, H), reconstruction_loss(W, ref, H), rtol=1e-9, atol=1e-12
+        )
+        assert torch.all(fast[2] == 0) and torch.all(fast[1, :, :5] == 0)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_rows_leaving_between_compactions_and_overlapped_chunks(monkeypatch, overlap):
+    # rows stop early (allocation bound) in blocks where the active set is not compacted; two chunks in
+    # flight (overlap) or one at a time give the same masks as the straightforward greedy
+    from spade_utils import obc
+
+    W, H = _problem(1, 24, 40, 200, seed=5, n_dead=2)
+    W, H = W[0], H[0]
+    ref = obc_prune(W, H, 0.6)
+    monkeypatch.setattr(obc, "_COMPACT_AT", 0.99)  # compact only when rows leave
+    for block in (2, 5):
+        fast = obc_prune_fast(W, H, 0.6, block=block, max_chunk_bytes=40 * 40 * 8 * 2 * 3, overlap=overlap)
+        assert torch.equal(ref == 0, fast == 0), block
+        torch.testing.assert_close(
+            reconstruction_loss(W, fast, H), reconstruction_loss(W, ref, H), rtol=1e-9, atol=0
+        )
 
 
 def test_final_weights_are_the_least_squares_optimum_of_the_mask():
@@ -107,6 +143,7 @@ def test_leaves_inputs_untouched_and_handles_edge_sparsities():
         ({"block": 2.0}, TypeError),
         ({"max_chunk_bytes": 0}, ValueError),
         ({"cpu_threads": 0}, ValueError),
+        ({"overlap": 1}, TypeError),
         ({"H": torch.eye(5)}, ValueError),
         ({"W": torch.ones(3, 4, dtype=torch.long)}, TypeError),
     ],
