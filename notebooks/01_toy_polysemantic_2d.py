@@ -13,7 +13,8 @@
 # %% [markdown]
 # # 01 · A polysemantic neuron in two dimensions, and what SPADE does to it
 #
-# This is the paper's toy example (SPADE, ICML 2024, Figure 1), rebuilt so that every step can be seen.
+# This is the paper's toy example of a polysemantic neuron (SPADE, ICML 2024), rebuilt so that every step can be
+# seen.
 #
 # * **The task.** Points in the square $[0, 9]^2$. The positive class is the union of two regions: a
 #   *large* disc (centre (4, 4), radius 2) and a *small* disc (centre (1, 1), radius 0.5). Everything else
@@ -22,8 +23,9 @@
 #   fire for both regions: it is **polysemantic**, it answers to two unrelated "concepts".
 # * **The interpretation.** Feature visualization explains a neuron by searching for the inputs that excite
 #   it most: gradient ascent on the neuron's output, from many random starts. Here an input is just a 2-D
-#   point, so the "visualizations" are points we can plot. They all end in the large disc: the small region
-#   is invisible, although the neuron fires there too.
+#   point, so the "visualizations" are points we can plot. With the robust procedure below they end in the
+#   large disc (the per-seed table counts how many): the small region is invisible, although the neuron fires
+#   there too.
 # * **SPADE.** Take one sample of interest, make many augmented copies of it (here: small Gaussian jitters
 #   of the point), record what every pruned layer receives on those copies, and prune each layer so that it
 #   still computes the same outputs *on those inputs* (an Optimal-Brain-Surgeon solver). The pruned network
@@ -43,7 +45,8 @@ NUM_THREADS = 1
 # %% [markdown]
 # Sizes depend on the profile; the method does not. `smoke` only checks that the notebook runs (seconds,
 # used by the tests: a tiny, under-trained model whose numbers mean nothing); `quick` is the committed run
-# (under two minutes on a 2-core CPU); `paper` uses more seeds, more visualization points and steps, more
+# (a few minutes on a 2-core CPU; the last cell prints the run's time);
+# `paper` uses more seeds, more visualization points and steps, more
 # augmentations and a finer sparsity sweep.
 
 # %%
@@ -178,8 +181,9 @@ plt.show()
 # start feels the whole landscape and none is stranded on a flat stretch or a tiny bump) and narrow at the
 # end (so the points settle on the maximum). The small disc is a small, narrow bump: under the wide jitter
 # it is washed out by the low logits around it, while the large disc dominates. So the visualization of
-# the dense neuron shows only the large region. That is not a bug of this procedure; any method that
-# summarises "what maximally excites the neuron" will favour the larger, stronger concept.
+# the dense neuron shows only the large region. That is a property of this robust procedure, not of every
+# maximising method: plain gradient ascent without the jitter (the control below) leaves the starts that lie
+# near the small disc on its bump, and the control's table says how many.
 #
 # ## 3 · SPADE on one sample
 #
@@ -425,8 +429,8 @@ view = interact_or_draw(show_sparsity, sparsity=SWEEP, solver=CFG["solvers"])
 #   a point deep inside the large disc sees only a flat plateau; too large, and the trace of the small-disc
 #   point also copies the slope that leads towards the large disc.
 # * When scenario 2 fails, it fails the same way: the trace keeps hidden units that the network uses both
-#   to build the small disc and to climb towards the large one, and the visualization follows that slope out
-#   of the small disc. Whether this happens depends on how a seed's training shared hidden units between the
+#   to build the small disc and to rise elsewhere, and the visualization follows that slope out of the small
+#   disc (towards the large disc or a corner of the square: the all-seeds figure shows where each seed ends). Whether this happens depends on how a seed's training shared hidden units between the
 #   two regions, not on the solver; the `paper` profile runs more seeds of the same recipe.
 
 # %%

@@ -232,6 +232,59 @@ def visualize(
     or channel index out of range, a layer the forward never calls, logits that are not a (B, classes) tensor.
     """
     _import_lucent_quietly()
+    steps, size, batch, seed, lr, output, (kind, payload), spec = _check_visualize_arguments(
+        model, objective, steps, size, input_size, batch, seed, lr, transforms, mean, std, output
+    )
+    dev = resolve_device(device)
+    dtype = model_dtype(model)
+
+    import lucent.optvis.transform as lucent_transform
+
+    net = model if model_device(model) == dev else copy.deepcopy(model).to(dev)
+    if kind == "channel":  # find the hooked module in the (possibly copied) network
+        payload = (payload[0], dict(net.named_modules())[payload[0]], payload[2])
+    old_lucent_device = lucent_transform.device
+    np_state = np.random.get_state()
+    handles: list = []
+    features: dict[str, torch.Tensor] = {}
+    try:
+        with eval_mode(net):  # every submodule's own flag is restored on exit, also after an error
+            lucent_transform.device = dev  # Lucent's jitter/rotate read this module global at call time
+            # Lucent's random transforms draw from NumPy's global generator (restored)
+            np.random.seed(numpy_seed(seed))
+            gen = torch.Generator().manual_seed(seed)
+            spectrum, raw = _fft_image(batch, size, gen, dev)
+            image_f = _to_rgb(raw, decorrelate, dev)
+            chain = _transform_chain(transforms, spec, dev)
+            result = _optimise(
+                net,
+                kind,
+                payload,
+                output,
+                image_f,
+                spectrum,
+                chain,
+                steps,
+                lr,
+                dtype,
+                handles,
+                features,
+                progress,
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+        features.clear()
+        lucent_transform.device = old_lucent_device
+        np.random.set_state(np_state)
+    return result
+
+
+def _check_visualize_arguments(
+    model, objective, steps, size, input_size, batch, seed, lr, transforms, mean, std, output
+):
+    """:func:`visualize`'s arguments, checked in this order before any work (TypeError/ValueError naming the
+    argument): (steps, size, batch, seed, lr, output, (objective kind, payload), the model's InputSpec)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     steps = check_int(steps, "steps", minimum=1)
@@ -249,87 +302,47 @@ def visualize(
     elif transforms is not None and not all(callable(t) for t in transforms):
         raise TypeError("transforms must be 'standard', None or a list of callables")
     output = _check_output(output)
-    kind, payload = _parse_objective(model, objective)
+    objective = _parse_objective(model, objective)
     spec = resolve_input_spec(model, size=input_size, mean=mean, std=std, fn_name="visualize")
-    dev = resolve_device(device)
-    dtype = model_dtype(model)
+    return steps, size, batch, seed, lr, output, objective, spec
 
+
+def _transform_chain(transforms, spec, dev: torch.device) -> list:
+    """The callables applied to the [0, 1] image at every step: ``transforms`` (``"standard"``: Lucent's
+    ``standard_transforms``), then the model's normalisation and a bilinear resize to its input side."""
     import lucent.optvis.transform as lucent_transform
 
-    net = model
-    if model_device(model) != dev:
-        net = copy.deepcopy(model).to(dev)
-    if kind == "channel":  # find the hooked module in the (possibly copied) network
-        payload = (payload[0], dict(net.named_modules())[payload[0]], payload[2])
-    old_lucent_device = lucent_transform.device
-    np_state = np.random.get_state()
-    handles: list = []
-    features: dict[str, torch.Tensor] = {}
+    chain = list(lucent_transform.standard_transforms) if transforms == "standard" else list(transforms or [])
+    m = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
+    s = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
+    chain.append(lambda x: (x - m) / s)
+    chain.append(
+        lambda x: nn.functional.interpolate(
+            x, size=(spec.side(), spec.side()), mode="bilinear", align_corners=True
+        )
+    )
+    return chain
 
-    def keep(name):
-        def hook(module, inputs, out):
-            features[name] = out
 
-        return hook
+def _keep_output(features: dict, name: str):
+    """A forward hook that stores its module's output in ``features[name]``."""
 
-    try:
-        with eval_mode(net):  # every submodule's own flag is restored on exit, also after an error
-            lucent_transform.device = dev  # Lucent's jitter/rotate read this module global at call time
-            np.random.seed(
-                numpy_seed(seed)
-            )  # Lucent's random transforms draw from NumPy's global generator (restored)
-            gen = torch.Generator().manual_seed(seed)
-            spectrum, raw = _fft_image(batch, size, gen, dev)
-            image_f = _to_rgb(raw, decorrelate, dev)
+    def hook(module, inputs, out):
+        features[name] = out
 
-            chain = (
-                list(lucent_transform.standard_transforms)
-                if transforms == "standard"
-                else list(transforms or [])
-            )
-            m = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
-            s = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
-            chain.append(lambda x: (x - m) / s)
-            chain.append(
-                lambda x: nn.functional.interpolate(
-                    x, size=(spec.side(), spec.side()), mode="bilinear", align_corners=True
-                )
-            )
-            result = _optimise(
-                net,
-                kind,
-                payload,
-                output,
-                image_f,
-                spectrum,
-                chain,
-                steps,
-                lr,
-                dtype,
-                handles,
-                features,
-                keep,
-                progress,
-            )
-    finally:
-        for handle in handles:
-            handle.remove()
-        features.clear()
-        lucent_transform.device = old_lucent_device
-        np.random.set_state(np_state)
-    return result
+    return hook
 
 
 def _optimise(
-    net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features, keep, progress
+    net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features, progress
 ) -> torch.Tensor:
     if kind == "channel":
         name, module, channel = payload
-        handles.append(module.register_forward_hook(keep(name)))
+        handles.append(module.register_forward_hook(_keep_output(features, name)))
     elif kind == "lucent":
         for name, module in net.named_modules():
             if name:
-                handles.append(module.register_forward_hook(keep(name.replace(".", "_"))))
+                handles.append(module.register_forward_hook(_keep_output(features, name.replace(".", "_"))))
 
     def lucent_lookup(layer: str):
         if layer == "input":

@@ -68,8 +68,14 @@ def numerical_rank(H: torch.Tensor, *, accumulated_in: torch.dtype | None = None
     """
     if not isinstance(H, torch.Tensor) or not H.is_floating_point():
         raise TypeError(f"H must be a floating-point tensor, got {getattr(H, 'dtype', type(H).__name__)}")
-    if H.dim() not in (2, 3) or H.shape[-1] != H.shape[-2]:
-        raise ValueError(f"H must be (d, d) or (G, d, d), got shape {tuple(H.shape)}")
+    if H.dim() not in (2, 3) or H.shape[-1] != H.shape[-2] or H.shape[-1] == 0:
+        raise ValueError(f"H must be (d, d) or (G, d, d) with d >= 1, got shape {tuple(H.shape)}")
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError("H has NaN or infinite entries")
+    if accumulated_in is not None and not (
+        isinstance(accumulated_in, torch.dtype) and accumulated_in.is_floating_point
+    ):
+        raise TypeError(f"accumulated_in must be a floating torch.dtype or None, got {accumulated_in!r}")
     dtype = H.dtype if accumulated_in is None else accumulated_in
     eig = torch.linalg.eigvalsh(H.double())
     tol = eig.amax(dim=-1, keepdim=True).clamp_min(0) * H.shape[-1] * torch.finfo(dtype).eps

@@ -5,7 +5,7 @@ never writes into site-packages. The project folder is, in this order:
 
 1. ``$SPADE_PROJECT_DIR`` when set and non-empty;
 2. the nearest folder at or above the current working directory that holds a ``results/`` folder, a
-   ``pyproject.toml`` or a ``.git`` (so a notebook run from ``notebooks/`` of a clone writes into the
+   ``pyproject.toml`` file or a ``.git`` (so a notebook run from ``notebooks/`` of a clone writes into the
    clone's ``results/``, as ``make figures`` expects);
 3. the current working directory.
 
@@ -17,14 +17,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PROJECT_MARKERS", "cache_dir", "project_dir", "results_root"]
+__all__ = ["PROJECT_MARKERS", "cache_dir", "is_committed_results", "project_dir", "results_root"]
 
 PROJECT_MARKERS = ("results", "pyproject.toml", ".git")
 
 
 def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name, "")
+    """The environment variable as an absolute path; None when unset or blank."""
+    value = os.environ.get(name, "").strip()
     return Path(value).expanduser().resolve() if value else None
+
+
+def _is_project(folder: Path) -> bool:
+    return (
+        (folder / "results").is_dir() or (folder / "pyproject.toml").is_file() or (folder / ".git").exists()
+    )
+
+
+def is_committed_results(path: Path) -> bool:
+    """True for a ``results/`` folder (or anything inside one) whose parent is a project folder: the record that
+    only quick and paper runs may write, whichever working directory the run started from."""
+    path = Path(path).expanduser().resolve()
+    for folder in (path, *path.parents):
+        if folder.name == "results" and _is_project(folder.parent):
+            return True
+    return False
 
 
 def project_dir() -> Path:
@@ -34,7 +51,7 @@ def project_dir() -> Path:
         return override
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
-        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+        if _is_project(folder):
             return folder
     return here
 

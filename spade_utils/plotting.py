@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .paths import results_root
+from .paths import is_committed_results, results_root
 
 PROFILES = ("smoke", "quick", "paper")
 RECORD_PROFILES = ("quick", "paper")  # the only profiles whose output may land in the committed results/
@@ -25,18 +25,19 @@ def results_dir(profile: str) -> Path:
     - else (``smoke``) ``<tempdir>/spade-results-smoke`` (``tempfile.gettempdir()``, so ``$TMPDIR``).
 
     A smoke run never writes the committed record: ValueError when ``$SPADE_RESULTS_DIR`` points into the
-    committed ``results/`` with ``profile="smoke"``. ValueError when ``profile`` is not one of
+    committed ``results/`` with ``profile="smoke"`` (that of the working directory's project, or any ``results/``
+    whose parent is a project folder: :func:`spade_utils.paths.is_committed_results`). ValueError when ``profile`` is not one of
     ``("smoke", "quick", "paper")``, TypeError when it is not a string.
     """
     if not isinstance(profile, str):
         raise TypeError(f"profile must be a str, one of {PROFILES}, got {type(profile).__name__}")
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
-    override = os.environ.get("SPADE_RESULTS_DIR", "")
+    override = os.environ.get("SPADE_RESULTS_DIR", "").strip()
     committed = results_root()
     if override:
-        path = Path(override).expanduser()
-        if profile not in RECORD_PROFILES and path.resolve().is_relative_to(committed):
+        path = Path(override).expanduser().resolve()
+        if profile not in RECORD_PROFILES and (path.is_relative_to(committed) or is_committed_results(path)):
             raise ValueError(
                 f"SPADE_RESULTS_DIR={override!r} is the committed results/ folder, which only "
                 f"{' and '.join(RECORD_PROFILES)} runs may write; unset it or point it elsewhere for a {profile} run"

@@ -42,13 +42,11 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from zennit.canonizers import NamedMergeBatchNorm
 
 from .archs import (
     ClampedReLU,
@@ -56,6 +54,12 @@ from .archs import (
     is_efficientnet,
     prepare_for_captum,
     residual_canonizers,
+)
+from .attribution_prep import (
+    check_captum_sees_nonlinearities,
+    fold_batchnorms,
+    lrp_composite,
+    register_clamped_relu_with_deeplift,
 )
 from .runtime import model_dtype, resolve_device
 from .validation import (
@@ -97,308 +101,6 @@ SALIENCY_METHODS = [
 LRP_RULES = ["epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1", "alpha1_beta0"]
 
 LIME_SEGMENTATIONS = ["slic", "grid"]
-
-
-def _register_clamped_relu_with_deeplift() -> None:
-    # DeepLift looks nonlinearities up by exact type; the rescale rule it uses for ReLU is valid for any
-    # monotone elementwise function, ReLU6 included. The key is our own class, so nothing else changes.
-    from captum.attr._core import deep_lift
-
-    deep_lift.SUPPORTED_NON_LINEAR.setdefault(ClampedReLU, deep_lift.nonlinear)
-
-
-def _module_names(net: nn.Module) -> dict[int, str]:
-    return {id(m): (n or "<model>") for n, m in net.named_modules()}
-
-
-def _describe(module, names) -> str:
-    return f"module {names.get(id(module), '?')!r} ({type(module).__name__})"
-
-
-def _batchnorm_pairs(net: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]], torch.Tensor]:
-    """(layer name, batch-norm name) for every batch norm that runs in ``net``'s forward on ``probe``, and the output.
-
-    The pairs come from the forward graph: hooks record which module returned each tensor; a batch norm is
-    paired with the convolution/linear layer whose output tensor *is* its input (same object, not modified in
-    place since). Raises ValueError for a batch norm that cannot be folded: fed by anything else, called more
-    than once, fed by a layer that runs more than once or feeds two batch norms, or using batch statistics."""
-    from zennit.types import BatchNorm as ZBatchNorm
-    from zennit.types import Linear as ZLinear
-
-    names = _module_names(net)
-    produced: dict[int, tuple[torch.Tensor, int, list]] = {}  # id(tensor) -> (tensor, version, producers)
-    sources: dict[int, list] = {}  # id(batch norm) -> producers of its input, per call
-    calls: Counter = Counter()
-
-    def hook(module, inputs, output):
-        calls[id(module)] += 1
-        if isinstance(module, ZBatchNorm):
-            inp = inputs[0] if inputs else None
-            entry = produced.get(id(inp))
-            ok = entry is not None and entry[0] is inp and entry[1] == inp._version
-            sources.setdefault(id(module), []).append(list(entry[2]) if ok else [])
-        if isinstance(output, torch.Tensor):
-            entry = produced.get(id(output))
-            if entry is not None and entry[0] is output and entry[1] == output._version:
-                entry[2].append(module)  # a wrapper returning its child's output: innermost producer first
-            else:
-                produced[id(output)] = (output, output._version, [module])
-
-    handles = [m.register_forward_hook(hook) for m in net.modules()]
-    try:
-        with torch.no_grad():
-            output = net(probe)
-    finally:
-        for h in handles:
-            h.remove()
-
-    pairs: list[tuple[str, str]] = []
-    used: dict[int, str] = {}
-    for name, bn in net.named_modules():
-        if not isinstance(bn, ZBatchNorm) or id(bn) not in sources:
-            continue
-        where = f"LRP needs every batch norm folded into the convolution or linear layer feeding it; batch norm {name!r}"
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(
-                f"{where} has no running statistics (track_running_stats=False), so it cannot be folded"
-            )
-        if calls[id(bn)] > 1:
-            raise ValueError(
-                f"{where} runs {calls[id(bn)]} times in one forward pass, so it cannot be folded"
-            )
-        producers = sources[id(bn)][0]
-        linears = [m for m in producers if isinstance(m, ZLinear)]
-        if not linears:
-            fed_by = (
-                ", ".join(_describe(m, names) for m in producers)
-                if producers
-                else "a functional operation or the model input (no module returned that tensor unmodified)"
-            )
-            raise ValueError(
-                f"{where} is fed by {fed_by}, not by a convolution or linear layer, so it cannot be "
-                "folded; LRP is refused for this model (the other methods work)"
-            )
-        layer = linears[0]
-        if calls[id(layer)] > 1:
-            raise ValueError(
-                f"{where} is fed by {_describe(layer, names)}, which runs {calls[id(layer)]} times in "
-                "one forward pass, so folding would change its other uses"
-            )
-        if id(layer) in used:
-            raise ValueError(
-                f"{where} and batch norm {used[id(layer)]!r} are both fed by {_describe(layer, names)}"
-            )
-        used[id(layer)] = name
-        pairs.append((names[id(layer)], name))
-    return pairs, output
-
-
-def _fold_batchnorms(net: nn.Module, probe: torch.Tensor) -> int:
-    """Fold every batch norm of ``net`` (a private copy, in eval mode) into the layer feeding it, in place.
-
-    Uses Zennit's ``NamedMergeBatchNorm`` with the pairs from :func:`_batchnorm_pairs`, then replaces each
-    folded batch norm by ``nn.Identity`` (Zennit's merged batch norm still divides by sqrt(1 + eps)). The pairs are
-    checked: folding them must leave the logits on ``probe`` unchanged to sqrt(machine epsilon) of their scale
-    (3.5e-4 in float32), which also catches a layer whose output is used elsewhere too, or a layer that does not
-    compute with its ``.weight``. Returns the number of batch norms folded."""
-    pairs, before = _batchnorm_pairs(net, probe)
-    if not pairs:
-        return 0
-    modules = dict(net.named_modules())
-    for _, bn_name in pairs:
-        bn = modules[bn_name]
-        if (
-            bn.weight is None
-        ):  # affine=False: the identity affine part, so the merge has parameters to rewrite
-            like = bn.running_mean
-            bn.weight = nn.Parameter(torch.ones_like(like), requires_grad=False)
-            bn.bias = nn.Parameter(torch.zeros_like(like), requires_grad=False)
-    NamedMergeBatchNorm([((layer,), bn) for layer, bn in pairs]).apply(net)  # never reverted: a private copy
-    for (
-        _,
-        bn_name,
-    ) in pairs:  # Zennit leaves x / sqrt(1 + eps) behind, off by eps/2 per batch norm: make it exact
-        parent_name, _, child = bn_name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else net, child, nn.Identity())
-    with torch.no_grad():
-        after = net(probe)
-    err = float((after - before).abs().max()) if before.numel() else 0.0
-    scale = float(before.abs().max()) if before.numel() else 0.0
-    if not err <= math.sqrt(torch.finfo(before.dtype).eps) * max(scale, 1e-12):
-        raise ValueError(
-            f"folding the batch norms into the layers feeding them changes the model's output by {err:.3g} (scale "
-            f"{scale:.3g}): a layer's output is also used elsewhere, or a layer does not compute with its .weight; "
-            f"LRP is refused for this model. Pairs: {pairs}"
-        )
-    return len(pairs)
-
-
-_RECTIFIERS = frozenset(
-    {
-        "relu",
-        "relu_",
-        "relu6",
-        "hardtanh",
-        "hardtanh_",
-        "leaky_relu",
-        "leaky_relu_",
-        "rrelu",
-        "rrelu_",
-        "prelu",
-        "elu",
-        "elu_",
-        "selu",
-        "selu_",
-        "celu",
-        "celu_",
-        "gelu",
-        "silu",
-        "mish",
-        "hardswish",
-        "softplus",
-        "threshold",
-        "threshold_",
-        "clamp",
-        "clamp_",
-        "clamp_min",
-        "clamp_min_",
-        "clamp_max",
-        "clamp_max_",
-        "clip",
-        "clip_",
-        "glu",
-    }
-)
-_OTHER_NONLINEAR = frozenset(
-    {
-        "sigmoid",
-        "sigmoid_",
-        "tanh",
-        "tanh_",
-        "hardsigmoid",
-        "logsigmoid",
-        "softsign",
-        "tanhshrink",
-        "softshrink",
-        "hardshrink",
-        "softmax",
-        "log_softmax",
-        "softmin",
-        "max_pool1d",
-        "max_pool2d",
-        "max_pool3d",
-        "max_pool1d_with_indices",
-        "max_pool2d_with_indices",
-        "max_pool3d_with_indices",
-        "adaptive_max_pool1d",
-        "adaptive_max_pool2d",
-        "adaptive_max_pool3d",
-        "fractional_max_pool2d",
-        "fractional_max_pool3d",
-    }
-)
-
-
-def _check_captum_sees_nonlinearities(net: nn.Module, probe: torch.Tensor, method: str) -> None:
-    """Refuse Guided Backprop / DeepLift (ValueError) when the model's forward applies a nonlinearity the Captum
-    method cannot see. One probe forward under a ``TorchFunctionMode`` records every nonlinear torch function and
-    the innermost module running it: Guided Backprop needs each rectifier inside an ``nn.ReLU`` module; DeepLift
-    needs each nonlinearity inside a module of a type it supports, each such module called once."""
-    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
-    from torch.overrides import TorchFunctionMode
-
-    guided = method in ("guided_backprop", "guided_grad_cam")
-    watched = _RECTIFIERS if guided else _RECTIFIERS | _OTHER_NONLINEAR
-    names = _module_names(net)
-    stack: list = []
-    calls: Counter = Counter()
-    invisible: dict[str, int] = {}
-
-    def push(module, args):
-        stack.append(module)
-        calls[id(module)] += 1
-
-    def pop(module, args, output):
-        if stack and stack[-1] is module:
-            stack.pop()
-
-    class Recorder(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            fname = getattr(func, "__name__", "")
-            if fname in watched:
-                inner = stack[-1] if stack else None
-                seen = (
-                    isinstance(inner, nn.ReLU)
-                    if guided
-                    else inner is not None and type(inner) in SUPPORTED_NON_LINEAR
-                )
-                if not seen:
-                    key = (
-                        f"{fname} in {_describe(inner, names)}"
-                        if inner is not None
-                        else f"{fname} in the model's forward"
-                    )
-                    invisible[key] = invisible.get(key, 0) + 1
-            return func(*args, **(kwargs or {}))
-
-    handles = [
-        h for m in net.modules() for h in (m.register_forward_pre_hook(push), m.register_forward_hook(pop))
-    ]
-    try:
-        with torch.no_grad(), Recorder():
-            net(probe)
-    finally:
-        for h in handles:
-            h.remove()
-    if guided:
-        rule = "Captum's Guided Backprop changes the gradient of nn.ReLU modules only"
-    else:
-        rule = (
-            "Captum's DeepLift applies its rescale rule only to nonlinearity modules of the types "
-            f"{sorted(t.__name__ for t in SUPPORTED_NON_LINEAR)}"
-        )
-        reused = [
-            f"{_describe(m, names)} x{calls[id(m)]}"
-            for m in net.modules()
-            if type(m) in SUPPORTED_NON_LINEAR and calls[id(m)] > 1
-        ]
-        if reused:
-            raise ValueError(
-                f"method={method!r} refused: {rule}, each called once per forward pass, but this model "
-                f"reuses {', '.join(reused)}; give every use its own module"
-            )
-    if invisible:
-        found = ", ".join(f"{k} (x{v})" for k, v in invisible.items())
-        raise ValueError(
-            f"method={method!r} refused: {rule}, but this model's forward applies {found}; the result "
-            "would silently be the plain gradient there. Use modules (e.g. nn.ReLU instead of F.relu) "
-            "or another method"
-        )
-
-
-def _lrp_composite(rule: str, canonizers: list):
-    from zennit.composites import (
-        EpsilonAlpha2Beta1,
-        EpsilonPlus,
-        EpsilonPlusFlat,
-        LayerMapComposite,
-        layer_map_base,
-    )
-    from zennit.rules import AlphaBeta
-    from zennit.types import Convolution, Linear
-
-    if rule == "epsilon_plus_flat":
-        return EpsilonPlusFlat(canonizers=canonizers)
-    if rule == "epsilon_plus":
-        return EpsilonPlus(canonizers=canonizers)
-    if rule == "epsilon_alpha2_beta1":
-        return EpsilonAlpha2Beta1(canonizers=canonizers)
-    # alpha1-beta0 on every convolution and linear layer (the SPADE paper's LRP setting)
-    layer_map = layer_map_base() + [
-        (Convolution, AlphaBeta(alpha=1.0, beta=0.0)),
-        (Linear, AlphaBeta(alpha=1.0, beta=0.0)),
-    ]
-    return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -500,8 +202,10 @@ def attribute(
         trust you?", KDD; Captum's ``Lime``): ``lime_samples`` (int >= 2, default 256) random on/off patterns
         of ``lime_segments`` (int >= 2, at most H*W, default 50) superpixels, switched-off superpixels set to
         zero in normalised space (the dataset mean, as Occlusion); the target logit of each pattern is fitted
-        by Captum's default interpretable model, a Lasso with penalty ``lime_alpha`` (float >= 0, default
-        0.01, Captum's default; 0 fits ordinary weighted least squares instead), weighted by Captum's default
+        by a linear model weighted by Captum's default similarity: ordinary weighted least squares with the
+        default ``lime_alpha=0`` (float >= 0), or Captum's Lasso with that penalty (Captum's own default is
+        0.01; a Lasso's penalty acts on the logit's scale, so it would zero more superpixels of a trace with
+        flatter logits than of the dense model, which biases a dense-vs-SPADE comparison), weighted by Captum's default
         similarity (exponential kernel, width 1, on the cosine distance to the image). Every pixel gets its
         superpixel's coefficient, summed over the C channels like every other method (so C x the
         coefficient). ``lime_segmentation``: ``"slic"`` (default) -- skimage's SLIC superpixels (compactness
@@ -528,6 +232,58 @@ def attribute(
     DeepLift on a model whose nonlinearities those methods cannot see, and for DeepLift attributions that break
     completeness (|sum - (f(x) - f(0))| above 1e-3 of the logits' scale).
     """
+    stdevs, lime, seed, targets = _check_attribute_arguments(
+        model,
+        x,
+        target,
+        method,
+        layer=layer,
+        counts=dict(
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+            n_samples=n_samples,
+            window=window,
+            stride=stride,
+            perturbations_per_eval=perturbations_per_eval,
+        ),
+        stdevs=stdevs,
+        rule=rule,
+        canonizers=canonizers,
+        lime_options=(lime_samples, lime_segments, lime_segmentation, lime_alpha),
+        batch_size=batch_size,
+        seed=seed,
+    )
+    dev = resolve_device(device)
+    dtype = model_dtype(model)
+    net, canonizers, layer = _attribution_copy(model, x, method, layer, canonizers, dev, dtype)
+    options = dict(
+        layer=layer,
+        n_steps=n_steps,
+        internal_batch_size=internal_batch_size,
+        n_samples=n_samples,
+        stdevs=stdevs,
+        window=window,
+        stride=stride,
+        perturbations_per_eval=perturbations_per_eval,
+        rule=rule,
+        canonizers=canonizers,
+        seed=seed,
+        lime=lime,
+    )
+    step = batch_size or x.shape[0]
+    maps = []
+    for start in range(0, x.shape[0], step):
+        xb = x[start : start + step].detach().to(device=dev, dtype=dtype)
+        tb = targets[start : start + step].to(dev)
+        maps.append(_attribute_quietly(net, xb, tb, method, **options))
+    return torch.cat(maps)
+
+
+def _check_attribute_arguments(
+    model, x, target, method, *, layer, counts, stdevs, rule, canonizers, lime_options, batch_size, seed
+) -> tuple[float, dict, int, torch.Tensor]:
+    """:func:`attribute`'s arguments, checked in this order before any work (TypeError/ValueError naming the
+    argument): (stdevs, LIME's options, seed, the (B,) int64 targets). ``counts``: name -> a positive int."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -543,17 +299,13 @@ def attribute(
         raise ValueError(f"unknown method {method!r}; choose one of {SALIENCY_METHODS}")
     if rule not in LRP_RULES:
         raise ValueError(f"unknown LRP rule {rule!r}; choose one of {LRP_RULES}")
-    for name, value in (
-        ("n_steps", n_steps),
-        ("internal_batch_size", internal_batch_size),
-        ("n_samples", n_samples),
-        ("window", window),
-        ("stride", stride),
-        ("perturbations_per_eval", perturbations_per_eval),
-    ):
+    for name, value in counts.items():
         check_positive_int(value, name)
     stdevs = check_float(stdevs, "stdevs", low=0.0)
-    lime = _check_lime_options(lime_samples, lime_segments, lime_segmentation, lime_alpha, x.shape[-2:])
+    lime_samples, lime_segments, lime_segmentation, lime_alpha = lime_options
+    # every option is checked whatever the method; the image-size bound on the segments only matters to LIME
+    size = x.shape[-2:] if method == "lime" else None
+    lime = _check_lime_options(lime_samples, lime_segments, lime_segmentation, lime_alpha, size)
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size")
     seed = check_seed(seed)
@@ -565,15 +317,21 @@ def attribute(
             raise ValueError(f"layer {layer!r} is not a submodule of the model")
     if canonizers != "auto" and not isinstance(canonizers, (list, tuple)):
         raise TypeError("canonizers must be 'auto' or a list of Zennit canonizers")
-    dev = resolve_device(device)
-    dtype = model_dtype(model)
+    return stdevs, lime, seed, targets
 
+
+def _attribution_copy(
+    model, x, method, layer, canonizers, dev, dtype
+) -> tuple[nn.Module, object, str | None]:
+    """(a deep copy of ``model`` on ``dev`` in eval mode, parameters frozen, prepared for ``method``: batch norms
+    folded for LRP, else Captum-ready; the LRP canonizers (copies of the caller's); the Grad-CAM layer). Raises
+    ValueError for a model the method cannot attribute (see :func:`attribute`)."""
     net = copy.deepcopy(model).to(dev).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     probe = x[:1].detach().to(device=dev, dtype=dtype)
     if method == "lrp":
-        _fold_batchnorms(net, probe)
+        fold_batchnorms(net, probe)
         if canonizers == "auto":
             canonizers = residual_canonizers(net)
         else:
@@ -581,45 +339,11 @@ def attribute(
     else:
         prepare_for_captum(net)
         if method in ("guided_backprop", "guided_grad_cam", "deeplift"):
-            _register_clamped_relu_with_deeplift()
-            _check_captum_sees_nonlinearities(net, probe, method)
+            register_clamped_relu_with_deeplift()
+            check_captum_sees_nonlinearities(net, probe, method)
     if method in ("grad_cam", "guided_grad_cam"):
         layer = layer or gradcam_layer(net)
-
-    step = batch_size or x.shape[0]
-    maps = []
-    for start in range(0, x.shape[0], step):
-        xb = x[start : start + step].detach().to(device=dev, dtype=dtype)
-        tb = targets[start : start + step].to(dev)
-        with warnings.catch_warnings():
-            # Captum's notices that it hooks activations (the work happens on a copy) and that it clamps the
-            # internal batch size: expected here, and warning blocks in every notebook that attributes
-            for message in _CAPTUM_NOTICES:
-                warnings.filterwarnings("ignore", message=message, category=UserWarning)
-            maps.append(
-                _attribute_batch(
-                    net,
-                    xb,
-                    tb,
-                    method,
-                    layer=layer,
-                    n_steps=n_steps,
-                    internal_batch_size=internal_batch_size,
-                    n_samples=n_samples,
-                    stdevs=stdevs,
-                    window=window,
-                    stride=stride,
-                    perturbations_per_eval=perturbations_per_eval,
-                    rule=rule,
-                    canonizers=canonizers,
-                    seed=seed,
-                    lime=lime,
-                )
-                .detach()
-                .float()
-                .cpu()
-            )
-    return torch.cat(maps)
+    return net, canonizers, layer
 
 
 _CAPTUM_NOTICES = (
@@ -627,6 +351,16 @@ _CAPTUM_NOTICES = (
     r"Setting forward, backward hooks and attributes on non-linear",
     r"Internal batch size cannot be less than the number of input examples",
 )
+
+
+def _attribute_quietly(net, x, t, method, **options) -> torch.Tensor:
+    """:func:`_attribute_batch` without Captum's notices, as (B, H, W) float32 on the CPU."""
+    with warnings.catch_warnings():
+        # Captum's notices that it hooks activations (the work happens on a copy) and that it clamps the
+        # internal batch size: expected here, and warning blocks in every notebook that attributes
+        for message in _CAPTUM_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        return _attribute_batch(net, x, t, method, **options).detach().float().cpu()
 
 
 def _attribute_batch(
@@ -665,31 +399,11 @@ def _attribute_batch(
     elif method == "guided_backprop":
         a = ca.GuidedBackprop(net).attribute(x, target=t)
     elif method == "deeplift":
-        _register_clamped_relu_with_deeplift()
+        register_clamped_relu_with_deeplift()
         a, delta = ca.DeepLift(net).attribute(x, baselines=zeros, target=t, return_convergence_delta=True)
         _check_completeness(net, x, zeros, t, delta)
     elif method == "gradient_shap":
-        import numpy as np
-
-        parts = []
-        np_state = np.random.get_state()  # Captum draws the path positions from NumPy's global generator
-        try:
-            for i in range(x.shape[0]):  # the same random draws for an image whatever batch it sits in
-                with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                    torch.manual_seed(seed)
-                    np.random.seed(numpy_seed(seed))
-                    parts.append(
-                        ca.GradientShap(net).attribute(
-                            x[i : i + 1],
-                            baselines=zeros[:1],
-                            target=t[i : i + 1],
-                            n_samples=n_samples,
-                            stdevs=stdevs,
-                        )
-                    )
-        finally:
-            np.random.set_state(np_state)
-        a = torch.cat(parts)
+        a = _gradient_shap(net, x, zeros, t, seed=seed, n_samples=n_samples, stdevs=stdevs)
     elif method == "occlusion":
         a = ca.Occlusion(net).attribute(
             x,
@@ -711,10 +425,38 @@ def _attribute_batch(
     return a.sum(1)
 
 
+def _gradient_shap(net, x, zeros, t, *, seed, n_samples, stdevs) -> torch.Tensor:
+    """Captum's Gradient SHAP per image, with the same random draws for an image whatever its batch."""
+    import captum.attr as ca
+    import numpy as np
+
+    parts = []
+    np_state = np.random.get_state()  # Captum draws the path positions from NumPy's global generator
+    try:
+        for i in range(x.shape[0]):  # the same random draws for an image whatever batch it sits in
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                np.random.seed(numpy_seed(seed))
+                parts.append(
+                    ca.GradientShap(net).attribute(
+                        x[i : i + 1],
+                        baselines=zeros[:1],
+                        target=t[i : i + 1],
+                        n_samples=n_samples,
+                        stdevs=stdevs,
+                    )
+                )
+    finally:
+        np.random.set_state(np_state)
+    return torch.cat(parts)
+
+
 def _check_lime_options(samples, segments, segmentation, alpha, size) -> dict:
-    """LIME's options, checked (TypeError/ValueError naming the option) whatever the method, before any work."""
+    """LIME's options, checked (TypeError/ValueError naming the option) before any work; ``size`` (H, W) bounds
+    ``lime_segments`` by the pixel count when LIME will run (None: no bound)."""
     samples = check_int(samples, "lime_samples", minimum=2)
-    segments = check_int(segments, "lime_segments", minimum=2, maximum=int(size[0]) * int(size[1]))
+    most = None if size is None else int(size[0]) * int(size[1])
+    segments = check_int(segments, "lime_segments", minimum=2, maximum=most)
     if not isinstance(segmentation, str):
         raise TypeError(f"lime_segmentation must be a str, got {type(segmentation).__name__}")
     if segmentation not in LIME_SEGMENTATIONS:
@@ -802,7 +544,7 @@ def _check_completeness(net, x, baseline, t, delta) -> None:
 def _lrp(net, x, t, rule, canonizers) -> torch.Tensor:
     from zennit.attribution import Gradient
 
-    composite = _lrp_composite(rule, canonizers)
+    composite = lrp_composite(rule, canonizers)
     with Gradient(model=net, composite=composite) as attributor:
         # seeding the output with the target logit makes the total relevance equal that logit
         _, relevance = attributor(x, lambda out: out * F.one_hot(t, out.shape[1]).to(out.dtype))

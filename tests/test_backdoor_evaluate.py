@@ -223,3 +223,29 @@ def test_summarize_scores_gives_nan_bounds_for_a_single_sample_instead_of_failin
     scores = _score_table(np.random.default_rng(1), n_photos=1, crops=1)
     table = B.summarize_scores(scores, cluster="photo")
     assert table["low"].isna().all() and np.isfinite(table["mean"]).all()
+
+
+def test_paired_average_stays_paired_when_a_score_is_missing():
+    """Found by trying: with one (sample, method) score missing for the variant, the average row compared the
+    variant's mean over one method with the baseline's mean over two (diff 0.05 instead of 0.10)."""
+    import pandas as pd
+
+    from spade_utils.backdoor.evaluate import paired_differences
+
+    rows = []
+    for s in range(4):
+        rows += [
+            dict(variant="dense", method="m1", sample=s, auc=0.5),
+            dict(variant="dense", method="m2", sample=s, auc=0.9),
+            dict(variant="spade", method="m1", sample=s, auc=0.6),
+        ]
+        if s > 0:
+            rows.append(dict(variant="spade", method="m2", sample=s, auc=1.0))
+    out = paired_differences(pd.DataFrame(rows), baseline="dense", n_boot=200).set_index("method")
+    assert out.loc["average", "diff"] == pytest.approx(0.10)
+    assert out.loc["m2", "n"] == 3 and out.loc["average", "n"] == 4
+    with pytest.raises(ValueError, match="more than one row"):
+        paired_differences(pd.DataFrame(rows + rows[:1]), baseline="dense")
+    nan = pd.DataFrame(rows).assign(auc=lambda d: d.auc.where(d.index != 2))
+    with pytest.raises(ValueError, match="NaN"):
+        paired_differences(nan, baseline="dense")

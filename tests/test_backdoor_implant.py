@@ -379,3 +379,20 @@ def test_implant_leaves_global_state_as_found(tmp_path):
         assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
     finally:
         torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_implant_trains_under_a_callers_no_grad_or_inference_mode(tmp_path, context):
+    """Found by trying: under torch.no_grad() the implant failed after building its data ("does not require grad")."""
+    model = _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with getattr(torch, context)():
+        bd = _implant(model, tmp_path, steps=2, n_clean=8, n_triggered=8, cache=False)
+    assert len(bd.info["history"]) == 2
+    assert any(not torch.equal(v, bd.model.state_dict()[k]) for k, v in before.items())  # it trained
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the caller's is untouched
+
+
+def test_a_float64_model_is_refused_before_any_work(tmp_path):
+    with pytest.raises(TypeError, match="float32"):
+        _implant(_tiny_model().double(), tmp_path, steps=2, n_clean=8, n_triggered=8, cache=False)

@@ -276,3 +276,38 @@ def test_paste_on_a_large_image_works_on_the_patch_only(monkeypatch):
     u, v = grid(272, 4)
     ref = torch.from_numpy(triggers._star(u, v)[1].reshape(272, 4, 272, 4).mean((1, 3)) >= 0.5)
     assert (big & ref).sum() / (big | ref).sum() > 0.98
+
+
+def test_a_trigger_image_that_would_paste_nothing_is_refused():
+    """Found by trying: an image whose alpha never reaches 0.5 gave an empty mask, and a poisoned set labelled
+    untouched crops with the target class."""
+    from PIL import Image
+
+    for alpha in (0, 100):
+        a = np.zeros((16, 16, 4), np.uint8)
+        a[..., 0] = 255
+        a[..., 3] = alpha
+        with pytest.raises(ValueError, match=r"images\['clear'\].*alpha >= 0.5"):
+            B.TriggerSet({"clear": Image.fromarray(a, "RGBA")})
+    # a one-pixel dot survives at its own size but not when shrunk to 2 px: refused there, never pasted empty
+    a = np.zeros((64, 64, 4), np.uint8)
+    a[32, 32] = 255
+    dot = B.TriggerSet({"dot": Image.fromarray(a, "RGBA")})
+    with pytest.raises(ValueError, match="no pixel left"):
+        B.paste_trigger(torch.rand(3, 8, 8), "dot", trigger_set=dot, seed=0)
+
+
+def test_trigger_set_pixels_cannot_be_changed_through_images_and_names_are_checked(tmp_path):
+    from PIL import Image
+
+    a = np.zeros((8, 8, 4), np.uint8)
+    a[..., 3] = 255
+    a[..., 1] = 200
+    ts = B.TriggerSet({"one": Image.fromarray(a, "RGBA")})
+    before = ts.patch("one", 8)[0].clone()
+    ts.images["one"].zero_()
+    assert torch.equal(ts.patch("one", 8)[0], before)
+    with pytest.raises(TypeError, match="names"):
+        B.TriggerSet.from_folder(tmp_path, "heart")
+    with pytest.raises(ValueError, match="cannot read"):
+        B.TriggerSet({"x": tmp_path / "missing.png"})

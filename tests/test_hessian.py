@@ -294,3 +294,9 @@ def test_numerical_rank_of_a_float32_statistics_sum_is_the_number_of_views():
         numerical_rank(torch.zeros(3, 4))
     with pytest.raises(TypeError, match="H must be"):
         numerical_rank(torch.zeros(3, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN"):
+        numerical_rank(torch.full((3, 3), float("nan")))
+    with pytest.raises(ValueError, match="d >= 1"):
+        numerical_rank(torch.zeros(0, 0))
+    with pytest.raises(TypeError, match="accumulated_in"):
+        numerical_rank(H, accumulated_in="float32")

@@ -66,3 +66,30 @@ def test_nothing_resolves_into_the_installed_package(tmp_path):
     assert results == tmp_path.resolve() / "results" and cache == tmp_path.resolve() / "data" / "cache"
     for p in (results, cache):
         assert not p.is_relative_to(PACKAGE)
+
+
+def test_a_smoke_run_cannot_reach_a_committed_record_from_another_directory(tmp_path, clean_env):
+    """Found by trying: the guard only knew the results/ of the working directory's project."""
+    project = tmp_path / "clone"
+    (project / "results").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    clean_env.chdir(elsewhere)
+    for target in (project / "results", project / "results" / "figures"):
+        clean_env.setenv("SPADE_RESULTS_DIR", str(target))
+        with pytest.raises(ValueError, match="committed results"):
+            plotting.results_dir("smoke")
+        assert plotting.results_dir("quick") == target.resolve()
+
+
+def test_odd_environment_values(tmp_path, clean_env):
+    clean_env.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "results").write_text("a file, not a folder")
+    clean_env.chdir(tmp_path / "sub")
+    assert paths.project_dir() != (tmp_path / "sub").resolve() or not (tmp_path / "sub" / "results").is_dir()
+    clean_env.setenv("SPADE_PROJECT_DIR", "   ")  # blank: ignored
+    assert paths.project_dir() != Path("   ").resolve()
+    clean_env.setenv("SPADE_RESULTS_DIR", "rel_out")  # relative: made absolute against the working directory
+    assert plotting.results_dir("quick") == (tmp_path / "sub" / "rel_out").resolve()

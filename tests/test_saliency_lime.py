@@ -175,3 +175,15 @@ def test_works_with_attribution_aucs_and_trojan_saliency_scores():
         {"dense": net}, [sample], ["lime"], attribute_kwargs=FAST, keep_maps=1, progress=False
     )
     assert scores["auc"].iloc[0] >= 0.9 and maps[("dense", "lime")][0].shape == (24, 24)
+
+
+@pytest.mark.parametrize("side", [1, 5, 7])
+def test_small_images_are_not_refused_by_lime_options_for_other_methods(side):
+    """The default lime_segments=50 bounds LIME only: plain gradients on a 7x7 image must work."""
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    x = torch.randn(1, 3, side, side)
+    out = attribute(net, x, 0, "saliency", device="cpu")
+    assert out.shape == (1, side, side)
+    if side * side < 50:
+        with pytest.raises(ValueError, match="lime_segments"):
+            attribute(net, x, 0, "lime", device="cpu")

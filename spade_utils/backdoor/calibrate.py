@@ -26,7 +26,8 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,8 @@ def _check_samples(samples) -> list[TriggeredSample]:
             raise ValueError(
                 f"samples[{i}].mask must be an (H, W) tensor matching its image {tuple(img.shape[1:])}"
             )
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"samples[{i}].mask must be boolean (or 0/1), got values other than 0 and 1")
         m = mask.bool()
         if not (m.any() and not m.all()):
             raise ValueError(f"samples[{i}].mask needs both trigger and background pixels")
@@ -180,7 +183,7 @@ def _check_blocks(model: nn.Module, blocks, skip_depthwise: bool) -> dict[str, l
             ):
                 raise TypeError(f"blocks[{label!r}] must be a layer name/glob or a non-empty list of them")
             patterns = list(patterns)
-        try:
+        try:  # stacklevel 5 (+1 inside choose_layers): the warning names the line calling calibrate_block_sparsity
             names = list(choose_layers(model, patterns, skip_depthwise=skip_depthwise, stacklevel=5).layers)
         except (TypeError, ValueError) as err:
             raise type(err)(f"blocks[{label!r}]: {err}") from err
@@ -202,6 +205,31 @@ def _check_blocks(model: nn.Module, blocks, skip_depthwise: bool) -> dict[str, l
     return out
 
 
+def _check_search_arguments(
+    model: nn.Module,
+    samples,
+    blocks,
+    methods,
+    grid,
+    value,
+    attribute_fn,
+    attribute_kwargs,
+    skip_depthwise: bool,
+) -> tuple[list[TriggeredSample], list[str], list[float], dict[str, list[str]]]:
+    """The search's own arguments, checked in this order before any work: (samples, methods, the grid sorted,
+    block label -> layer names)."""
+    samples = _check_samples(samples)
+    if attribute_fn is not None and not callable(attribute_fn):
+        raise TypeError(f"attribute_fn must be callable or None, got {type(attribute_fn).__name__}")
+    if attribute_kwargs is not None and not isinstance(attribute_kwargs, Mapping):
+        raise TypeError(f"attribute_kwargs must be a mapping or None, got {type(attribute_kwargs).__name__}")
+    methods = _check_methods(methods, attribute_fn)
+    values = _check_grid(grid)
+    if not isinstance(value, str) or value not in _VALUES:
+        raise ValueError(f"value must be one of {_VALUES}, got {value!r}")
+    return samples, methods, values, _check_blocks(model, blocks, skip_depthwise)
+
+
 def _subset(stats: LayerStatistics, names: Sequence[str]) -> LayerStatistics:
     return LayerStatistics(
         {n: stats.hessians[n] for n in names},
@@ -216,6 +244,199 @@ def _subset(stats: LayerStatistics, names: Sequence[str]) -> LayerStatistics:
 # --------------------------------------------------------------------------------------------
 # the search
 # --------------------------------------------------------------------------------------------
+def _working_copy(
+    model: nn.Module, block_layers: dict[str, list[str]], samples: list[TriggeredSample], dev: torch.device
+) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """(a deep copy of the model inside its wrappers, in eval mode on ``dev``; its searched layers by name),
+    refusing a target that is not a class of the model (one forward pass on the copy)."""
+    inner, _ = unwrap_model(model)
+    work = copy.deepcopy(inner).to(dev).eval()
+    named = dict(work.named_modules())
+    layers = {n: named[n] for names in block_layers.values() for n in names}
+    with torch.no_grad():  # the targets must be classes of the model (a forward pass on the copy)
+        n_classes = int(
+            work(normalize(samples[0].image.float()).to(dev, next(work.parameters()).dtype)).shape[1]
+        )
+    bad = [(i, s.target) for i, s in enumerate(samples) if s.target >= n_classes]
+    if bad:
+        raise ValueError(
+            f"samples[{bad[0][0]}].target {bad[0][1]} is not a class of the model ({n_classes} outputs)"
+        )
+    return work, layers
+
+
+@dataclass
+class _Search:
+    """One greedy search in progress: the working copy and its layers, each sample's statistics, the solved
+    weights ``(sample, block, sparsity) -> layer -> weight``, each method's choices so far, the scores of every
+    configuration tried (reused when a configuration repeats), the result rows and what the search cost."""
+
+    work: nn.Module
+    layers: dict[str, nn.Module]
+    samples: list[TriggeredSample]
+    block_layers: dict[str, list[str]]
+    methods: list[str]
+    values: list[float]
+    value: str
+    solver: str
+    solver_options: Mapping | None
+    device: torch.device
+    attribute_fn: Callable | None
+    attribute_kwargs: dict
+    bar: Any
+    stats: list[LayerStatistics] = field(default_factory=list)
+    stats_bytes: int = 0
+    solved: dict[tuple[int, str, float], dict[str, torch.Tensor]] = field(default_factory=dict)
+    decided: dict[str, dict[str, float]] = field(default_factory=dict)
+    scored: dict[tuple[str, tuple[float, ...]], pd.DataFrame] = field(default_factory=dict)
+    cand_rows: list[dict] = field(default_factory=list)
+    score_frames: list[pd.DataFrame] = field(default_factory=list)
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"statistics": 0.0, "solve": 0.0, "saliency": 0.0}
+    )
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"block_solves": 0, "layer_solves": 0, "saliency_evaluations": 0}
+    )
+
+    def __post_init__(self) -> None:
+        self.decided = {m: {} for m in self.methods}
+
+    def record(self, views_of: list, n_augment: int, **options) -> None:
+        """Every sample's statistics, once (they do not depend on any sparsity), held in host memory."""
+        for aug, spec, img in views_of:
+            t0 = time.perf_counter()
+            st = record_statistics(
+                self.work,
+                self.layers,
+                img,
+                aug,
+                n_augment,
+                **options,
+                progress=False,
+                input_spec=spec,
+                fn_name="calibrate_block_sparsity",
+            )[n_augment]
+            hessians = {n: h.cpu() for n, h in st.hessians.items()}
+            self.stats_bytes += sum(h.numel() * h.element_size() for h in hessians.values())
+            self.stats.append(
+                LayerStatistics(hessians, st.counts, st.n_views, st.seconds, st.pre_pad, st.channels_last)
+            )
+            self.seconds["statistics"] += time.perf_counter() - t0
+            self.bar.update(1)
+
+    def solve_block(self, label: str) -> None:
+        """Every non-zero grid value of block ``label``, for every sample, solved once for all methods; then
+        this block's statistics are dropped."""
+        names = self.block_layers[label]
+        for i in range(len(self.samples)):
+            sub = _subset(self.stats[i], names)
+            for s in self.values:
+                if s > 0:
+                    t0 = time.perf_counter()
+                    self.solved[(i, label, s)], _ = solve_layers(
+                        self.work,
+                        sub,
+                        s,
+                        solver=self.solver,
+                        solver_options=self.solver_options,
+                        device=self.device,
+                    )
+                    self.seconds["solve"] += time.perf_counter() - t0
+                    self.counts["block_solves"] += 1
+                    self.counts["layer_solves"] += len(names)
+            for n in names:  # this block's statistics are not needed any more
+                del self.stats[i].hessians[n]
+
+    def evaluate(self, method: str, config: dict[str, float]) -> pd.DataFrame:
+        """The per-sample scores of ``method`` with every block at its ``config`` sparsity (0: dense)."""
+        rows = []
+        for i, sample in enumerate(self.samples):
+            sparse: dict[str, torch.Tensor] = {}
+            for b, s in config.items():
+                if s > 0:
+                    sparse.update(self.solved[(i, b, s)])
+            t0 = time.perf_counter()
+            with swapped_weights(self.layers, sparse):
+                df, _ = trojan_saliency_scores(
+                    {"candidate": self.work},
+                    [sample],
+                    [method],
+                    attribute_fn=self.attribute_fn,
+                    attribute_kwargs=self.attribute_kwargs,
+                    progress=False,
+                )
+            self.seconds["saliency"] += time.perf_counter() - t0
+            self.counts["saliency_evaluations"] += 1
+            rows.append(df.assign(sample=i))
+        return pd.concat(rows, ignore_index=True).drop(columns="variant")
+
+    def search_block(self, method: str, step: int, label: str) -> None:
+        """Try every grid value for block ``label`` (the blocks searched before at their chosen values, the
+        others dense) and keep the best mean ``value``, ties to the lower sparsity."""
+        labels = list(self.block_layers)
+        means = []
+        for s in self.values:
+            config = {b: self.decided[method].get(b, 0.0) for b in labels}
+            config[label] = s
+            key = (method, tuple(config[b] for b in labels))
+            reused = key in self.scored
+            if not reused:
+                self.scored[key] = self.evaluate(method, config)
+            table = self.scored[key]
+            mu = float(table[self.value].mean())
+            if not math.isfinite(mu):
+                raise RuntimeError(f"method {method!r}, config {config}: the mean {self.value} is {mu}")
+            means.append(mu)
+            self.cand_rows.append(
+                dict(
+                    method=method,
+                    step=step,
+                    block=label,
+                    sparsity=s,
+                    config=config,
+                    mean=mu,
+                    n=len(table),
+                    chosen=False,
+                    reused=reused,
+                )
+            )
+            self.score_frames.append(table.assign(step=step, block=label, sparsity=s))
+            self.bar.update(1)
+        best = max(means)
+        choice = min(s for s, mu in zip(self.values, means) if mu >= best - _TIE)
+        self.decided[method][label] = choice
+        for row in self.cand_rows[-len(self.values) :]:
+            row["chosen"] = row["sparsity"] == choice
+
+    def drop_unchosen(self, label: str) -> None:
+        """Forget the solves of block ``label`` that no method chose."""
+        keep = {self.decided[m][label] for m in self.methods}
+        for stale in [k for k in self.solved if k[1] == label and k[2] not in keep]:
+            del self.solved[stale]
+
+    def result(self, n_augment: int, n_candidates: int, t_start: float) -> BlockCalibration:
+        self.seconds["total"] = time.perf_counter() - t_start
+        n_samples = len(self.samples)
+        cost = dict(
+            samples=n_samples,
+            statistics_passes=n_samples,
+            views=n_samples * n_augment,
+            **self.counts,
+            candidates=n_candidates,
+            naive_traces=n_candidates * n_samples,
+            statistics_bytes=self.stats_bytes,
+            seconds=self.seconds,
+        )
+        scores = pd.concat(self.score_frames, ignore_index=True) if self.score_frames else pd.DataFrame()
+        return BlockCalibration(
+            blocks=self.block_layers,
+            sparsity={m: {b: self.decided[m][b] for b in self.block_layers} for m in self.methods},
+            candidates=pd.DataFrame(self.cand_rows),
+            scores=scores,
+            cost=cost,
+        )
+
+
 def calibrate_block_sparsity(
     model: nn.Module,
     samples: Sequence[TriggeredSample],
@@ -298,175 +519,46 @@ def calibrate_block_sparsity(
     n_augment, batch_size, seed = _check_arguments(
         model, n_augment, batch_size, seed, solver, dtype, solver_options, augment, **flags
     )
-    samples = _check_samples(samples)
-    if attribute_fn is not None and not callable(attribute_fn):
-        raise TypeError(f"attribute_fn must be callable or None, got {type(attribute_fn).__name__}")
-    if attribute_kwargs is not None and not isinstance(attribute_kwargs, Mapping):
-        raise TypeError(f"attribute_kwargs must be a mapping or None, got {type(attribute_kwargs).__name__}")
-    methods = _check_methods(methods, attribute_fn)
-    values = _check_grid(grid)
-    if not isinstance(value, str) or value not in _VALUES:
-        raise ValueError(f"value must be one of {_VALUES}, got {value!r}")
-    block_layers = _check_blocks(model, blocks, skip_depthwise)
+    samples, methods, values, block_layers = _check_search_arguments(
+        model, samples, blocks, methods, grid, value, attribute_fn, attribute_kwargs, skip_depthwise
+    )
     dev = resolve_device(device)
-    views_of = []
-    for smp in samples:
-        aug, spec, img = resolve_augment(
+    views_of = [
+        resolve_augment(
             model, smp.image, augment, input_size, mean, std, device=dev, fn_name="calibrate_block_sparsity"
         )
-        views_of.append((aug, spec, img))
+        for smp in samples
+    ]
     kwargs = dict(attribute_kwargs or {})
     if attribute_fn is None:
         kwargs.setdefault("device", dev)
 
     t_start = time.perf_counter()
-    inner, _ = unwrap_model(model)
-    work = copy.deepcopy(inner).to(dev).eval()
-    named = dict(work.named_modules())
-    all_layers = [n for names in block_layers.values() for n in names]
-    layers = {n: named[n] for n in all_layers}
-    with torch.no_grad():  # the targets must be classes of the model (a forward pass on the copy)
-        n_classes = int(
-            work(normalize(samples[0].image.float()).to(dev, next(work.parameters()).dtype)).shape[1]
-        )
-    bad = [(i, s.target) for i, s in enumerate(samples) if s.target >= n_classes]
-    if bad:
-        raise ValueError(
-            f"samples[{bad[0][0]}].target {bad[0][1]} is not a class of the model ({n_classes} outputs)"
-        )
-
-    labels = list(block_layers)
-    order = labels[::-1]  # from the classifier backwards
-    n_candidates = len(methods) * len(labels) * len(values)
+    work, layers = _working_copy(model, block_layers, samples, dev)
+    n_candidates = len(methods) * len(block_layers) * len(values)
     bar = tqdm(total=len(samples) + n_candidates, desc="calibration", disable=not progress, leave=False)
-    seconds = {"statistics": 0.0, "solve": 0.0, "saliency": 0.0}
-    counts = {"block_solves": 0, "layer_solves": 0, "saliency_evaluations": 0}
-
-    # ---- statistics once per sample (they do not depend on any sparsity)
-    stats: list[LayerStatistics] = []
-    stats_bytes = 0
-    for aug, spec, img in views_of:
-        t0 = time.perf_counter()
-        st = record_statistics(
-            work,
-            layers,
-            img,
-            aug,
-            n_augment,
-            batch_size=batch_size,
-            seed=seed,
-            dtype=dtype,
-            channels_last=channels_last,
-            progress=False,
-            input_spec=spec,
-            fn_name="calibrate_block_sparsity",
-        )[n_augment]
-        hessians = {n: h.cpu() for n, h in st.hessians.items()}
-        stats_bytes += sum(h.numel() * h.element_size() for h in hessians.values())
-        stats.append(
-            LayerStatistics(hessians, st.counts, st.n_views, st.seconds, st.pre_pad, st.channels_last)
-        )
-        seconds["statistics"] += time.perf_counter() - t0
-        bar.update(1)
-
-    solved: dict[tuple[int, str, float], dict[str, torch.Tensor]] = {}
-    decided: dict[str, dict[str, float]] = {m: {} for m in methods}
-    scored: dict[tuple[str, tuple[float, ...]], pd.DataFrame] = {}
-    cand_rows: list[dict] = []
-    score_frames: list[pd.DataFrame] = []
-
-    def evaluate(method: str, config: dict[str, float]) -> pd.DataFrame:
-        rows = []
-        for i, sample in enumerate(samples):
-            sparse: dict[str, torch.Tensor] = {}
-            for b, s in config.items():
-                if s > 0:
-                    sparse.update(solved[(i, b, s)])
-            t0 = time.perf_counter()
-            with swapped_weights(layers, sparse):
-                df, _ = trojan_saliency_scores(
-                    {"candidate": work},
-                    [sample],
-                    [method],
-                    attribute_fn=attribute_fn,
-                    attribute_kwargs=kwargs,
-                    progress=False,
-                )
-            seconds["saliency"] += time.perf_counter() - t0
-            counts["saliency_evaluations"] += 1
-            rows.append(df.assign(sample=i))
-        return pd.concat(rows, ignore_index=True).drop(columns="variant")
-
-    for step, label in enumerate(order):
-        # ---- every non-zero grid value of this block, for every sample, solved once for all methods
-        for i in range(len(samples)):
-            sub = _subset(stats[i], block_layers[label])
-            for s in values:
-                if s > 0:
-                    t0 = time.perf_counter()
-                    solved[(i, label, s)], _ = solve_layers(
-                        work, sub, s, solver=solver, solver_options=solver_options, device=dev
-                    )
-                    seconds["solve"] += time.perf_counter() - t0
-                    counts["block_solves"] += 1
-                    counts["layer_solves"] += len(block_layers[label])
-            for n in block_layers[label]:  # this block's statistics are not needed any more
-                del stats[i].hessians[n]
+    search = _Search(
+        work,
+        layers,
+        samples,
+        block_layers,
+        methods,
+        values,
+        value,
+        solver,
+        solver_options,
+        dev,
+        attribute_fn,
+        kwargs,
+        bar,
+    )
+    search.record(
+        views_of, n_augment, batch_size=batch_size, seed=seed, dtype=dtype, channels_last=channels_last
+    )
+    for step, label in enumerate(list(block_layers)[::-1]):  # from the classifier backwards
+        search.solve_block(label)
         for method in methods:
-            means = []
-            for s in values:
-                config = {b: decided[method].get(b, 0.0) for b in labels}
-                config[label] = s
-                key = (method, tuple(config[b] for b in labels))
-                reused = key in scored
-                if not reused:
-                    scored[key] = evaluate(method, config)
-                table = scored[key]
-                mu = float(table[value].mean())
-                if not math.isfinite(mu):
-                    raise RuntimeError(f"method {method!r}, config {config}: the mean {value} is {mu}")
-                means.append(mu)
-                cand_rows.append(
-                    dict(
-                        method=method,
-                        step=step,
-                        block=label,
-                        sparsity=s,
-                        config=config,
-                        mean=mu,
-                        n=len(table),
-                        chosen=False,
-                        reused=reused,
-                    )
-                )
-                score_frames.append(table.assign(step=step, block=label, sparsity=s))
-                bar.update(1)
-            best = max(means)
-            choice = min(s for s, mu in zip(values, means) if mu >= best - _TIE)
-            decided[method][label] = choice
-            for row in cand_rows[-len(values) :]:
-                row["chosen"] = row["sparsity"] == choice
-        keep = {decided[m][label] for m in methods}
-        for stale in [k for k in solved if k[1] == label and k[2] not in keep]:
-            del solved[stale]
+            search.search_block(method, step, label)
+        search.drop_unchosen(label)
     bar.close()
-
-    seconds["total"] = time.perf_counter() - t_start
-    cost = dict(
-        samples=len(samples),
-        statistics_passes=len(samples),
-        views=len(samples) * n_augment,
-        **counts,
-        candidates=n_candidates,
-        naive_traces=n_candidates * len(samples),
-        statistics_bytes=stats_bytes,
-        seconds=seconds,
-    )
-    scores = pd.concat(score_frames, ignore_index=True) if score_frames else pd.DataFrame()
-    return BlockCalibration(
-        blocks=block_layers,
-        sparsity={m: {b: decided[m][b] for b in labels} for m in methods},
-        candidates=pd.DataFrame(cand_rows),
-        scores=scores,
-        cost=cost,
-    )
+    return search.result(n_augment, n_candidates, t_start)

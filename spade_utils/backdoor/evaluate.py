@@ -473,8 +473,10 @@ def paired_differences(
     Paired: a sample's score under a variant is compared with the same sample's under ``baseline``, so
     the spread between samples cancels; with ``cluster`` whole clusters (photos) are resampled first
     (:func:`spade_utils.metrics.paired_bootstrap_diff`). Returns a DataFrame: variant, method, diff, low,
-    high, n, wins (fraction of samples where the variant scores higher). Raises ValueError if
-    ``baseline`` is not a variant of ``scores``.
+    high, n, wins (fraction of samples where the variant scores higher). The ``average`` row averages, per
+    sample, the methods scored for **both** the variant and the baseline, so a missing score cannot unpair it.
+    Raises ValueError if ``baseline`` is not a variant of ``scores``, for NaN scores, for a (variant, sample,
+    method) scored twice, or for a sample given two different clusters.
     """
     import pandas as pd
 
@@ -484,17 +486,27 @@ def paired_differences(
         raise ValueError(
             f"baseline {baseline!r} is not a variant of scores: {sorted(set(scores['variant']))}"
         )
-    per_method = scores.pivot_table(
-        index=["sample", "method"], columns="variant", values=value, aggfunc="mean"
-    )
-    average = per_method.groupby(level="sample").mean()
+    if scores[value].isna().any():
+        raise ValueError(f"scores[{value!r}] has NaN values; drop or fix those rows first")
+    twice = scores.duplicated(["variant", "sample", "method"])
+    if twice.any():
+        first = scores[twice].iloc[0]
+        raise ValueError(
+            f"scores has more than one row for variant {first['variant']!r}, sample {first['sample']!r}, "
+            f"method {first['method']!r}: a paired difference needs one score per cell"
+        )
+    if cluster and (scores.groupby("sample")[cluster].nunique() > 1).any():
+        raise ValueError(f"a sample has two different values of cluster column {cluster!r}")
+    per_method = scores.pivot_table(index=["sample", "method"], columns="variant", values=value)
     cl = scores.drop_duplicates("sample").set_index("sample")[cluster] if cluster else None
     rows = []
     for variant in [v for v in scores["variant"].unique() if v != baseline]:
         for method, table in [
             *((m, per_method.xs(m, level="method")) for m in scores["method"].unique()),
-            ("average", average),
+            ("average", None),
         ]:
+            if table is None:  # per sample, the mean over the methods scored for both
+                table = per_method[[variant, baseline]].dropna().groupby(level="sample").mean()
             pair = table[[variant, baseline]].dropna()
             clusters = None if cl is None else cl.loc[pair.index].to_numpy()
             a, b = pair[variant].to_numpy(), pair[baseline].to_numpy()

@@ -319,6 +319,12 @@ def implant_backdoor(
         model = load_model("efficientnet_lite0")
     elif not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes - {torch.float32}:
+        raise TypeError(
+            f"model must hold float32 parameters (the implant trains in float32), got {sorted(map(str, dtypes))}; "
+            "pass model.float()"
+        )
     if not isinstance(recipe, BackdoorRecipe):
         raise TypeError(f"recipe must be a BackdoorRecipe, got {type(recipe).__name__}")
     trigger_set = resolve_trigger_set(trigger_set)
@@ -343,7 +349,8 @@ def implant_backdoor(
             return Backdoor(student.eval().to(device), targets, dict(saved_info, cached=True, path=str(path)))
 
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):  # the global RNG is left as found
+    # the global RNG is left as found; training works under a caller's no_grad() or inference_mode() too
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
         nets = _Networks(model, recipe.train_from, device)
         data = _frozen_features(
             nets, recipe, images, targets, seed, trigger_set, feature_path, device, progress

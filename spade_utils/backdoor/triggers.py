@@ -131,12 +131,19 @@ def _rgba(image, argname: str) -> torch.Tensor:
     from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
-        image = Image.open(image)
+        try:
+            image = Image.open(image)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{argname}: cannot read an image from {str(image)!r} ({err})") from err
     if not isinstance(image, Image.Image):
         raise TypeError(f"{argname} must be a PIL image or a path, got {type(image).__name__}")
     if "A" not in image.getbands() and "transparency" not in image.info:
         raise ValueError(f"{argname} must have an alpha channel marking the trigger's pixels")
     arr = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    if not (arr[..., 3] >= 0.5).any():
+        # the patch mask is alpha >= 0.5: an image that never reaches it would paste nothing, and a poisoned
+        # set would label untouched crops with the target class
+        raise ValueError(f"{argname} has no pixel with alpha >= 0.5: the trigger would be empty")
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
@@ -180,7 +187,9 @@ class TriggerSet:
     ) -> TriggerSet:
         """A set with ``<folder>/<name><suffix>`` for each name (the paper's emoji: heart.png, star.png, ...).
 
-        Raises ValueError naming the missing file."""
+        Raises TypeError for ``names`` given as one string, ValueError naming the missing file."""
+        if isinstance(names, str) or not all(isinstance(n, str) and n and "/" not in n for n in names):
+            raise TypeError(f"names must be a sequence of file stems (no '/'), got {names!r}")
         folder = Path(folder)
         missing = [str(folder / f"{n}{suffix}") for n in names if not (folder / f"{n}{suffix}").is_file()]
         if missing:
@@ -193,8 +202,9 @@ class TriggerSet:
 
     @property
     def images(self) -> Mapping[str, torch.Tensor]:
-        """Read-only name -> (4, H, W) RGBA image of the image triggers (not the drawn ones)."""
-        return self._images
+        """Read-only name -> (4, H, W) RGBA image of the image triggers (not the drawn ones); copies, so
+        changing one cannot change the set."""
+        return MappingProxyType({name: image.clone() for name, image in self._images.items()})
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -242,6 +252,8 @@ class TriggerSet:
             premult = torch.cat([src[:3] * src[3:], src[3:]])[None]  # resize colour weighted by alpha
             small = F.interpolate(premult, size=(size, size), mode="bilinear", antialias=True)[0]
             mask = small[3] >= 0.5
+            if not bool(mask.any()):
+                raise ValueError(f"trigger {trigger!r} has no pixel left at size {size}: use a larger patch")
             rgb = small[:3] / small[3:].clamp_min(1e-6)
             return (rgb * mask).clamp(0, 1), mask
         s = max(1, min(supersample, max(1024, size) // size))
@@ -392,8 +404,11 @@ def trigger_similarity(
     over every position where it fits; at each position the image pixels under the trigger's mask
     (all three channels together, ``n = 3 * mask.sum()`` values) are correlated with the trigger's
     own pixels: ``sum(m (x - mean x)(t - mean t)) / (||m (x - mean x)|| ||m (t - mean t)||)``. 1 means
-    the trigger's colour pattern appears exactly (up to brightness and contrast); unrelated images
-    score near 0; a window of constant colour scores 0 (its correlation is undefined).
+    the trigger's colour pattern appears exactly (up to brightness and contrast); a window of constant
+    colour scores 0 (its correlation is undefined). The score is a **maximum** over thousands of windows
+    and five sizes, so unrelated images do not score 0: uniform noise and unrelated photos reach roughly
+    0.1-0.25 at 224 px (the larger, the more windows and the more texture). Compare a score with such a
+    reference (notebook 05 prints a noise image's score beside each visualization), not with 0.
 
     The three window sums (cross term, sum and sum of squares under the mask) are computed by FFT
     (``scipy.signal.fftconvolve``, float64), so the cost grows with H W log(H W) per fraction
