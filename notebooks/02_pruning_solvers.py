@@ -520,7 +520,11 @@ worse_than_magnitude
 #   expansion convolutions the ratio tends to grow with sparsity: at 50% many masks are nearly as good, at the
 #   paper's 90–99% it matters which few weights survive, and OBC chooses them one at a time, each after
 #   the previous removal has been compensated, in the best order for each row. SparseGPT fixes a block's
-#   mask from the scores *before* the block's own updates and never revisits it.
+#   mask from the scores *before* the block's own updates and never revisits it. The classifier row of the
+#   ratio table is of another order: its $H$ has far lower rank than its width (the rank table above), so many
+#   masks fit the views almost equally well *if* the surviving weights are re-fitted one removal at a time,
+#   and OBC's re-scored greedy order finds them where SparseGPT's one-pass block masks do not. This is the
+#   layer SPADE prunes hardest, and the one the paper's exact-OBC row (notebook 04) is about.
 # * **Which of SparseGPT's two approximations costs more?** Choosing one mask for the whole layer
 #   ("one block") removes the equal share of zeros per block but is not better than the default; on the
 #   measured layers it is mostly worse (printed count). Blocks of 16 columns re-score more often and are

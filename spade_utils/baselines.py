@@ -39,8 +39,8 @@ def penultimate_features(
 ) -> torch.Tensor:
     """Inputs of the model's final ``nn.Linear`` for [0, 1] images x (B,3,H,W), batched: (B, D) float32 on the CPU.
 
-    The model runs as in :func:`spade_utils.backdoor.predict` (ImageNet-normalised input, its own dtype and
-    device, left as found); a forward hook on the final layer records its input and is removed afterwards."""
+    The model runs as in :func:`spade_utils.backdoor.predict` (input normalised with the model's own statistics,
+    ImageNet's unless it states others; its own dtype and device, left as found); a forward hook on the final layer records its input and is removed afterwards."""
     from .backdoor.evaluate import predict
 
     fc = final_linear(model)[1]

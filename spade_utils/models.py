@@ -118,7 +118,12 @@ def _resnet50(pretrained: bool) -> nn.Module:
         path = resnet50_weights_path()
         if not path.exists():
             try:
-                torch.hub.download_url_to_file(RESNET50_URL, str(path), progress=False)
+                path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no hub cache folder yet
+                # torchvision's file name carries the first 8 hex digits of the file's SHA-256: checked here
+                hash_prefix = os.path.basename(RESNET50_URL).rsplit("-", 1)[-1].split(".")[0]
+                torch.hub.download_url_to_file(
+                    RESNET50_URL, str(path), hash_prefix=hash_prefix, progress=False
+                )
             except Exception as err:  # offline, proxy, ...: say what to do instead
                 raise RuntimeError(
                     f"could not download the ResNet-50 ImageNet weights ({err}). Place the file "

@@ -12,7 +12,7 @@ LAYERS = {
     "basics": {"runtime", "validation", "widgets", "paths"},
     "assets": {"inputs", "data", "models", "archs", "plotting"},
     "engine": {"augment", "hessian", "solvers", "obc", "layer_probe", "layer_select", "trace_steps", "spade"},
-    "interpretation": {"saliency", "attribution_prep", "featvis", "metrics"},
+    "interpretation": {"saliency", "attribution_prep", "featvis", "metrics", "intervals"},
     "experiments": {"toy", "backdoor", "baselines", "layer_study", "bruteforce"},
 }
 RANK = {module: rank for rank, members in enumerate(LAYERS.values()) for module in members}

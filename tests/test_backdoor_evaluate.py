@@ -204,7 +204,7 @@ def _score_table(rng, n_photos=3, crops=4):
 
 
 def test_paired_differences_pair_samples_and_resample_photos():
-    from spade_utils.metrics import paired_bootstrap_diff
+    from spade_utils.intervals import paired_bootstrap_diff
 
     scores = _score_table(np.random.default_rng(0))
     table = B.paired_differences(scores, baseline="Dense", cluster="photo", seed=3)

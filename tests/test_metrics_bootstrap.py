@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from spade_utils.metrics import _cluster_boot_means, bootstrap_ci, paired_bootstrap_diff
+from spade_utils.intervals import _cluster_boot_means, bootstrap_ci, paired_bootstrap_diff
 
 # scipy >= 1.15 names the generator `rng`, older releases `random_state`
 RNG = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from spade_utils.metrics import bootstrap_ci, channel_sum, pointing_game, trojan_auc
+from spade_utils.intervals import bootstrap_ci
+from spade_utils.metrics import channel_sum, pointing_game, trojan_auc
 
 
 def _mask(h=32, w=32, box=(5, 15, 8, 20)):

@@ -255,7 +255,7 @@ def _working_copy(
     layers = {n: named[n] for names in block_layers.values() for n in names}
     with torch.no_grad():  # the targets must be classes of the model (a forward pass on the copy)
         n_classes = int(
-            work(normalize(samples[0].image.float()).to(dev, next(work.parameters()).dtype)).shape[1]
+            work(normalize(samples[0].image.float(), model).to(dev, next(work.parameters()).dtype)).shape[1]
         )
     bad = [(i, s.target) for i, s in enumerate(samples) if s.target >= n_classes]
     if bad:

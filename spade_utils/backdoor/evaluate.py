@@ -98,7 +98,8 @@ def predict(
     """Softmax probabilities (B, classes), float32 on the CPU, of ``model`` on [0, 1] images x (B,3,H,W),
     batched, no grad.
 
-    The images are ImageNet-normalised (:func:`~spade_utils.backdoor.normalize`) in float32 and fed in
+    The images are normalised with the model's own statistics (ImageNet's unless it states others:
+    :func:`~spade_utils.backdoor.normalize`) in float32 and fed in
     the model's own dtype on the model's own device (``device="auto"``); another ``device`` runs an
     eval-mode copy there. The caller's model is left as found (device, per-module train/eval flags).
     Raises TypeError/ValueError for a bad model, an empty or non-image ``x`` or a bad ``batch_size``.
@@ -107,7 +108,7 @@ def predict(
     batch_size = check_positive_int(batch_size, "batch_size")
     with _running(model, device) as (run, dev, dtype):
         return batched(
-            lambda xb: run(normalize(xb.float()).to(dtype)).float().softmax(1),
+            lambda xb: run(normalize(xb.float(), model).to(dtype)).float().softmax(1),
             x,
             batch_size,
             device=dev,
@@ -362,7 +363,7 @@ def trojan_saliency_scores(
     if isinstance(methods, str) or not methods:
         raise ValueError("methods must be a non-empty list of method names")
     kwargs = dict(attribute_kwargs or {})
-    x = normalize(torch.stack([s.image for s in samples]))
+    images = torch.stack([s.image for s in samples])  # normalised per model: its own statistics
     targets = torch.tensor([s.target for s in samples])
     rows: list[dict] = []
     maps: dict[tuple[str, str], list[torch.Tensor]] = {}
@@ -382,17 +383,19 @@ def trojan_saliency_scores(
     for name, v in variants.items():
         if isinstance(v, nn.Module):
             for method in methods:
+                x = normalize(images, v)
                 score(name, method, range(len(samples)), attribute_fn(v, x, targets, method, **kwargs))
                 bar.update(1)
         elif callable(v):
             for i, sample in enumerate(samples):
                 model_i = v(sample, i)
+                x_i = normalize(images[i : i + 1], model_i)
                 for method in methods:
                     score(
                         name,
                         method,
                         [i],
-                        attribute_fn(model_i, x[i : i + 1], targets[i : i + 1], method, **kwargs),
+                        attribute_fn(model_i, x_i, targets[i : i + 1], method, **kwargs),
                     )
                     bar.update(1)
                 del model_i
@@ -425,7 +428,7 @@ def _score_row(variant: str, method: str, i: int, sample: TriggeredSample, salie
 # --------------------------------------------------------------------------------------------------
 def _ci_or_nan(values, clusters, seed, n_boot):
     """Mean and interval; NaN bounds when there are too few values (or clusters) to resample."""
-    from ..metrics import bootstrap_ci
+    from ..intervals import bootstrap_ci
 
     values = np.asarray(values, dtype=float)
     if len(values) < 2 or (clusters is not None and len(set(clusters)) < 2):
@@ -441,7 +444,7 @@ def summarize_scores(
 
     ``scores``: a DataFrame with columns variant, method, sample, ``value`` (and ``cluster`` when given).
     With ``cluster`` (a column name, e.g. the photo each crop was cut from) intervals resample clusters,
-    then samples within them (:func:`spade_utils.metrics.bootstrap_ci`); groups with fewer than two
+    then samples within them (:func:`spade_utils.intervals.bootstrap_ci`); groups with fewer than two
     values or clusters get NaN bounds. Returns a DataFrame: variant, method, mean, low, high, n.
     """
     import pandas as pd
@@ -472,7 +475,7 @@ def paired_differences(
 
     Paired: a sample's score under a variant is compared with the same sample's under ``baseline``, so
     the spread between samples cancels; with ``cluster`` whole clusters (photos) are resampled first
-    (:func:`spade_utils.metrics.paired_bootstrap_diff`). Returns a DataFrame: variant, method, diff, low,
+    (:func:`spade_utils.intervals.paired_bootstrap_diff`). Returns a DataFrame: variant, method, diff, low,
     high, n, wins (fraction of samples where the variant scores higher). The ``average`` row averages, per
     sample, the methods scored for **both** the variant and the baseline, so a missing score cannot unpair it.
     Raises ValueError if ``baseline`` is not a variant of ``scores``, for NaN scores, for a (variant, sample,
@@ -480,7 +483,7 @@ def paired_differences(
     """
     import pandas as pd
 
-    from ..metrics import paired_bootstrap_diff
+    from ..intervals import paired_bootstrap_diff
 
     if baseline not in set(scores["variant"]):
         raise ValueError(

@@ -401,7 +401,7 @@ class _Networks:
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen front's output for [0, 1] images."""
-        return self.front(self.layout(normalize(x)))
+        return self.front(self.layout(normalize(x, self.teacher)))  # the model's own input statistics
 
     def finish(self) -> nn.Module:
         """The trained student: frozen, contiguous, eval mode."""

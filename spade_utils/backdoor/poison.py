@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..augment import crop_box, image_tensor, shift_hue
 from ..inputs import IMAGENET_MEAN, IMAGENET_STD
@@ -76,14 +77,25 @@ EXTRA_TRAIN_IMAGES = (
 )
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images (3,H,W) or (B,3,H,W) -> ImageNet-normalised (B,3,H,W), ``(x - mean) / std`` per
-    channel (``torchvision.transforms.functional.normalize``; a new tensor, in x's dtype and device)."""
+def normalize(x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """[0, 1] images (3,H,W) or (B,3,H,W) -> normalised (B,3,H,W), ``(x - mean) / std`` per channel
+    (``torchvision.transforms.functional.normalize``; a new tensor, in x's dtype and device).
+
+    ``mean``/``std`` are the ``model``'s own when it states them (:func:`spade_utils.inputs.input_spec`: e.g. a
+    robustness checkpoint's normalizer), else ImageNet's."""
     from torchvision.transforms.functional import normalize as tv_normalize
 
+    from ..inputs import input_spec
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    if model is not None:
+        spec = input_spec(model)
+        if spec.mean is not None and spec.std is not None:
+            mean, std = spec.stats()
     if x.dim() == 3:
         x = x.unsqueeze(0)
-    return tv_normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    return tv_normalize(x, list(mean), list(std))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,15 +125,29 @@ def load_image(name: str) -> torch.Tensor:
     return image_tensor(sample_image(name))
 
 
-def load_sources(images, argname: str = "images") -> list[torch.Tensor]:
-    """Names, PIL images, arrays, tensors, or a folder path -> list of (3,H,W) tensors."""
-    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-        files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if not files:
-            raise ValueError(f"{argname}: no .jpg/.png files under {images}")
-        from PIL import Image
+def _folder_files(images, argname: str) -> list[Path] | None:
+    """The sorted .jpg/.jpeg/.png files under a folder (sub-folders included); None when ``images`` is no folder."""
+    if not (isinstance(images, (str, os.PathLike)) and Path(images).is_dir()):
+        return None
+    files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise ValueError(f"{argname}: no .jpg/.png files under {images}")
+    return files
 
-        return [image_tensor(Image.open(p)) for p in files]
+
+def _decode(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return image_tensor(img)
+
+
+def load_sources(images, argname: str = "images") -> list[torch.Tensor]:
+    """Names, PIL images, arrays, tensors, or a folder path -> list of (3,H,W) tensors (a folder: every image
+    decoded; :func:`random_crops` decodes only the images it cuts from)."""
+    files = _folder_files(images, argname)
+    if files is not None:
+        return [_decode(p) for p in files]
     if isinstance(images, torch.Tensor) and images.dim() == 4:
         images = list(images)
     elif isinstance(images, (str, torch.Tensor)) or not isinstance(images, Sequence):
@@ -166,25 +192,44 @@ def crop_sources(images, n: int, *, seed: int = 0) -> list[int]:
 
     Crops of one photo are not independent samples: this is the cluster label for bootstrap intervals.
     """
-    n_sources = len(images) if isinstance(images, (list, tuple)) else len(load_sources(images))
+    files = _folder_files(images, "images")
+    if files is not None:
+        n_sources = len(files)  # counted, not decoded
+    else:
+        n_sources = len(images) if isinstance(images, (list, tuple)) else len(load_sources(images))
     return _crop_order(
         n_sources, check_positive_int(n, "n"), torch.Generator().manual_seed(check_seed(seed))
     ).tolist()
 
 
+def _reduced(img: torch.Tensor, size: int) -> torch.Tensor:
+    """A large photo reduced once (short side 2 * size): much faster crops, the same crops to the eye."""
+    short = min(img.shape[1:])
+    if short > 2 * size:
+        hw = [max(1, round(d * 2 * size / short)) for d in img.shape[1:]]
+        img = F.interpolate(img[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
+    return img
+
+
 def _random_crops(images, n, size, scale, flip, jitter, seed):
-    sources = []
-    for img in load_sources(images):  # large photos are reduced once (short side 2 * size): much faster crops
-        short = min(img.shape[1:])
-        if short > 2 * size:
-            hw = [max(1, round(d * 2 * size / short)) for d in img.shape[1:]]
-            img = F.interpolate(img[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
-        sources.append(img)
+    files = _folder_files(images, "images")
+    # a folder (an ImageNet split: 50k-1.28M files) is decoded lazily, only the photos the crops are cut from
+    loaded = None if files is not None else [_reduced(img, size) for img in load_sources(images)]
+    n_sources = len(files) if files is not None else len(loaded)
+    cache: dict[int, torch.Tensor] = {}
+
+    def source(k: int) -> torch.Tensor:
+        if loaded is not None:
+            return loaded[k]
+        if k not in cache:
+            cache[k] = _reduced(_decode(files[k]), size)
+        return cache[k]
+
     g = torch.Generator().manual_seed(int(seed))
-    order = _crop_order(len(sources), n, g)
+    order = _crop_order(n_sources, n, g)
     out = torch.empty(n, 3, size, size)
     for i, k in enumerate(order.tolist()):
-        img = sources[k]
+        img = source(k)
         top, left, ch, cw = crop_box(img.shape[1], img.shape[2], scale, (3 / 4, 4 / 3), g)
         crop = F.interpolate(
             img[None, :, top : top + ch, left : left + cw],
