@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from tiny_models import tiny_lite as shared_tiny_lite
 from torch import nn
 from torch.nn import functional as F
 
@@ -79,30 +80,8 @@ def lite0():
 
 
 def tiny_lite(seed=0):
-    """EfficientNet-Lite's architecture (static same padding: convolutions with a padding child, ReLU6, MBConv
-    residuals) shrunk to three blocks, with non-trivial batch-norm statistics."""
-    from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_lite_pytorch.utils import BlockDecoder, GlobalParams
-
-    torch.manual_seed(seed)
-    blocks = BlockDecoder.decode(["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24"])
-    params = GlobalParams(
-        width_coefficient=0.25,
-        depth_coefficient=1.0,
-        image_size=16,
-        dropout_rate=0.0,
-        num_classes=5,
-        batch_norm_momentum=0.99,
-        batch_norm_epsilon=1e-3,
-        drop_connect_rate=0.0,
-        depth_divisor=8,
-        min_depth=None,
-        relu_fn="relu6",
-        fix_head_stem=True,
-        local_pooling=False,
-        use_se=False,
-    )
-    return randomise_batchnorms(EfficientNet(blocks, params), seed).eval()
+    """The shared tiny EfficientNet-Lite (tests/tiny_models.py) with non-trivial batch-norm statistics."""
+    return randomise_batchnorms(shared_tiny_lite(seed), seed).eval()
 
 
 @pytest.mark.parametrize("rule", ["epsilon_plus_flat", "alpha1_beta0"])

@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from tiny_models import tiny_lite
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, ResNet, resnet18
@@ -45,32 +46,6 @@ def tiny_resnet(seed=0, zero_bias=False):
         if zero_bias:
             net.fc.bias.zero_()
     return net.eval()
-
-
-def tiny_lite(seed=0):
-    """An EfficientNet-Lite-architecture network shrunk to a few blocks (ReLU6, static same padding, MBConv residuals)."""
-    from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_lite_pytorch.utils import BlockDecoder, GlobalParams
-
-    torch.manual_seed(seed)
-    blocks = BlockDecoder.decode(["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24"])
-    params = GlobalParams(
-        width_coefficient=0.25,
-        depth_coefficient=1.0,
-        image_size=16,
-        dropout_rate=0.0,
-        num_classes=5,
-        batch_norm_momentum=0.99,
-        batch_norm_epsilon=1e-3,
-        drop_connect_rate=0.0,
-        depth_divisor=8,
-        min_depth=None,
-        relu_fn="relu6",
-        fix_head_stem=True,
-        local_pooling=False,
-        use_se=False,
-    )
-    return EfficientNet(blocks, params).eval()
 
 
 @pytest.fixture(scope="module")
