@@ -35,11 +35,13 @@ def _is_project(folder: Path) -> bool:
 
 
 def is_committed_results(path: Path) -> bool:
-    """True for a ``results/`` folder (or anything inside one) whose parent is a project folder: the record that
-    only quick and paper runs may write, whichever working directory the run started from."""
+    """True for a ``results/`` folder (or anything inside one) beside a ``pyproject.toml`` or ``.git``: the record
+    of a project that only quick and paper runs may write, whichever working directory the run started from.
+    (A ``results/`` folder alone does not make its parent a project here: any run's output folder has that name.)"""
     path = Path(path).expanduser().resolve()
     for folder in (path, *path.parents):
-        if folder.name == "results" and _is_project(folder.parent):
+        parent = folder.parent
+        if folder.name == "results" and ((parent / "pyproject.toml").is_file() or (parent / ".git").exists()):
             return True
     return False
 

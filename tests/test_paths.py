@@ -93,3 +93,11 @@ def test_odd_environment_values(tmp_path, clean_env):
     assert paths.project_dir() != Path("   ").resolve()
     clean_env.setenv("SPADE_RESULTS_DIR", "rel_out")  # relative: made absolute against the working directory
     assert plotting.results_dir("quick") == (tmp_path / "sub" / "rel_out").resolve()
+
+
+def test_a_plain_output_folder_named_results_is_not_a_committed_record(tmp_path, clean_env):
+    """Found by CI: the smoke tests write into <tmp>/results, which the first guard took for a project's record."""
+    out = tmp_path / "results"
+    out.mkdir()
+    clean_env.setenv("SPADE_RESULTS_DIR", str(out))
+    assert plotting.results_dir("smoke") == out.resolve()
