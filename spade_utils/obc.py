@@ -233,9 +233,15 @@ def _greedy(w, Hinv, dead, group_of_row, counts, allocation, block, max_chunk_by
             for fold in start(c1, 0):
                 fold()
             finished.append(c1)
-        return order, inc
-    # two chunks in flight: one chunk's downdate (one large product, the GIL released) runs on a
-    # worker thread while the other chunk takes its next block of greedy steps on this one
+    else:
+        _overlapped(starts, start, finished)
+    return order, inc
+
+
+def _overlapped(starts, start, finished) -> None:
+    """Run the chunk generators two at a time: one chunk's downdate (one large product, the GIL released)
+    runs on a worker thread while the other chunk takes its next block of greedy steps on this one.
+    ``start(c1, slot)`` makes a chunk's generator of downdates; ``finished`` grows by one per finished chunk."""
     from concurrent.futures import ThreadPoolExecutor
 
     queue = iter(starts)
@@ -262,7 +268,6 @@ def _greedy(w, Hinv, dead, group_of_row, counts, allocation, block, max_chunk_by
                     fold = next(sl[0], None)
                 if fold is not None:
                     sl[1] = pool.submit(fold)
-    return order, inc
 
 
 def _greedy_chunk(w, Hinv, dead, grp, n_dead, steps, tau, block, order, inc, rows_out, bufs):
@@ -308,21 +313,9 @@ def _greedy_chunk(w, Hinv, dead, grp, n_dead, steps, tau, block, order, inc, row
         finally:
             if single:
                 torch.set_num_threads(threads)
-        # which steps count: a prefix, up to the row's count and while its running maximum <= tau
-        # (a row that passes tau inside the block went on with real greedy steps; they are dropped)
-        rec_inc = rec_w.pow(2) / (2 * rec_h)
-        valid = gofs > 0
-        if tau is not None:
-            before = torch.cat([runmax.unsqueeze(1), rec_inc[:, :-1]], dim=1).cummax(dim=1).values
-            valid &= torch.maximum(before, runmax.unsqueeze(1)) <= tau.unsqueeze(1)
-        n_valid = valid.sum(dim=1)
-        # record: slot = dead count + removals before + rank within block
-        slot = (n_dead + done).unsqueeze(1) + torch.arange(nb, device=dev)
-        bi, si = torch.nonzero(valid, as_tuple=True)
-        inc[ids[bi], slot[bi, si]] = rec_inc[bi, si]
-        order[ids[bi], slot[bi, si]] = active[bi, rec_j[bi, si]]
-        done = done + n_valid
-        runmax = torch.maximum(runmax, torch.where(valid, rec_inc, 0.0).amax(dim=1))
+        done, runmax, n_valid = _record_block(
+            rec_j, rec_w, rec_h, gofs, tau, runmax, done, n_dead, ids, active, order, inc
+        )
         go = (done < steps) & (n_valid == nb)
         if tau is not None:
             go &= runmax <= tau
@@ -363,6 +356,27 @@ def _greedy_chunk(w, Hinv, dead, grp, n_dead, steps, tau, block, order, inc, row
             wa = torch.gather(wa, 1, sel)
             pen = torch.gather(pen, 1, sel)
         yield partial(Hbase.baddbmm_, Ut.mT, Ut, alpha=-1.0)  # the caller applies the downdate
+
+
+def _record_block(rec_j, rec_w, rec_h, gofs, tau, runmax, done, n_dead, ids, active, order, inc):
+    """Write one block's removals into ``order``/``inc`` and return the rows' new ``(done, runmax, n_valid)``.
+
+    The steps that count are a prefix: up to the row's count (``gofs``) and while its running maximum
+    increment stays <= ``tau`` (a row that passes tau inside the block went on with real greedy steps;
+    they are dropped). A removal's slot is: dead count + removals before + rank within the block."""
+    nb = rec_j.shape[1]
+    rec_inc = rec_w.pow(2) / (2 * rec_h)
+    valid = gofs > 0
+    if tau is not None:
+        before = torch.cat([runmax.unsqueeze(1), rec_inc[:, :-1]], dim=1).cummax(dim=1).values
+        valid &= torch.maximum(before, runmax.unsqueeze(1)) <= tau.unsqueeze(1)
+    n_valid = valid.sum(dim=1)
+    slot = (n_dead + done).unsqueeze(1) + torch.arange(nb, device=rec_j.device)
+    bi, si = torch.nonzero(valid, as_tuple=True)
+    inc[ids[bi], slot[bi, si]] = rec_inc[bi, si]
+    order[ids[bi], slot[bi, si]] = active[bi, rec_j[bi, si]]
+    runmax = torch.maximum(runmax, torch.where(valid, rec_inc, 0.0).amax(dim=1))
+    return done + n_valid, runmax, n_valid
 
 
 # block=None: removals per delayed downdate ~ a / _BLOCK_DIV within [_BLOCK_MIN, _BLOCK_MAX] (a the
