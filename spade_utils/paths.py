@@ -28,10 +28,12 @@ def _env_path(name: str) -> Path | None:
     return Path(value).expanduser().resolve() if value else None
 
 
+def _has_repository_marker(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() or (folder / ".git").exists()
+
+
 def _is_project(folder: Path) -> bool:
-    return (
-        (folder / "results").is_dir() or (folder / "pyproject.toml").is_file() or (folder / ".git").exists()
-    )
+    return (folder / "results").is_dir() or _has_repository_marker(folder)
 
 
 def is_committed_results(path: Path) -> bool:
@@ -40,8 +42,7 @@ def is_committed_results(path: Path) -> bool:
     (A ``results/`` folder alone does not make its parent a project here: any run's output folder has that name.)"""
     path = Path(path).expanduser().resolve()
     for folder in (path, *path.parents):
-        parent = folder.parent
-        if folder.name == "results" and ((parent / "pyproject.toml").is_file() or (parent / ".git").exists()):
+        if folder.name == "results" and _has_repository_marker(folder.parent):
             return True
     return False
 
