@@ -3,7 +3,7 @@
 The straightforward solver removes one weight per row per step and down-dates each row's inverse
 Hessian by a rank-1 product every step (memory-bound), then runs every row a second time once the
 global allocation has fixed how many weights each row loses. This module takes the same greedy
-decisions with three changes that keep it exact:
+decisions with four changes that keep it exact:
 
 1. **Delayed downdates.** After ``t`` removals a row's inverse is ``H0^-1 - U U^T`` with
    ``U = [c_1/sqrt(h_1), ..., c_t/sqrt(h_t)]`` (``c_s`` the removed column, ``h_s`` its pivot).
@@ -20,6 +20,12 @@ decisions with three changes that keep it exact:
    an upper bound ``tau`` on the threshold; a row whose running maximum exceeds ``tau`` can get no
    further removal, so its greedy run stops there (its unknown increments count as ``+inf``,
    which leaves the allocation unchanged).
+4. **Low-rank statistics.** A layer seen on fewer positions than it has inputs (SPADE's classifier:
+   one pooled vector per view, 32 views for 1280 inputs) has ``H = D + U U^T`` with ``D`` the
+   dampening and ``U`` of rank r. The inverse is then read through the Woodbury identity and each
+   removal costs O(d r) instead of O(d^2) (:func:`_greedy_low_rank`; the final least squares as
+   well). On the Lite0 classifier (1000 x 1280, rank 32) at 0.9: 5.1 s for all rows, against
+   20.7 s on the dense route, on this 2-core CPU.
 
 Sources: B. Hassibi & D. Stork, "Second order derivatives for network pruning: Optimal Brain
 Surgeon", NeurIPS 1993 (the OBS step and downdate); E. Frantar, S. P. Singh & D. Alistarh,
@@ -50,6 +56,7 @@ def obc_prune_fast(
     max_chunk_bytes: int = 256 * 2**20,
     cpu_threads: int | None = 1,
     overlap: bool | None = None,
+    low_rank: bool = True,
 ) -> torch.Tensor:
     """Exact greedy OBS (OBC), the same masks as :func:`spade_utils.solvers.obc_prune`, faster.
 
@@ -89,6 +96,17 @@ def obc_prune_fast(
         W is on the CPU and torch runs one thread (``cpu_threads=1``). Same masks either way (a
         chunk's early-stop bound then comes from the chunks finished before it started).
         Measured on the Lite0 classifier (300 rows, load ~1): 1.41x faster.
+    low_rank : bool, default True
+        Take the Woodbury route when the statistics are low-rank: a layer seen on fewer positions
+        than it has inputs (the Lite0 classifier on 32 views: rank 32 of 1280) has
+        ``H = D + U U^T`` with ``U`` (cols, r) and ``D`` the dampening, and each greedy removal then
+        costs O(cols * r) instead of O(cols^2) (see :func:`_greedy_low_rank`). Taken when a pivoted
+        Cholesky factorisation of H (float64) leaves nothing above ``cols * eps * max diag H`` (``eps``
+        of H's dtype: the round-off of its accumulation) within ``r <= cols / 4`` steps, ``cols >= 64``
+        and ``percdamp > 0``. The greedy path is that of the truncated H (float64 problems: the
+        straightforward solver's masks; a float32 H differs from its truncation by its own
+        round-off). Runs with the caller's torch thread count, not ``cpu_threads``. False: always
+        the dense route.
 
     Returns
     -------
@@ -101,7 +119,7 @@ def obc_prune_fast(
     TypeError / ValueError
         For non-tensor inputs, mismatched shapes, ``sparsity`` outside [0, 1), negative
         ``percdamp``, a non-bool ``per_row``, non-positive ``block``, ``max_chunk_bytes`` or
-        ``cpu_threads``, an ``overlap`` that is not a bool or None.
+        ``cpu_threads``, an ``overlap`` that is not a bool or None, a non-bool ``low_rank``.
     torch.linalg.LinAlgError
         If H stays indefinite even after heavy dampening.
     """
@@ -116,6 +134,8 @@ def obc_prune_fast(
         cpu_threads = check_positive_int(cpu_threads, "cpu_threads")
     if overlap is not None and not isinstance(overlap, bool):
         raise TypeError(f"overlap must be a bool or None, got {type(overlap).__name__}")
+    if not isinstance(low_rank, bool):
+        raise TypeError(f"low_rank must be a bool, got {type(low_rank).__name__}")
     if not W.is_floating_point() or not H.is_floating_point():
         raise TypeError(f"W and H must be floating-point tensors, got {W.dtype} and {H.dtype}")
     if W.device != H.device:
@@ -126,30 +146,53 @@ def obc_prune_fast(
     try:
         if overlap is None:
             overlap = W.device.type == "cpu" and torch.get_num_threads() == 1
-        return _obc_prune_fast(W, H, sparsity, percdamp, per_row, block, max_chunk_bytes, overlap)
+        return _obc_prune_fast(
+            W, H, sparsity, percdamp, per_row, block, max_chunk_bytes, overlap, low_rank, threads
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-def _obc_prune_fast(W, H, sparsity, percdamp, per_row, block, max_chunk_bytes, overlap):
+def _obc_prune_fast(
+    W, H, sparsity, percdamp, per_row, block, max_chunk_bytes, overlap, low_rank=True, low_rank_threads=None
+):
 
     Wb, Hb, batched = _as_batched(W, H)
     Wf, Hf, dead = _prepare(Wb, Hb, percdamp)
     G, rows, cols = Wf.shape
     R = G * rows
     dev = Wf.device
-    L, info = torch.linalg.cholesky_ex(Hf)
-    if bool((info > 0).any()):
-        L = _cholesky_adaptive(Hf)
-        Hf = L @ L.mT  # the matrix the greedy path really inverts (extra dampening included)
-    Hinv = torch.cholesky_inverse(L).contiguous()
     flatW = Wf.reshape(R, cols)
     group_of_row = torch.arange(G, device=dev).repeat_interleave(rows)
     n_dead = dead.sum(dim=1)[group_of_row]  # (R,)
+    factor = _low_rank_factor(Hb, dead, percdamp, Hb.dtype) if low_rank else None
+    if factor is not None:  # Woodbury route: the greedy path of the (truncated) low-rank H
+        U, D = factor
+
+        def greedy(counts, allocation):
+            threads = torch.get_num_threads()
+            if low_rank_threads is not None and dev.type == "cpu":
+                torch.set_num_threads(low_rank_threads)  # wide element-wise steps: they scale with threads
+            try:
+                return _greedy_low_rank(flatW, U, D, dead, group_of_row, counts)
+            finally:
+                torch.set_num_threads(threads)
+
+    else:
+        L, info = torch.linalg.cholesky_ex(Hf)
+        if bool((info > 0).any()):
+            L = _cholesky_adaptive(Hf)
+            Hf = L @ L.mT  # the matrix the greedy path really inverts (extra dampening included)
+        Hinv = torch.cholesky_inverse(L).contiguous()
+
+        def greedy(counts, allocation):
+            return _greedy(
+                flatW, Hinv, dead, group_of_row, counts, allocation, block, max_chunk_bytes, overlap
+            )
 
     if per_row:
         counts = torch.full((R,), int(round(float(sparsity) * cols)), device=dev, dtype=torch.long)
-        order = _greedy(flatW, Hinv, dead, group_of_row, counts, None, block, max_chunk_bytes, overlap)[0]
+        order = greedy(counts, None)[0]
     else:
         k = int(round(float(sparsity) * rows * cols))
         if k == 0:
@@ -157,12 +200,12 @@ def _obc_prune_fast(W, H, sparsity, percdamp, per_row, block, max_chunk_bytes, o
             order = torch.full((R, cols), -1, dtype=torch.long, device=dev)
         else:
             full = torch.full((R,), cols, device=dev, dtype=torch.long)
-            order, inc = _greedy(
-                flatW, Hinv, dead, group_of_row, full, (G, rows, k), block, max_chunk_bytes, overlap
-            )
+            order, inc = greedy(full, (G, rows, k))
             counts = _allocate(inc.reshape(G, rows, cols), k).reshape(-1)
-    del Hinv
-    out = _least_squares(flatW, Hf, group_of_row, dead, order, counts, n_dead, max_chunk_bytes)
+    if factor is not None:
+        out = _least_squares_low_rank(flatW, U, D, dead, order, counts)
+    else:
+        out = _least_squares(flatW, Hf, group_of_row, dead, order, counts, n_dead, max_chunk_bytes)
     res = out.reshape(G, rows, cols).to(W.dtype)
     return res if batched else res[0]
 
@@ -443,6 +486,15 @@ def _gather_square(M, idx, which=None, buf_rows=None, buf_out=None):
     return torch.gather(rows, 2, idx.unsqueeze(1).expand(B, n, n), out=out)
 
 
+def _kept(order, counts, dead_rows):
+    """(R, d) bool: inputs a row keeps, i.e. neither among its first ``counts[r]`` removals nor dead."""
+    R, d = order.shape
+    pos = torch.arange(d, device=order.device).expand(R, d)
+    removed = torch.where(pos < counts.unsqueeze(1), order, d)  # column d is a bin for "not removed"
+    kept = torch.ones(R, d + 1, dtype=torch.bool, device=order.device).scatter_(1, removed, False)[:, :d]
+    return kept & ~dead_rows
+
+
 def _least_squares(w, H, group_of_row, dead, order, counts, n_dead, max_chunk_bytes):
     """Each row's least-squares optimum on its kept set: ``H_KK w_K = (H w)_K`` (float64).
 
@@ -455,10 +507,7 @@ def _least_squares(w, H, group_of_row, dead, order, counts, n_dead, max_chunk_by
     H64 = H.to(torch.float64)
     w64 = w.to(torch.float64)
     rhs_full = torch.bmm(w64.reshape(G, rows, d), H64).reshape(R, d)  # (H w) per row
-    pos = torch.arange(d, device=dev).expand(R, d)
-    removed = torch.where(pos < counts.unsqueeze(1), order, d)  # column d is a bin for "not removed"
-    kept = torch.ones(R, d + 1, dtype=torch.bool, device=dev).scatter_(1, removed, False)[:, :d]
-    kept &= ~dead[group_of_row]
+    kept = _kept(order, counts, dead[group_of_row])
     out = torch.zeros(R, d, dtype=torch.float64, device=dev)
     m = kept.sum(dim=1)
     full = m == d
@@ -490,3 +539,167 @@ def _least_squares(w, H, group_of_row, dead, order, counts, n_dead, max_chunk_by
         vals.scatter_(1, K, x * vm)
         out[idx] = vals
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# low-rank statistics: H = D + U U^T (a late layer seen on fewer positions than it has inputs)
+# --------------------------------------------------------------------------------------------
+# the Woodbury route is taken when the statistics' rank is at most this fraction of the live inputs
+_LOW_RANK_AT = 0.25
+# ... and only from this width on (below it the dense route is as fast)
+_LOW_RANK_MIN_COLS = 64
+# rows per chunk of the Woodbury greedy pass: its per-row state (weights, diagonal) stays in cache
+_LOW_RANK_CHUNK_ELEMS = 2**18
+
+
+def _low_rank_factor(H, dead, percdamp, dtype):
+    """``(U, D)`` with the damped statistics equal to ``diag(D) + U U^T``, or None when H is not low-rank.
+
+    ``U`` (G, d, r) comes from a pivoted Cholesky factorisation of H (dead inputs zeroed) in float64,
+    stopped once the largest remaining diagonal is below ``d * eps * max diag`` with ``eps`` the
+    machine epsilon of ``dtype`` (the precision H was given in: what is left is its round-off, the
+    tolerance :func:`spade_utils.hessian.numerical_rank` uses); ``D`` (G, d) is the dampening of
+    :func:`spade_utils.solvers._prepare` (``percdamp * scale`` on live inputs, ``(1 + percdamp) *
+    scale`` on dead ones). Returns None (the dense route) when the rank exceeds ``_LOW_RANK_AT`` of
+    the live inputs, when ``percdamp == 0`` (D would be singular) or for narrow layers.
+    """
+    G, d, _ = H.shape
+    if percdamp <= 0 or d < _LOW_RANK_MIN_COLS:
+        return None
+    live = ~dead
+    n_live = live.sum(dim=1)
+    r_max = int(_LOW_RANK_AT * int(n_live.max()))
+    if r_max < 1:
+        return None
+    raw = H.to(torch.float64).masked_fill(dead.unsqueeze(1) | dead.unsqueeze(2), 0.0)
+    rest = torch.diagonal(raw, dim1=1, dim2=2).clone()  # diagonal of the remaining Schur complement
+    hdiag = rest.clone()
+    tol = rest.amax(dim=1).clamp_min(0) * d * torch.finfo(dtype).eps  # (G,)
+    U = torch.zeros(G, d, r_max + 1, dtype=torch.float64, device=H.device)
+    rank = torch.zeros(G, dtype=torch.long, device=H.device)
+    groups = torch.arange(G, device=H.device)
+    k = 0
+    for k in range(r_max + 1):
+        piv, p = rest.max(dim=1)
+        more = piv > tol
+        if not bool(more.any()):
+            break
+        if k == r_max:
+            return None  # the rank exceeds r_max in some group
+        col = raw[groups, :, p] - torch.bmm(U[:, :, :k], U[groups, p, :k].unsqueeze(2)).squeeze(2)
+        u = torch.where(more.unsqueeze(1), col / piv.clamp_min(1e-300).sqrt().unsqueeze(1), 0.0)
+        U[:, :, k] = u
+        rest = (rest - u.square()).clamp_min_(0.0)
+        rest[groups, p] = torch.where(more, 0.0, rest[groups, p])
+        rank += more
+    if bool((rank > _LOW_RANK_AT * n_live).any()):
+        return None
+    U = U[:, :, :k].contiguous()
+    scale = torch.where(dead, 0.0, hdiag).sum(dim=1, keepdim=True) / live.sum(dim=1, keepdim=True).clamp_min(
+        1
+    )
+    scale = torch.where(live.any(dim=1, keepdim=True), scale, torch.ones_like(scale))
+    D = torch.where(dead, (1.0 + percdamp) * scale, percdamp * scale)
+    return U, D
+
+
+def _greedy_low_rank(w, U, D, dead, group_of_row, counts):
+    """Greedy OBS on every row through the Woodbury form of the inverse Hessian.
+
+    With ``H_F = D_F + U_F U_F^T`` on the kept set F, ``H_F^-1 = D_F^-1 - Y_F M Y_F^T`` with
+    ``Y = D^-1 U`` (shared by the rows of a group) and ``M = (I + U_F^T D_F^-1 U_F)^-1`` (r x r, per
+    row). Removing coordinate p is OBS (Hassibi & Stork 1993): with ``g = M y_p`` the removed column is
+    ``c = e_p / D_p - Y g``, the weights move by ``-w_p c / h_p`` (``h_p = [H_F^-1]_pp``), the diagonal
+    by ``-c^2 / h_p`` and ``M`` by ``+g g^T / h_p`` (Sherman-Morrison): O(d r) per removal instead of
+    O(d^2). Same outputs as :func:`_greedy` (``order``, ``inc``) for rows run to ``counts``.
+    """
+    R, d = w.shape
+    G, _, r = U.shape
+    dev, dt = w.device, w.dtype
+    Y = (U / D.unsqueeze(2)).to(dt)
+    Dinv = D.reciprocal()
+    live = (~dead).to(torch.float64)
+    eye = torch.eye(r, dtype=torch.float64, device=dev)
+    M0 = torch.linalg.inv(eye + U.mT @ (U * (live / D).unsqueeze(2)))  # (G, r, r), dead inputs left out
+    h0 = (Dinv - torch.einsum("gdr,grs,gds->gd", U / D.unsqueeze(2), M0, U / D.unsqueeze(2))).to(dt)
+    M0, Dinv = M0.to(dt), Dinv.to(dt)
+    order = torch.full((R, d), -1, dtype=torch.long, device=dev)
+    inc = torch.full((R, d), float("inf"), dtype=dt, device=dev)
+    dead_rows = dead[group_of_row]
+    n_dead = dead_rows.sum(dim=1)
+    dead_first = (~dead_rows).to(torch.int8).argsort(dim=1, stable=True)
+    pos = torch.arange(d, device=dev).expand(R, d)
+    take_dead = (pos < n_dead.unsqueeze(1)) & (pos < counts.unsqueeze(1))
+    order[take_dead] = dead_first[take_dead]
+    inc[take_dead] = 0.0
+    steps = (counts - n_dead).clamp_min(0)
+    chunk = max(1, _LOW_RANK_CHUNK_ELEMS // d)
+    for g in range(G):  # rows of a group are consecutive
+        for r1 in range(g * (R // G), (g + 1) * (R // G), chunk):
+            rows = torch.arange(r1, min(r1 + chunk, (g + 1) * (R // G)), device=dev)
+            _low_rank_chunk(
+                w[rows], Y[g], Dinv[g], M0[g], h0[g], dead[g], rows, n_dead[rows], steps[rows], order, inc
+            )
+    return order, inc
+
+
+def _low_rank_chunk(w, Y, Dinv, M0, h0, dead, rows, n_dead, steps, order, inc):
+    """One chunk of rows of one group (see :func:`_greedy_low_rank`); writes ``order``/``inc`` at ``rows``."""
+    B, d = w.shape
+    n = int(steps.max()) if steps.numel() else 0
+    if n == 0:
+        return
+    w = w.clone()
+    M = M0.expand(B, -1, -1).clone()
+    hd = h0.expand(B, -1).clone()
+    pen = torch.zeros_like(w).masked_fill_(dead.expand(B, -1), float("inf"))
+    hd.masked_fill_(dead.expand(B, -1), float("inf"))
+    tiny = torch.finfo(w.dtype).tiny
+    ps, ws, hs = [], [], []
+    for s in range(n):
+        act = (steps > s).to(w.dtype).unsqueeze(1)  # (B, 1): rows past their count step with a zero factor
+        p = torch.addcdiv(pen, w.square(), hd).argmin(dim=1, keepdim=True)  # (B, 1)
+        hp = hd.gather(1, p).clamp_min_(tiny)
+        wp = w.gather(1, p)
+        gvec = torch.bmm(M, Y[p.view(-1)].unsqueeze(2))  # (B, r, 1)
+        c = torch.mm(gvec.squeeze(2), Y.mT).neg_()  # (B, d): -(Y g)
+        c.scatter_add_(1, p, Dinv[p.view(-1)].unsqueeze(1))
+        coef = act / hp
+        w.addcmul_(c, wp * coef, value=-1.0)
+        hd.addcmul_(c.square_(), coef, value=-1.0)
+        M.baddbmm_(gvec * coef.unsqueeze(2), gvec.mT)
+        pen.scatter_(1, p, float("inf"))
+        hd.scatter_(1, p, float("inf"))
+        ps.append(p)
+        ws.append(wp)
+        hs.append(hp)
+    P, Wp, Hp = torch.cat(ps, dim=1), torch.cat(ws, dim=1), torch.cat(hs, dim=1)
+    valid = torch.arange(n, device=w.device) < steps.unsqueeze(1)
+    bi, si = torch.nonzero(valid, as_tuple=True)
+    slot = n_dead[bi] + si
+    order[rows[bi], slot] = P[bi, si]
+    inc[rows[bi], slot] = Wp[bi, si].square() / (2 * Hp[bi, si])
+
+
+def _least_squares_low_rank(w, U, D, dead, order, counts):
+    """:func:`_least_squares` for ``H = diag(D) + U U^T`` (float64), through the Woodbury identity.
+
+    On a kept set K, ``(D_K + U_K U_K^T)^-1 b = z - D_K^-1 U_K A^-1 U_K^T z`` with ``z = D_K^-1 b`` and
+    ``A = I + U_K^T D_K^-1 U_K`` (r x r): O(d r^2) per row instead of a dense solve of the kept set.
+    """
+    R, d = w.shape
+    G, _, r = U.shape
+    rows = R // G
+    w64 = w.to(torch.float64).reshape(G, rows, d)
+    rhs = w64 * D.unsqueeze(1) + torch.bmm(torch.bmm(w64, U), U.mT)  # (H w) per row
+    keep_over_d = _kept(order, counts, dead.repeat_interleave(rows, dim=0)).reshape(G, rows, d) / D.unsqueeze(
+        1
+    )
+    z = rhs * keep_over_d
+    outer = (U.unsqueeze(3) * U.unsqueeze(2)).reshape(G, d, r * r)
+    A = torch.bmm(keep_over_d, outer).reshape(G, rows, r, r)
+    A.diagonal(dim1=2, dim2=3).add_(1.0)
+    t = torch.bmm(z, U).unsqueeze(3)  # (G, rows, r, 1)
+    s = torch.cholesky_solve(t, torch.linalg.cholesky(A)).squeeze(3)
+    x = z - keep_over_d * torch.bmm(s, U.mT)
+    return x.reshape(R, d)

@@ -558,7 +558,8 @@ def solve(
     ``loss = tr((W - W') H (W - W')^T) / 2 >= 0`` computed on the undamped H (shape () or (G,)).
     Keyword options go to the solver (:func:`sparsegpt_prune`: blocksize, percdamp, prune_n,
     prune_m, sequential; ``"obc"`` runs :func:`spade_utils.obc.obc_prune_fast` (the same greedy masks as the
-    straightforward :func:`obc_prune`): percdamp, per_row, block, max_chunk_bytes, cpu_threads, overlap; magnitude: none).
+    straightforward :func:`obc_prune`): percdamp, per_row, block, max_chunk_bytes, cpu_threads, overlap,
+    low_rank; magnitude: none).
 
     Raises, before any work: TypeError for an unknown ``method`` type or option, or a wrongly typed
     argument; ValueError for an unknown method, a bad option value, and any W/H/sparsity refused by

@@ -43,7 +43,7 @@ def test_same_masks_and_losses_as_straightforward_greedy(per_row, sparsity):
         W, H = _problem(G, rows, cols, n, seed, n_dead)
         ref = obc_prune(W, H, sparsity, per_row=per_row)
         for block in (3, 32):  # several delayed blocks, and one block for the whole path
-            fast = obc_prune_fast(W, H, sparsity, per_row=per_row, block=block)
+            fast = obc_prune_fast(W, H, sparsity, per_row=per_row, block=block, low_rank=False)
             assert torch.equal(ref == 0, fast == 0), (seed, block)
             lr, lf = reconstruction_loss(W, ref, H), reconstruction_loss(W, fast, H)
             scale = reconstruction_loss(W, torch.zeros_like(W), H)  # a loss of exactly 0 meets rounding
@@ -144,6 +144,7 @@ def test_leaves_inputs_untouched_and_handles_edge_sparsities():
         ({"max_chunk_bytes": 0}, ValueError),
         ({"cpu_threads": 0}, ValueError),
         ({"overlap": 1}, TypeError),
+        ({"low_rank": None}, TypeError),
         ({"H": torch.eye(5)}, ValueError),
         ({"W": torch.ones(3, 4, dtype=torch.long)}, TypeError),
     ],
@@ -154,6 +155,86 @@ def test_bad_arguments_raise_before_work(kwargs, err):
     W, H, s = args.pop("W"), args.pop("H"), args.pop("sparsity")
     with pytest.raises(err):
         obc_prune_fast(W, H, s, **args)
+
+
+def _only_route(monkeypatch, route):
+    """Make the other route of obc_prune_fast raise, so that a test knows which one it checked."""
+    from spade_utils import obc
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the {route} route was expected")
+
+    monkeypatch.setattr(obc, "_greedy" if route == "low-rank" else "_greedy_low_rank", refuse)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
+def test_low_rank_route_same_masks_and_losses_as_straightforward_greedy(monkeypatch, per_row, sparsity):
+    # statistics from fewer positions than inputs (a classifier on a few views): H = D + U U^T, taken
+    # through the Woodbury form; float64, so it must follow the straightforward greedy path exactly
+    _only_route(monkeypatch, "low-rank")
+    g = torch.Generator().manual_seed(int(100 * sparsity) + per_row)
+    for seed in range(3):
+        G, rows = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
+        cols = int(torch.randint(64, 161, (1,), generator=g))
+        n, n_dead = (
+            int(torch.randint(2, cols // 5, (1,), generator=g)),
+            int(torch.randint(0, 4, (1,), generator=g)),
+        )
+        W, H = _problem(G, rows, cols, n, 300 + seed, n_dead)
+        ref = obc_prune(W, H, sparsity, per_row=per_row)
+        fast = obc_prune_fast(W, H, sparsity, per_row=per_row)
+        assert torch.equal(ref == 0, fast == 0), (seed, G, rows, cols, n)
+        lr, lf = reconstruction_loss(W, ref, H), reconstruction_loss(W, fast, H)
+        scale = reconstruction_loss(W, torch.zeros_like(W), H)
+        assert torch.all((lf - lr).abs() <= 1e-9 * lr + 1e-14 * scale), seed
+        torch.testing.assert_close(fast, ref, rtol=1e-7, atol=1e-9 * float(W.abs().max()))
+
+
+def test_low_rank_route_weights_solve_the_kept_set_and_groups_differ_in_rank(monkeypatch):
+    # groups of different rank (2, 9, and all dead) and an unbatched call: each row's kept weights are the
+    # least-squares optimum H_KK w_K = (H w)_K of the damped H, checked by a dense solve
+    _only_route(monkeypatch, "low-rank")
+    W, H = _problem(3, 5, 80, 9, seed=21, n_dead=2)
+    H[0] = _problem(1, 1, 80, 2, seed=22)[1][0]
+    H[2] = 0
+    fast = obc_prune_fast(W, H, 0.7)
+    assert torch.equal(obc_prune(W, H, 0.7) == 0, fast == 0)
+    assert torch.all(fast[2] == 0) and torch.all(fast[1, :, :2] == 0)  # group 0 has no dead input
+    Wp, Hp, _ = _prepare(W, H, 0.01)
+    for gi in range(2):
+        for r in range(W.shape[1]):
+            K = (fast[gi, r] != 0).nonzero().flatten()
+            want = torch.linalg.solve(Hp[gi][K][:, K], (Hp[gi] @ Wp[gi, r])[K])
+            torch.testing.assert_close(fast[gi, r, K], want, rtol=1e-8, atol=1e-10)
+    single = obc_prune_fast(W[1], H[1], 0.7)  # the allocation is per group: alone, group 1 gets the same mask
+    assert torch.equal(single == 0, fast[1] == 0)
+    torch.testing.assert_close(single, fast[1], rtol=1e-10, atol=1e-12)
+
+
+def test_low_rank_route_on_float32_statistics(monkeypatch):
+    # a float32 H carries its accumulation round-off in the null space; the route truncates it (the
+    # tolerance is float32's) and lands on the float64 straightforward solution of the exact statistics
+    _only_route(monkeypatch, "low-rank")
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(200, 24, generator=g, dtype=torch.float64)
+    W = torch.randn(30, 200, generator=g, dtype=torch.float64)
+    H64 = 2 * X @ X.T / 24
+    fast = obc_prune_fast(W.float(), (2 * X.float() @ X.float().T / 24), 0.8)
+    ref = obc_prune(W, H64, 0.8)
+    agree = float(((fast == 0) == (ref == 0)).float().mean())
+    assert agree > 0.995
+    rel = reconstruction_loss(W, fast.double(), H64).sum() / reconstruction_loss(W, ref, H64).sum()
+    assert abs(float(rel) - 1) < 1e-3
+
+
+def test_full_rank_statistics_take_the_dense_route(monkeypatch):
+    _only_route(monkeypatch, "dense")
+    W, H = _problem(2, 4, 80, 400, seed=23)
+    assert torch.equal(obc_prune_fast(W, H, 0.5) == 0, obc_prune(W, H, 0.5) == 0)
+    W, H = _problem(1, 4, 80, 5, seed=24)  # low rank, but no dampening: D would be singular
+    obc_prune_fast(W, H, 0.5, percdamp=0.0)
+    obc_prune_fast(W, H, 0.5, low_rank=False)
 
 
 @pytest.mark.gpu
