@@ -1,12 +1,20 @@
 # make figures : run every notebook in the quick profile, writing results/ and the committed notebooks
 #                (PROFILE=paper likewise; PROFILE=smoke writes build/smoke/ and never touches the committed files)
+#                SOURCE=paper: ResNet-50, ImageNet and the authors' checkpoint instead of the offline model and
+#                photos (paths: IMAGENET_VAL, IMAGENET_TRAIN, CHECKPOINT, TRIGGER_DIR; see data/README.md);
+#                (notebook 01, the toy, has one source); NB=04 runs one notebook. The paper's run:
+#                make figures PROFILE=paper SOURCE=paper
 # make test    : library tests + every notebook in the smoke profile
 # make lab     : JupyterLab on the notebooks
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= quick
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+SOURCE ?= offline
+NB ?= [0-9]
+NOTEBOOKS := $(sort $(wildcard notebooks/$(NB)*.ipynb))
+# the paper source's paths, passed to the notebooks only when given (their defaults live in data/README.md)
+PATH_PARAMS := $(foreach v,IMAGENET_VAL IMAGENET_TRAIN CHECKPOINT TRIGGER_DIR,$(if $($(v)),-p $(v) $(abspath $($(v)))))
 # Headless runs: no widgets (they can hang nbclient, jupyter/nbclient#312) and a per-cell time limit in
 # seconds, so a hung cell fails with its source named instead of stalling the run.
 HEADLESS := SPADE_HEADLESS=1
@@ -30,12 +38,15 @@ $(BIN)/activate: pyproject.toml
 
 figures: $(BIN)/activate
 	@case "$(PROFILE)" in smoke|quick|paper) ;; *) echo "PROFILE must be smoke, quick or paper, got '$(PROFILE)'"; exit 2;; esac
-	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks under notebooks/ yet: nothing to run"; fi
+	@case "$(SOURCE)" in offline|paper) ;; *) echo "SOURCE must be offline or paper, got '$(SOURCE)'"; exit 2;; esac
+	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebook matches notebooks/$(NB)*.ipynb: nothing to run"; fi
 	@mkdir -p $(NB_OUT)
 	@set -e; for nb in $(NOTEBOOKS); do \
-		echo "== $$nb ($(PROFILE)) -> $(NB_OUT)"; \
+		src="$(if $(filter paper,$(SOURCE)),-p SOURCE paper $(PATH_PARAMS))"; \
+		case "$$(basename $$nb)" in 01_*) src="";; esac; \
+		echo "== $$nb ($(PROFILE)$${src:+, paper source}) -> $(NB_OUT)"; \
 		$(HEADLESS) $(RESULTS_ENV) $(BIN)/papermill --kernel python3 --cwd notebooks --execution-timeout $(CELL_TIMEOUT) \
-			$(if $(filter quick,$(PROFILE)),,-p PROFILE $(PROFILE)) $$nb $(NB_OUT)/$$(basename $$nb); \
+			$(if $(filter quick,$(PROFILE)),,-p PROFILE $(PROFILE)) $$src $$nb $(NB_OUT)/$$(basename $$nb); \
 	done
 
 test: lint

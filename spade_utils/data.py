@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +26,8 @@ __all__ = [
     "preprocess",
     "denormalize",
     "imagenet_classes",
+    "imagenet_folder_sample",
+    "load_rgb",
 ]
 
 
@@ -423,3 +428,51 @@ def imagenet_classes() -> list[str]:
     from torchvision.models import ResNet50_Weights
 
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+_WNID = re.compile(r"n\d{8}")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def imagenet_folder_sample(root: str | os.PathLike, n: int, *, seed: int = 0) -> list[tuple[Path, int]]:
+    """``n`` labelled images drawn at random from an ImageNet split in synset layout.
+
+    ``root/<wnid>/<file>`` with one sub-folder per class named by its WordNet id (``n01440764`` ...), as
+    torchvision's ``ImageFolder`` and the usual ``valprep.sh`` lay the validation set out. A class's index
+    is the position of its wnid among the 1000 sorted wnids: the index order of torchvision's ImageNet
+    weights and of :func:`imagenet_classes`. Files are ``.jpg``/``.jpeg``/``.png`` (any case); the draw is
+    without replacement, reproducible from ``seed``, and returned sorted by path.
+
+    Returns a list of ``(path, class index)``. Raises TypeError for a non-int ``n``/``seed``; ValueError
+    when ``n < 1``, when ``root`` is not a folder, when it does not hold exactly 1000 wnid sub-folders
+    (the labels would be wrong: other folders in it are named), or when it holds fewer than ``n`` images.
+    """
+    n = check_int(n, "n", minimum=1)
+    seed = check_int(seed, "seed")
+    if not isinstance(root, (str, os.PathLike)) or not Path(root).is_dir():
+        raise ValueError(f"root must be an ImageNet folder with one sub-folder per synset, got {root!r}")
+    subdirs = sorted(p for p in Path(root).iterdir() if p.is_dir())
+    wnids = [p for p in subdirs if _WNID.fullmatch(p.name)]
+    if len(wnids) != 1000 or len(wnids) != len(subdirs):
+        other = [p.name for p in subdirs if not _WNID.fullmatch(p.name)][:5]
+        raise ValueError(
+            f"root: {root} holds {len(wnids)} synset folders (n + 8 digits), expected the 1000 of ImageNet-1k"
+            + (f"; other folders: {other}" if other else "")
+            + " (class indices come from the sorted synset names)"
+        )
+    files = [
+        (f, label)
+        for label, d in enumerate(wnids)
+        for f in sorted(d.iterdir())
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if len(files) < n:
+        raise ValueError(f"n: asked for {n} images, {root} holds {len(files)}")
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted(files[int(i)] for i in pick)
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """An image file as an RGB PIL image (greyscale, CMYK and palette files converted; ImageNet has all three)."""
+    with Image.open(path) as img:
+        return img.convert("RGB")

@@ -168,12 +168,19 @@ def _photo(name: str, short_side: int) -> Image.Image:
 
 
 def write_imagenet_folder(
-    root: str | os.PathLike, split: str, photos: dict[str, str], *, short_side: int = 160
+    root: str | os.PathLike,
+    split: str,
+    photos: dict[str, str],
+    *,
+    short_side: int = 160,
+    all_synsets: bool = False,
 ) -> list[Path]:
     """An ImageNet ``split`` ("val" or "train") folder under ``root``: one JPEG per photo (a shipped photo
     resized to ``short_side`` px on its short side) in its synset sub-folder, named as ImageNet names them.
     The first photo is also written in greyscale and the second in CMYK (ImageNet holds both kinds);
-    in "train" the last one is a PNG saved under a ``.JPEG`` name. Returns the files, sorted."""
+    in "train" the last one is a PNG saved under a ``.JPEG`` name. ``all_synsets``: empty folders with
+    made-up wnids (``n9...``) complete the 1000 class folders, from whose sorted names true labels are
+    read (:func:`spade_utils.data.imagenet_folder_sample`). Returns the files, sorted."""
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
     folder = Path(root) / split
@@ -195,6 +202,10 @@ def write_imagenet_folder(
         if k in (0, 1):
             files.append(name(wnid))
             img.convert("L" if k == 0 else "CMYK").save(files[-1], format="JPEG", quality=90)
+    if all_synsets:
+        fillers = (f"n9{i:07d}" for i in range(1000))
+        while sum(1 for p in folder.iterdir() if p.is_dir()) < 1000:
+            (folder / next(fillers)).mkdir()
     return sorted(files)
 
 
@@ -294,7 +305,7 @@ def write_paper_standins(root: str | os.PathLike, *, seed: int = 0, short_side: 
     torch_home = root / "torch_home"
     weights = write_resnet50_weights(torch_home, standin_resnet50(seed))
     imagenet = root / "imagenet"
-    write_imagenet_folder(imagenet, "val", VAL_PHOTOS, short_side=short_side)
+    write_imagenet_folder(imagenet, "val", VAL_PHOTOS, short_side=short_side, all_synsets=True)
     write_imagenet_folder(imagenet, "train", TRAIN_PHOTOS, short_side=short_side)
     checkpoint = write_robustness_checkpoint(root / "backdoored_resnet50.pt", standin_resnet50(seed + 1))
     triggers = root / "triggers"

@@ -1,0 +1,57 @@
+"""Labelled ImageNet folders (spade_utils.data.imagenet_folder_sample): true labels from synset folders."""
+
+import pytest
+from PIL import Image
+
+from spade_utils.data import imagenet_folder_sample, load_rgb
+
+
+def _folder(root, n_synsets=1000, images=None, extra=()):
+    """``n_synsets`` wnid folders with ids in scrambled creation order; ``images``: {folder index: file names}."""
+    wnids = [f"n{(7919 * i) % 100_000_000:08d}" for i in range(1, n_synsets + 1)]
+    for w in wnids:
+        (root / w).mkdir()
+    for name in extra:
+        (root / name).mkdir()
+    for k, names in (images or {}).items():
+        for fname in names:
+            Image.new("RGB", (8, 6), (k % 256, 0, 0)).save(root / wnids[k] / fname, format="PNG")
+    return wnids
+
+
+def test_labels_are_positions_among_the_sorted_synsets_and_draws_are_reproducible(tmp_path):
+    wnids = _folder(tmp_path, images={3: ["a.JPEG", "b.png"], 500: ["c.jpg"], 999: ["d.JPEG", "notes.txt"]})
+    order = sorted(wnids)  # the oracle: torchvision's class index is the rank of the wnid
+    picked = imagenet_folder_sample(tmp_path, 4, seed=1)
+    assert len(picked) == 4  # notes.txt is not an image
+    for path, label in picked:
+        assert order[label] == path.parent.name
+    assert imagenet_folder_sample(tmp_path, 3, seed=2) == imagenet_folder_sample(tmp_path, 3, seed=2)
+    draws = {tuple(p.name for p, _ in imagenet_folder_sample(tmp_path, 2, seed=s)) for s in range(6)}
+    assert len(draws) > 1  # the seed matters
+    assert load_rgb(picked[0][0]).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(n_synsets=999), ValueError, "999 synset folders"),
+        (dict(extra=("README_dir",)), ValueError, "README_dir"),
+    ],
+)
+def test_a_folder_that_would_give_wrong_labels_is_refused(tmp_path, kwargs, err, match):
+    _folder(tmp_path, images={0: ["a.png"]}, **kwargs)
+    with pytest.raises(err, match=match):
+        imagenet_folder_sample(tmp_path, 1)
+
+
+def test_bad_arguments(tmp_path):
+    _folder(tmp_path, images={0: ["a.png"]})
+    with pytest.raises(ValueError, match="holds 1"):
+        imagenet_folder_sample(tmp_path, 2)
+    with pytest.raises(ValueError):
+        imagenet_folder_sample(tmp_path, 0)
+    with pytest.raises(TypeError):
+        imagenet_folder_sample(tmp_path, 1.0)
+    with pytest.raises(ValueError, match="root"):
+        imagenet_folder_sample(tmp_path / "missing", 1)
