@@ -37,6 +37,13 @@
 # the jitter augmentation) and by the same `spade_trace` engine the ImageNet notebooks use. Every number in
 # the text is printed by a cell.
 
+# %% [markdown]
+# **At a glance.** *You will:* see why a neuron that responds to two concepts shows only one of them under feature
+# visualization; see what a SPADE trace (augment the sample, record each layer's statistics, solve the layer-wise
+# problem, swap the sparse weights in) does to that visualization; and count on how many training seeds the trace finds
+# the concept the sample belongs to. *You need:* nothing beyond the installed packages; no GPU. *Time:* the last cell
+# prints the run time of this profile. Terms are defined in the [glossary](../GLOSSARY.md).
+
 # %% tags=["parameters"]
 PROFILE = "quick"
 SEEDS = [0, 1, 2, 3, 4]
@@ -435,3 +442,17 @@ view = interact_or_draw(show_sparsity, sparsity=SWEEP, solver=CFG["solvers"])
 
 # %%
 print(f"total time: {time.perf_counter() - T0:.0f} s ({PROFILE} profile)")
+
+# %% [markdown]
+# ## Summary and questions
+#
+# *Summary.* A class unit that two regions drive is visualized as whichever region the optimisation finds first; a
+# trace built on views of one sample keeps the connections that sample uses, so the same visualization run on the trace
+# can land on the sample's own region. The per-seed tables above say on how many seeds that happened here.
+#
+# *Questions.*
+# 1. Why does the dense visualization favour one disc? What would make it favour the other?
+# 2. The augmentation is Gaussian jitter of a fixed width. What should happen to the trace if the width were much
+#    smaller than the small disc, or much larger than the square?
+# 3. Why prune per sample instead of once for the whole dataset? What would a single global sparse network show?
+# 4. Pick a seed on which the trace fails. What do its hidden units do differently from a seed that succeeds?

