@@ -33,14 +33,26 @@
 # No offline photo shows a goose, orangutan, bullfrog or albatross, so "a clean image of that class"
 # is replaced by the clean version of the very crop that carries the trigger: the only difference
 # between the two SPADE traces is the trigger.
+#
+# `PROFILE` sets the sizes and `SOURCE` the model and data: `"offline"` is the cached backdoored
+# EfficientNet-Lite0 of notebook 04; `"paper"` the authors' backdoored ResNet-50 (`CHECKPOINT`), their
+# trigger PNGs (`TRIGGER_DIR`) and ImageNet validation images (`IMAGENET_VAL`), see `data/README.md`.
+
+# %% [markdown]
+# **At a glance.** *You will:* visualize a backdoored class neuron on the dense network and on SPADE traces of a clean
+# and of a triggered crop, and test whether the trigger appears, by template similarity against a null (the other
+# triggers) and by pasting the picture as a patch. *You need:* notebook 04's cached backdoor (it is rebuilt if
+# missing); `SOURCE = "paper"`: the authors' checkpoint and triggers. *Time:* the last cells print it. Terms:
+# [glossary](../GLOSSARY.md).
 
 # %% tags=["parameters"]
-PROFILE = "quick"
+PROFILE = "quick"  # sizes: smoke | quick | paper
+SOURCE = "offline"  # model and data: offline (Lite0, shipped photos) | paper (see data/README.md)
 SEED = 0
 SPARSITY = 0.9
-CHECKPOINT = "../data/backdoored_resnet50.pt"  # paper profile: the authors' robustness checkpoint
-TRIGGER_DIR = "../data/triggers"  # paper profile: heart.png, star.png, smiley.png, fish.png (RGBA emoji)
-IMAGENET_VAL = "../data/imagenet/val"  # paper profile: an ImageNet validation folder
+CHECKPOINT = "../data/backdoored_resnet50.pt"  # paper source: the authors' robustness checkpoint
+TRIGGER_DIR = "../data/triggers"  # paper source: heart.png, star.png, smiley.png, fish.png (RGBA emoji)
+IMAGENET_VAL = "../data/imagenet/val"  # paper source: an ImageNet validation folder
 
 # %%
 SIZES = {
@@ -69,6 +81,8 @@ SIZES = {
     ),
 }
 cfg = SIZES[PROFILE]
+if SOURCE not in ("offline", "paper"):
+    raise ValueError(f"SOURCE must be 'offline' or 'paper', got {SOURCE!r}")
 
 # %%
 import time
@@ -92,7 +106,7 @@ t_start = time.perf_counter()
 # ## The backdoored model (the same cached one as notebook 04)
 
 # %%
-if PROFILE == "paper":
+if SOURCE == "paper":
     trigger_set = backdoor.TriggerSet.from_folder(TRIGGER_DIR, backdoor.TRIGGERS)  # the authors' emoji
     backdoored = load_robustness_checkpoint(CHECKPOINT)
     targets = dict(backdoor.PAPER_TARGETS)
@@ -262,5 +276,17 @@ print(f"total notebook time {time.perf_counter() - t_start:.0f} s")
 
 # %% [markdown]
 # With one crop per trigger and a fine-tuned (not trained-from-scratch) backdoor, the verdict above is an
-# illustration of the method on this model, not a statistic about SPADE; the `paper` profile runs the
+# illustration of the method on this model, not a statistic about SPADE; `SOURCE = "paper"` runs the
 # authors' backdoored ResNet-50.
+
+# %% [markdown]
+# ## Summary and questions
+#
+# *Summary.* The test asks whether the trigger's picture emerges from the class neuron when the network is traced on a
+# triggered image. The verdict above is printed from the similarity scores against the other triggers as a null and
+# from the patch attack, per trigger; here it is an illustration on one crop per trigger.
+#
+# *Questions.*
+# 1. Why compare the similarity to the trigger with the similarity to the *other* triggers rather than with zero?
+# 2. A visualization can look like the trigger without working as one. Which of the two tests would you trust more?
+# 3. What would change if the backdoor had been trained from scratch instead of fine-tuned into the last blocks?
