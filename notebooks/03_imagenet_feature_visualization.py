@@ -173,7 +173,7 @@ import torch
 from spade_utils.augment import augment_image
 from spade_utils.data import imagenet_classes, imagenet_folder_sample, load_rgb, preprocess, sample_image
 from spade_utils.featvis import image_distance, visualize
-from spade_utils.metrics import summarize_aucs
+from spade_utils.metrics import MIN_CLEAN_PROB, summarize_aucs
 from spade_utils.models import load_model
 from spade_utils.plotting import image_grid, save_figure, save_table, set_style
 from spade_utils.saliency import attribute, attribution_aucs, display_maps
@@ -437,8 +437,18 @@ plt.show()
 
 # %%
 if true_class is not None:  # the paper's protocol: each validation image itself, for its true class
-    crops, crop_photo = x, list(photos)
-    crop_target = torch.tensor([true_class[n] for n in photos])
+    labels = torch.tensor([true_class[n] for n in photos])
+    with torch.no_grad():
+        p_true = model(x).softmax(1)[torch.arange(len(x)), labels]
+    scorable = p_true >= MIN_CLEAN_PROB  # a score relative to a near-zero clean probability is meaningless
+    print(
+        f"{int((~scorable).sum())} of {len(x)} validation images set aside: the dense network gives their true "
+        f"class a probability below {MIN_CLEAN_PROB}"
+    )
+    if not bool(scorable.any()):
+        raise RuntimeError("no validation image left to score: is IMAGENET_VAL the ImageNet validation set?")
+    crops, crop_target = x[scorable], labels[scorable]
+    crop_photo = [n for n, keep in zip(photos, scorable.tolist(), strict=True) if keep]
 else:
     crops = torch.cat(
         [augment_image(img, cfg["crops_per_photo"], seed=1000 + SEED) for img in photos.values()]
@@ -448,7 +458,7 @@ else:
         crop_target = model(crops).argmax(1)
 
 tables = []
-for name in photos:
+for name in dict.fromkeys(crop_photo):  # the photos with something to score, in order
     idx = [k for k, p in enumerate(crop_photo) if p == name]
     tables.append(
         attribution_aucs(

@@ -18,6 +18,10 @@ from .intervals import bootstrap_ci, paired_bootstrap_diff
 from .runtime import eval_mode, model_device, model_dtype, resolve_device
 from .validation import check_class_index, check_finite_tensor, check_float, check_int
 
+# insertion/deletion refuse to score a class whose clean probability is below this (a score relative to it is
+# meaningless); callers that explain a given class (a true label) use it to set such images aside first
+MIN_CLEAN_PROB = 1e-3
+
 
 def _as_numpy(a, name: str, fn_name: str) -> np.ndarray:
     if isinstance(a, torch.Tensor):
@@ -254,7 +258,7 @@ def insertion_deletion_curves(
     n_steps: int = 100,
     batch_size: int = 50,
     device="auto",
-    min_clean_prob: float = 1e-3,
+    min_clean_prob: float = MIN_CLEAN_PROB,
     progress: bool = False,
 ):
     """Class-probability curves as the most salient pixels are kept (insertion) or removed (deletion).
@@ -359,7 +363,7 @@ def insertion_deletion_auc(
     n_steps: int = 100,
     batch_size: int = 50,
     device="auto",
-    min_clean_prob: float = 1e-3,
+    min_clean_prob: float = MIN_CLEAN_PROB,
     progress: bool = False,
 ):
     """Insertion and deletion AUC per image: ``{"insertion": (B,), "deletion": (B,)}`` float64 numpy arrays.

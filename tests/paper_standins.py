@@ -36,7 +36,10 @@ classifier on their mean feature, which gives input-dependent predictions; the w
 from __future__ import annotations
 
 import os
+import shutil
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +58,7 @@ __all__ = [
     "write_resnet50_weights",
     "write_robustness_checkpoint",
     "write_trigger_pngs",
+    "written_standins",
 ]
 
 TRIGGER_NAMES = ("heart", "star", "smiley", "fish")
@@ -295,18 +299,28 @@ class PaperStandins:
         }
 
 
-def write_paper_standins(root: str | os.PathLike, *, seed: int = 0, short_side: int = 160) -> PaperStandins:
+def write_paper_standins(
+    root: str | os.PathLike, *, seed: int = 0, short_side: int = 160, favour_val_classes: bool = False
+) -> PaperStandins:
     """Write every paper-path stand-in under ``root`` (see the module docstring) and say where.
 
     The "torchvision" weights are :func:`standin_resnet50` with ``seed``; the "backdoored" checkpoint
-    is another one (``seed + 1``), so the two networks differ as the real ones do. Takes a few seconds
+    is another one (``seed + 1``), so the two networks differ as the real ones do. ``favour_val_classes``
+    raises the "torchvision" classifier's bias of the validation images' true classes (the ranks of their
+    synset folders), so that, like a trained network, it gives them a probability worth explaining
+    (insertion/deletion set aside images whose true class it all but rules out). Takes a few seconds
     (two ResNet-50s, two 100-MB files)."""
     root = Path(root)
     torch_home = root / "torch_home"
-    weights = write_resnet50_weights(torch_home, standin_resnet50(seed))
     imagenet = root / "imagenet"
     write_imagenet_folder(imagenet, "val", VAL_PHOTOS, short_side=short_side, all_synsets=True)
     write_imagenet_folder(imagenet, "train", TRAIN_PHOTOS, short_side=short_side)
+    clean = standin_resnet50(seed)
+    if favour_val_classes:
+        synsets = sorted(p.name for p in (imagenet / "val").iterdir() if p.is_dir())
+        with torch.no_grad():
+            clean.fc.bias[[synsets.index(w) for w in set(VAL_PHOTOS.values())]] += 8.0
+    weights = write_resnet50_weights(torch_home, clean)
     checkpoint = write_robustness_checkpoint(root / "backdoored_resnet50.pt", standin_resnet50(seed + 1))
     triggers = root / "triggers"
     write_trigger_pngs(triggers)
@@ -319,3 +333,17 @@ def write_paper_standins(root: str | os.PathLike, *, seed: int = 0, short_side: 
         checkpoint=checkpoint,
         trigger_dir=triggers,
     )
+
+
+@contextmanager
+def written_standins(root: str | os.PathLike, **kwargs) -> Iterator[PaperStandins]:
+    """:func:`write_paper_standins` under ``root`` (on one CPU thread), and ``root`` removed afterwards: two
+    100-MB networks are not left behind in pytest's temporary folders. For module- or session-scoped fixtures."""
+    from spade_utils.runtime import one_cpu_thread
+
+    with one_cpu_thread():
+        made = write_paper_standins(root, **kwargs)
+    try:
+        yield made
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

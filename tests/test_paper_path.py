@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from paper_standins import RESNET50_FILE, write_paper_standins
+from paper_standins import RESNET50_FILE, written_standins
 from PIL import Image
 
 import spade_utils.models as models
@@ -70,11 +70,8 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def standins(tmp_path_factory):
-    root = tmp_path_factory.mktemp("paper")
-    with one_cpu_thread():
-        made = write_paper_standins(root, seed=SEED)
-    yield made
-    shutil.rmtree(root, ignore_errors=True)  # two 100-MB networks: not left behind in pytest's temp folders
+    with written_standins(tmp_path_factory.mktemp("paper"), seed=SEED) as made:
+        yield made
 
 
 def _no_network(*args, **kwargs):

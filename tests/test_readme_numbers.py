@@ -75,3 +75,20 @@ def test_backdoor_feature_visualization_numbers(readme):
     rates = m.loc[["dense", "SPADE on clean crop", "SPADE on triggered crop"], "patch_attack_rate"]
     assert f"mean patch attack rate {pct(rates.max())}% or less" in readme
     assert f"the trigger itself: {pct(m.loc['reference: the trigger', 'patch_attack_rate'])}%" in readme
+
+
+def test_reproduce_numbers():
+    """REPRODUCE.md's "ours" column, read from the same committed tables."""
+    text = " ".join((ROOT / "REPRODUCE.md").read_text().split())
+    t = pd.read_csv(TABLES / "04_trojan_auc.csv")
+    avg = t[t.method == "average"].set_index("variant")
+    listed = ", ".join(f"{variant} {pct(row['mean'])}" for variant, row in avg.iterrows())
+    assert f"average over {t.method.nunique() - 1} methods: {listed}" in text
+    t = pd.read_csv(TABLES / "03_insertion_deletion.csv")
+    m = t.groupby("explainer", sort=False)[["insertion", "deletion"]].mean()
+    assert (
+        f"insertion average over {t.method.nunique()} methods: "
+        + ", ".join(f"{e} {pct(r.insertion)}" for e, r in m.iterrows())
+        + "; deletion "
+        + ", ".join(f"{e} {pct(r.deletion)}" for e, r in m.iterrows())
+    ) in text
