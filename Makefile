@@ -53,8 +53,8 @@ test: lint
 	$(HEADLESS) $(BIN)/python -m pytest -q
 
 lint: $(BIN)/activate
-	$(BIN)/ruff check spade_utils tests benchmarks notebooks/*.py
-	$(BIN)/ruff format --check spade_utils tests benchmarks notebooks/*.py
+	$(BIN)/ruff check spade_utils tests benchmarks notebooks/*.py exercises/*.py
+	$(BIN)/ruff format --check spade_utils tests benchmarks notebooks/*.py exercises/*.py
 	$(BIN)/mypy
 
 lab: $(BIN)/activate
