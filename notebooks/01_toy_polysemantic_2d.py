@@ -66,7 +66,15 @@ import torch
 from matplotlib.colors import SymLogNorm
 
 from spade_utils import toy
-from spade_utils.plotting import save_figure, save_table, set_style
+from spade_utils.plotting import (
+    ToyPanel,
+    draw_discs,
+    save_figure,
+    save_table,
+    set_style,
+    sweep_figure,
+    toy_panels,
+)
 from spade_utils.widgets import interact_or_draw
 
 CONFIGS = {
@@ -160,11 +168,6 @@ def logit_map(net):
         return toy.logit(net, G).reshape(181, 181).numpy()
 
 
-def draw_regions(ax):
-    for centre, radius in toy.REGIONS.values():
-        ax.add_patch(plt.Circle(centre, radius, fill=False, ls="--", lw=1, color="k"))
-
-
 seed0 = CFG["seeds"][0]
 z = logit_map(models[seed0])
 fig, ax = plt.subplots(figsize=(4.8, 4.2))
@@ -174,7 +177,7 @@ im = ax.imshow(
 )
 ax.grid(False)
 ax.contour(grid, grid, z, [0], colors="k", linewidths=1)
-draw_regions(ax)
+draw_discs(ax, toy.REGIONS)
 fig.colorbar(im, ax=ax, label="output logit")
 ax.set(title=f"dense model, seed {seed0}: logit (black line: decision boundary)", aspect="equal")
 plt.show()
@@ -214,29 +217,17 @@ print(f"seeds meeting every target: {passing}; the figure below shows seed {SHOW
 
 
 BG = toy.uniform_points(2000, seed=99)  # light background: negatives grey, positives blue
-BG_POS = toy.labels(BG).bool()
+GEOMETRY = dict(regions=toy.REGIONS, box=toy.BOX, background=(BG, toy.labels(BG).bool()))
 
 
-def draw_panel(ax, pts, title, sample=None):
-    ax.scatter(*BG[~BG_POS].T, s=1, c="0.85", rasterized=True)
-    ax.scatter(*BG[BG_POS].T, s=1, c="#9ecae1", rasterized=True)
-    ax.scatter(*pts.T, marker="x", s=18, c="tab:green", lw=1, zorder=6, label="feature visualization")
-    if sample is not None:
-        ax.scatter(
-            [sample[0]], [sample[1]], marker="^", s=90, c="red", edgecolors="k", zorder=5, label="sample"
-        )
-    ax.set(xlim=toy.BOX, ylim=toy.BOX, aspect="equal", title=title)
+def three_panels(pts, seed):
+    """The panels of one seed: dense, then the trace of each scenario with its sample."""
+    return [ToyPanel(f"dense (seed {seed})", pts["dense"])] + [
+        ToyPanel(f"SPADE, {name}", pts[name], sample=centre) for name, (centre, _) in toy.SCENARIOS.items()
+    ]
 
 
-def three_panels(pts, seed, axes):
-    draw_panel(axes[0], pts["dense"], f"dense (seed {seed})")
-    for ax, (name, (centre, _)) in zip(axes[1:], toy.SCENARIOS.items()):
-        draw_panel(ax, pts[name], f"SPADE, {name}", sample=centre)
-
-
-fig, axes = plt.subplots(1, 3, figsize=(12, 4.2), layout="constrained")
-three_panels(panel_points[SHOW], SHOW, axes)
-axes[2].legend(loc="upper right", fontsize=8)
+fig = toy_panels([three_panels(panel_points[SHOW], SHOW)], size=4.0, **GEOMETRY)
 save_figure(fig, "01_toy_three_panels", profile=PROFILE)
 plt.show()
 
@@ -281,11 +272,7 @@ no_jitter = pd.DataFrame(
 no_jitter.style.format(precision=3).hide(axis="index")
 
 # %%
-fig, axes = plt.subplots(
-    len(CFG["seeds"]), 3, figsize=(9, 3.1 * len(CFG["seeds"])), squeeze=False, layout="constrained"
-)
-for r, seed in enumerate(CFG["seeds"]):
-    three_panels(panel_points[seed], seed, axes[r])
+fig = toy_panels([three_panels(panel_points[s], s) for s in CFG["seeds"]], size=3.0, **GEOMETRY)
 save_figure(fig, "01_toy_all_seeds", profile=PROFILE)
 plt.show()
 
@@ -301,23 +288,19 @@ sweep, sweep_points = toy.sparsity_sweep(
     models[SHOW], RECIPE, CFG["sweep"], CFG["solvers"], seed=SHOW, keep_points=True
 )
 save_table(sweep, "01_toy_sparsity_sweep", profile=PROFILE)
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
-for (solver, scenario), part in sweep.groupby(["solver", "scenario"]):
-    ax.plot(
-        part["sparsity"],
-        part["share_in_region"],
-        marker="o",
-        ls="-" if solver == "obc" else "--",
-        label=f"{scenario} ({part['region'].iloc[0]} disc), {solver}",
-    )
-ax.axvline(RECIPE.sparsity, c="0.6", lw=1, ls=":")
-ax.set(
-    xlabel="sparsity of the pruned layers",
+fig = sweep_figure(
+    sweep,
+    x="sparsity",
+    y="share_in_region",
+    hue="scenario",  # one colour per scenario, one line style per solver
+    style="solver",
+    hue_labels={name: f"{name} ({region} disc)" for name, (_, region) in toy.SCENARIOS.items()},
+    xlabel="sparsity of the pruned layers (dotted: the recipe's)",
     ylabel="share of visualization points\nin the sample's region",
-    ylim=(-0.03, 1.03),
+    ylim=(0, 1),
+    reference=RECIPE.sparsity,
     title=f"sparsity sweep (seed {SHOW})",
 )
-ax.legend(fontsize=8, loc="best")
 save_figure(fig, "01_toy_sparsity_sweep", profile=PROFILE)
 plt.show()
 sweep.pivot_table(index="sparsity", columns=["scenario", "solver"], values="share_in_region").round(3)
@@ -358,7 +341,7 @@ xs = np.linspace(*toy.BOX, 2)
 fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
 for ax, (name, net) in zip(axes, [("dense", models[SHOW]), *traces.items()]):
     alive = toy.surviving_units(net).query("layer == 'fc1'")["alive"].to_numpy()
-    draw_regions(ax)
+    draw_discs(ax, toy.REGIONS)
     for (a, b, c), keep in zip(lines, alive):
         if abs(b) > abs(a):
             ax.plot(xs, -(a * xs + c) / b, c="tab:purple" if keep else "0.85", lw=1.2 if keep else 0.6)
@@ -390,7 +373,7 @@ for ax, (name, net) in zip(axes, [("dense", models[SHOW]), *traces.items()]):
         norm=SymLogNorm(1.0, vmin=-lim, vmax=lim),
     )
     ax.grid(False)
-    draw_regions(ax)
+    draw_discs(ax, toy.REGIONS)
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set(title=f"logit: {name}", aspect="equal")
 save_figure(fig, "01_toy_trace_logits", profile=PROFILE)
@@ -413,8 +396,7 @@ def show_sparsity(sparsity=START, solver=CFG["solvers"][-1]):
     pts = {"dense": panel_points[SHOW]["dense"]}
     for name in toy.SCENARIOS:
         pts[name] = sweep_points[(solver, name, sparsity)]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    three_panels(pts, SHOW, axes)
+    fig = toy_panels([three_panels(pts, SHOW)], size=4.0, **GEOMETRY)
     fig.suptitle(f"sparsity {sparsity:.2f}, {solver}")
     plt.show()
 
