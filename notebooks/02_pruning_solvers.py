@@ -184,7 +184,13 @@ from spade_utils.bruteforce import best_loss_per_count
 from spade_utils.data import imagenet_classes, preprocess, sample_image
 from spade_utils.hessian import numerical_rank, weight_matrix
 from spade_utils.models import load_model
-from spade_utils.plotting import save_figure, save_table, set_style
+from spade_utils.plotting import (
+    layer_error_grid,
+    save_figure,
+    save_table,
+    set_style,
+    trace_settings_figure,
+)
 from spade_utils.spade import select_layers, spade_trace
 
 if NUM_THREADS or cfg.get("threads"):
@@ -467,26 +473,20 @@ real_errors = pd.concat(parts, ignore_index=True)
 save_table(real_errors, "02_real_layer_errors", profile=PROFILE)
 print(f"solved in {time.perf_counter() - t0:.1f} s")
 
+# %% [markdown]
+# The solvers round the zero count differently (SparseGPT: down, per block; OBC and magnitude: to nearest); on tiny
+# mask groups (a depthwise channel has only a few weights) that changes the count itself. The figure shades the
+# (layer, target) points where SparseGPT and OBC reached different sparsity: there the curves are not comparable.
+
 # %%
-g = sns.relplot(
-    data=real_errors,
-    x="sparsity",
-    y="rel_error",
-    hue="method",
-    style="method",
-    col="layer",
-    col_wrap=2,
-    kind="line",
-    markers=True,
-    height=3.0,
-    aspect=1.6,
-    facet_kws={"sharey": False},
+achieved = real_errors.pivot_table(index=["layer", "sparsity"], columns="method", values="achieved_sparsity")
+uneven = achieved[(achieved["sparsegpt"] - achieved["obc"]).abs() > 1e-3][["magnitude", "sparsegpt", "obc"]]
+fig = layer_error_grid(
+    real_errors,
+    mark=uneven.index,
+    title=f"Relative reconstruction error on {N_TRACE} augmented views of '{IMAGE}'",
 )
-g.set(yscale="log")
-g.set_axis_labels("target sparsity", r"$\|WX-\widehat WX\|^2 / \|WX\|^2$")
-g.set_titles("{col_name}", size=9)
-g.figure.suptitle(f"Relative reconstruction error on {N_TRACE} augmented views of '{IMAGE}'", y=1.02)
-save_figure(g.figure, "02_real_layer_errors", profile=PROFILE)
+save_figure(fig, "02_real_layer_errors", profile=PROFILE)
 plt.show()
 
 # %% [markdown]
@@ -504,10 +504,7 @@ for variant in ("sparsegpt, one block", "sparsegpt, block 16"):
     print(f"\n{variant} / OBC")
     print(ls.ratio_table(real_errors, variant, "obc").round(2).to_string(index=False))
 
-# the solvers round the zero count differently (SparseGPT: floor per block; OBC and magnitude: nearest);
-# on tiny mask groups (a depthwise channel has 9-25 weights) that changes the count itself
-achieved = real_errors.pivot_table(index=["layer", "sparsity"], columns="method", values="achieved_sparsity")
-uneven = achieved[(achieved["sparsegpt"] - achieved["obc"]).abs() > 1e-3][["magnitude", "sparsegpt", "obc"]]
+# `uneven`: the (layer, target) pairs of the figure's shaded bands
 print(f"\n(layer, target) pairs where SparseGPT and OBC reach different sparsity: {len(uneven)}")
 print(uneven.round(4).to_string())
 errs = real_errors.pivot_table(index=["layer", "sparsity"], columns="method", values="rel_error")
@@ -802,48 +799,14 @@ sched_summary[
 # columns compare.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-ax = axes[0]
-ax.semilogx(aug_summary.n_augment, aug_summary.mean_rel_error, "o-", label="on own views")
-ax.semilogx(
-    aug_summary.n_augment, aug_summary.mean_rel_error_on_all_views, "s--", label=f"on all {N_TRACE} views"
+fig = trace_settings_figure(
+    aug_summary,
+    damp_summary,
+    sched_layers,
+    all_views=N_TRACE,
+    layer_label=lambda n: n.replace("_blocks.", "b").replace("_conv", ""),
+    title=f"Trace settings on '{IMAGE}' (SparseGPT, base sparsity {cfg['base_sparsity']})",
 )
-ax.set_xlabel("augmented views N")
-ax.set_ylabel("mean layer relative error")
-ax2 = ax.twinx()
-ax2.semilogx(aug_summary.n_augment, aug_summary.agreement, "^:", color="0.35", label="top-1 agreement")
-ax2.set_xticks(cfg["checkpoints"], [str(n) for n in cfg["checkpoints"]])  # after the twin's log scale
-ax2.xaxis.set_minor_formatter(plt.NullFormatter())
-ax2.set_ylim(-0.05, 1.05)
-ax2.set_ylabel("top-1 agreement (triangles)", color="0.35")
-ax2.grid(False)
-ax.legend(loc="upper center", fontsize=8)
-ax.set_title("Number of augmentations")
-ax = axes[1]
-ax.semilogx(damp_summary.percdamp, damp_summary.mean_rel_error, "o-")
-ax.set_xlabel("dampening (fraction of mean diag H)")
-ax.set_ylabel("mean layer relative error")
-ax2 = ax.twinx()
-ax2.semilogx(damp_summary.percdamp, damp_summary.agreement, "^:", color="0.35")
-ax2.set_ylim(-0.05, 1.05)
-ax2.set_ylabel("top-1 agreement (triangles)", color="0.35")
-ax2.grid(False)
-ax.set_title("Dampening")
-ax = axes[2]
-per_layer = sched_layers.assign(depth=sched_layers.groupby("setting").cumcount())
-for sched, d in per_layer.groupby("schedule", sort=False):
-    ax.semilogy(d.depth, d.rel_error, "o-" if not sched.startswith("uniform") else "s--", label=sched, ms=4)
-ax.set_xticks(range(per_layer.depth.max() + 1))
-ax.set_xticklabels(
-    [n.replace("_blocks.", "b").replace("_conv", "") for n in per_layer.layer.unique()],
-    rotation=60,
-    fontsize=7,
-)
-ax.set_ylabel("layer relative error")
-ax.legend(fontsize=7)
-ax.set_title("Uniform vs per-block sparsity")
-fig.suptitle(f"Trace settings on '{IMAGE}' (SparseGPT, base sparsity {cfg['base_sparsity']})", y=1.03)
-fig.tight_layout()
 save_figure(fig, "02_trace_settings", profile=PROFILE)
 plt.show()
 
