@@ -13,7 +13,16 @@ LAYERS = {
     "assets": {"inputs", "data", "models", "archs", "plotting"},
     "engine": {"augment", "hessian", "solvers", "obc", "layer_probe", "layer_select", "trace_steps", "spade"},
     "interpretation": {"saliency", "attribution_prep", "featvis", "metrics", "intervals"},
-    "experiments": {"toy", "backdoor", "baselines", "layer_study", "bruteforce", "exercises"},
+    "experiments": {
+        "toy",
+        "backdoor",
+        "baselines",
+        "layer_study",
+        "bruteforce",
+        "exercises",
+        "run",
+        "run_shards",
+    },
 }
 RANK = {module: rank for rank, members in enumerate(LAYERS.values()) for module in members}
 

@@ -1,0 +1,317 @@
+"""``spade-run`` (spade_utils.run, spade_utils.run_shards): sharding, resume and merge of the Trojan-AUC run.
+
+The oracle is always the one-process run of the same settings: two shards (one chosen by flags, run in this
+process and interrupted half-way, then resumed; the other chosen by torchrun's RANK/WORLD_SIZE in a
+subprocess) must merge into exactly its table. Sizes are tiny: a 2-step implant (not a working backdoor,
+so no flip is required), 8 views, SPADE on the classifier only, a Sparse FC fitted on 16 crops (once per
+process: every shard must fit the same one), one saliency method, three samples.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spade_utils.run import TROJAN_KEY, main, parse_ids
+from spade_utils.run_shards import (
+    ShardFile,
+    ShardSpec,
+    derive_seed,
+    merge_shards,
+    resolve_shard,
+    stride_ids,
+    write_manifest,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--n-samples", "3", "--no-require-flip", "--methods", "saliency", "--variants", "dense", "sparse-fc", "fastspade",
+    "--sparsities", "0.9", "--views", "8", "--layers", "_fc", "--implant-steps", "2",
+    "--implant-n-clean", "8", "--implant-n-triggered", "8", "--fc-crops", "16", "--fc-path", "2", "--device", "cpu",
+]  # fmt: skip
+
+
+def _trojan(out, cache, *extra):
+    return ["trojan", "--out", str(out), "--cache-dir", str(cache), *TINY, *extra]
+
+
+def _table(path) -> pd.DataFrame:
+    """A run's rows in key order, without ``code_version`` (metadata: a commit may land between two runs)."""
+    return _rows_of(pd.read_csv(path).sort_values(TROJAN_KEY))
+
+
+def _rows_of(df) -> pd.DataFrame:
+    assert df["code_version"].astype(str).str.startswith("0.").all()  # version (+ commit when in git)
+    return df.drop(columns="code_version").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The one-process run (oracle), then the same run in two shards, one of them interrupted and resumed."""
+    base = tmp_path_factory.mktemp("spade_run")
+    cache, one, two = base / "cache", base / "one", base / "two"
+    assert main(_trojan(one, cache)) == 0  # also fills the implant cache the shards load
+    assert main(["merge", "--out", str(one)]) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_ARRAY", "RANK", "WORLD_SIZE"))}
+    shard1 = subprocess.Popen(  # shard 1 of 2, chosen the torchrun way
+        [sys.executable, "-m", "spade_utils.run", *_trojan(two, cache)],
+        env=dict(env, RANK="1", WORLD_SIZE="2"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    shard0 = two / "trojan" / "shard-0-of-2.csv"
+    assert main(_trojan(two, cache, "--shard", "0", "--num-shards", "2", "--max-samples", "1")) == 0
+    interrupted = pd.read_csv(shard0)
+    assert main(_trojan(two, cache, "--shard", "0", "--num-shards", "2")) == 0  # resumes
+    out, err = shard1.communicate(timeout=300)
+    assert shard1.returncode == 0, err
+    return dict(one=one, two=two, cache=cache, interrupted=interrupted, shard1_log=err)
+
+
+def test_two_shards_merge_to_the_one_process_table(runs, capsys):
+    assert main(["merge", "--out", str(runs["two"])]) == 0
+    single = _table(runs["one"] / "trojan" / "merged.csv")
+    merged = _table(runs["two"] / "trojan" / "merged.csv")
+    assert set(single.sample_id) == {0, 1, 2} and len(single) == 3 * 3  # 3 samples x 3 variants x 1 method
+    pd.testing.assert_frame_equal(merged, single, check_exact=True)  # float-equal, every column
+    s1 = pd.read_csv(runs["two"] / "trojan" / "shard-1-of-2.csv")
+    assert set(s1.sample_id) == {1}  # stride: shard 1 of 2 gets ids[1::2]; no padding
+    assert "shard 1/2" in runs["shard1_log"]
+    summary_one = pd.read_csv(runs["one"] / "trojan" / "summary.csv")
+    summary_two = pd.read_csv(runs["two"] / "trojan" / "summary.csv")
+    pd.testing.assert_frame_equal(summary_two, summary_one, check_exact=True)
+
+
+def test_interrupted_shard_resumes_to_the_same_rows(runs):
+    shard0 = _rows_of(pd.read_csv(runs["two"] / "trojan" / "shard-0-of-2.csv"))
+    assert set(runs["interrupted"].sample_id) == {0}  # stopped after one sample
+    assert not shard0.duplicated(TROJAN_KEY).any()
+    single = pd.read_csv(runs["one"] / "trojan" / "shard-0-of-1.csv")
+    expect = _rows_of(single[single.sample_id.isin([0, 2])])
+    pd.testing.assert_frame_equal(shard0, expect, check_exact=True)
+
+
+def test_rerun_of_a_finished_shard_adds_nothing(runs, capsys):
+    path = runs["one"] / "trojan" / "shard-0-of-1.csv"
+    before = path.read_bytes()
+    assert main(_trojan(runs["one"], runs["cache"])) == 0
+    assert path.read_bytes() == before
+    assert "3 already written" in capsys.readouterr().err
+
+
+def test_settings_change_refuses_to_append(runs, capsys):
+    path = runs["one"] / "trojan" / "shard-0-of-1.csv"
+    before = path.read_bytes()
+    assert main(_trojan(runs["one"], runs["cache"], "--views", "9")) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "other settings" in err
+    assert path.read_bytes() == before
+
+
+def test_merge_names_missing_ids_and_fails(runs, tmp_path, capsys):
+    folder = tmp_path / "trojan"
+    folder.mkdir()
+    for name in ("manifest.json", "shard-0-of-2.csv"):  # shard 1 (sample 1) never ran
+        (folder / name).write_bytes((runs["two"] / "trojan" / name).read_bytes())
+    assert main(["merge", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "missing 1 sample id(s): 1" in err
+    assert not (folder / "merged.csv").exists() and (folder / "merged-incomplete.csv").exists()
+    # a shard run twice (two copies of its rows) is de-duplicated, not double-counted
+    (folder / "shard-1-of-2.csv").write_bytes((runs["two"] / "trojan" / "shard-1-of-2.csv").read_bytes())
+    (folder / "shard-0-of-3.csv").write_bytes((runs["two"] / "trojan" / "shard-0-of-2.csv").read_bytes())
+    assert main(["merge", "--out", str(tmp_path)]) == 0
+    n_dup = len(pd.read_csv(folder / "shard-0-of-3.csv"))
+    assert f"{n_dup} duplicate row(s) dropped" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(
+        _table(folder / "merged.csv"), _table(runs["one"] / "trojan" / "merged.csv"), check_exact=True
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# shard choice, ids, seeds: no model needed
+# ------------------------------------------------------------------------------------------------
+def test_env_sharding_picks_the_flag_shard():
+    assert resolve_shard(1, 3, env={}) == ShardSpec(1, 3, "flags")
+    assert resolve_shard(env={"RANK": "1", "WORLD_SIZE": "3"}) == ShardSpec(1, 3, "torchrun")
+    assert resolve_shard(env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"}) == ShardSpec(
+        1, 3, "slurm"
+    )
+    slurm = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "4"}
+    assert resolve_shard(env=slurm).index == 1  # array 4-6: task 5 is the second shard
+    assert resolve_shard(env={}) == ShardSpec(0, 1, "single")
+    assert resolve_shard(1, 3, env={"RANK": "1", "WORLD_SIZE": "3"}).index == 1  # agreeing sources are fine
+    ids = list(range(10))
+    shards = [stride_ids(ids, ShardSpec(k, 3)) for k in range(3)]
+    assert sorted(sum(shards, [])) == ids and shards[0] == [0, 3, 6, 9]  # a partition, no padding
+    assert stride_ids([0, 1], ShardSpec(2, 3)) == []
+
+
+@pytest.mark.parametrize(
+    "flags,env,match",
+    [
+        ((0, 2), {"RANK": "1", "WORLD_SIZE": "2"}, "conflicting"),
+        (
+            (None, None),
+            {"RANK": "0", "WORLD_SIZE": "2", "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4"},
+            "conflicting",
+        ),
+        ((1, None), {}, "--shard and --num-shards"),
+        ((2, 2), {}, "--shard must be in"),
+        ((0, 0), {}, "--num-shards must be >= 1"),
+        ((None, None), {"RANK": "0"}, "WORLD_SIZE is not"),
+        ((None, None), {"RANK": "x", "WORLD_SIZE": "2"}, "RANK must be an integer"),
+    ],
+)
+def test_bad_or_conflicting_shard_sources_are_refused(flags, env, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_shard(*flags, env=env)
+
+
+def test_ids_and_seeds():
+    assert parse_ids("0-3,7,2") == [0, 1, 2, 3, 7]
+    with pytest.raises(ValueError, match="--sample-ids"):
+        parse_ids("3-1")
+    a = derive_seed(0, 5, "views")
+    assert (
+        a == derive_seed(0, 5, "views")
+        and len({a, derive_seed(0, 6, "views"), derive_seed(1, 5, "views")}) == 3
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# the shard file and the manifest: written by hand, no model needed
+# ------------------------------------------------------------------------------------------------
+def _rows(sample_id, n=2, h="h1"):
+    return pd.DataFrame(
+        dict(sample_id=sample_id, variant=[f"v{i}" for i in range(n)], auc=0.25 + sample_id, settings_hash=h)
+    )
+
+
+def test_shard_file_drops_a_half_written_sample(tmp_path):
+    path = tmp_path / "shard-0-of-1.csv"
+    f = ShardFile(path, "h1", 2)
+    assert f.open() == set()
+    f.append(_rows(0))
+    f.append(_rows(1))
+    with open(path, "a") as fh:  # killed mid-sample: one full row of sample 2, then half a line
+        fh.write("2,v0,2.25,h1\n2,v1,2.")
+    again = ShardFile(path, "h1", 2)
+    assert again.open() == {0, 1} and again.dropped == 2
+    again.append(_rows(2))
+    assert pd.read_csv(path).equals(pd.concat([_rows(0), _rows(1), _rows(2)], ignore_index=True))
+    with pytest.raises(ValueError, match="other settings"):
+        ShardFile(path, "h2", 2).open()
+
+
+def test_manifest_refuses_other_settings(tmp_path):
+    m = dict(settings_hash="h1", sample_ids=[0, 1], rows_per_sample=2)
+    write_manifest(tmp_path, m)
+    write_manifest(tmp_path, m)  # a second shard with the same settings
+    with pytest.raises(ValueError, match="manifest.json was written for other settings"):
+        write_manifest(tmp_path, dict(m, sample_ids=[0, 1, 2]))
+    ShardFile(tmp_path / "shard-0-of-1.csv", "h1", 2).append(_rows(5))
+    with pytest.raises(ValueError, match="does not expect"):
+        merge_shards(tmp_path, ["sample_id", "variant"])
+
+
+# ------------------------------------------------------------------------------------------------
+# the command line refuses bad input before any work
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--source", "paper"], "--checkpoint is required with --source paper"),
+        (["--source", "paper", "--checkpoint", "/nonexistent.pt"], "--checkpoint: no file"),
+        (["--checkpoint", "x.pt"], "--checkpoint is for --source paper only"),
+        (["--sample-ids", "0-2"], "exactly one of --n-samples"),
+        (["--sparsities", "1.5"], "--sparsities must lie in"),
+        (["--methods", "nope"], "--methods must be distinct names"),
+        (["--variants", "dense", "dense"], "--variants must be distinct"),
+        (["--views", "0"], "--views must be an integer >= 1"),
+        (["--shard", "3", "--num-shards", "2"], "--shard must be in"),
+    ],
+)
+def test_cli_refuses_bad_flags(tmp_path, capsys, extra, match):
+    argv = ["trojan", "--out", str(tmp_path / "o"), *TINY, *extra]
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_paper_source_needs_its_files(tmp_path, capsys):
+    ckpt, trig, val = tmp_path / "bd.pt", tmp_path / "trig", tmp_path / "val"
+    ckpt.write_bytes(b"")
+    trig.mkdir()
+    val.mkdir()
+    (trig / "smiley.png").write_bytes(b"")
+    paper = [
+        "--source",
+        "paper",
+        "--checkpoint",
+        str(ckpt),
+        "--trigger-dir",
+        str(trig),
+        "--imagenet-val",
+        str(val),
+    ]
+    assert main(["trojan", "--out", str(tmp_path / "o"), *TINY, *paper, "--imagenet-train", str(val)]) == 2
+    assert "--trigger-dir: no fish.png" in capsys.readouterr().err
+    argv = ["trojan", "--out", str(tmp_path / "o"), *TINY, *paper, "--variants", "sparse-fc"]
+    assert main(argv) == 2
+    assert "--imagenet-train is required" in capsys.readouterr().err
+
+
+def test_config_file_and_unimplemented_commands(tmp_path, capsys):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"views": 0}))
+    i = TINY.index("--views")
+    no_views = TINY[:i] + TINY[i + 2 :]
+    assert main(["trojan", "--out", str(tmp_path / "o"), *no_views, "--config", str(cfg)]) == 2
+    assert "--views must be an integer >= 1" in capsys.readouterr().err  # the config's value is used
+    assert (
+        main(["trojan", "--out", str(tmp_path / "o"), *TINY, "--config", str(cfg), "--sparsities", "2"]) == 2
+    )
+    assert "--sparsities must lie in" in capsys.readouterr().err  # the flag --views 8 beat the config's 0
+    cfg.write_text(json.dumps({"view": 8}))
+    assert main(["trojan", "--out", str(tmp_path / "o"), *TINY, "--config", str(cfg)]) == 2
+    assert "unknown setting 'view'" in capsys.readouterr().err
+    for command in ("insertion", "calibrate"):
+        assert main([command]) == 2
+        assert "not implemented yet" in capsys.readouterr().err
+    assert main(["merge", "--out", str(tmp_path / "none")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_candidates_are_a_function_of_the_id_and_selection_refuses_too_few_flips():
+    from argparse import Namespace
+
+    import torch
+    from torch import nn
+
+    from spade_utils.run import _select, trojan_sample
+
+    targets = {"smiley": 30, "fish": 146}
+
+    def make(j):
+        return trojan_sample(["chelsea", "coffee"], j, seed=0, targets=targets, size=64)
+
+    a, b, c = make(3), make(3), make(4)
+    assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask) and a.source == b.source
+    assert not torch.equal(a.image, c.image) and (a.trigger, c.trigger) == ("fish", "smiley")
+    assert a.mask.any() and a.target == 146
+    never = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1000))
+    with torch.no_grad():
+        never[2].weight.zero_()
+        never[2].bias.zero_()
+        never[2].bias[0] = 1.0  # always class 0: no trigger ever flips it
+    args = Namespace(ids=None, require_flip=True, n_samples=2, max_candidates=3)
+    with pytest.raises(ValueError, match="only 0 of the first 3 candidates"):
+        _select(args, {"backdoored": never}, make)
+    assert _select(Namespace(ids=None, require_flip=False, n_samples=2), {}, make) == [0, 1]
