@@ -175,8 +175,8 @@ from spade_utils.data import imagenet_classes, imagenet_folder_sample, load_rgb,
 from spade_utils.featvis import image_distance, visualize
 from spade_utils.metrics import MIN_CLEAN_PROB, summarize_aucs
 from spade_utils.models import load_model
-from spade_utils.plotting import image_grid, save_figure, save_table, set_style
-from spade_utils.saliency import attribute, attribution_aucs, display_maps
+from spade_utils.plotting import labelled_image_grid, saliency_grid, save_figure, save_table, set_style
+from spade_utils.saliency import attribute, attribution_aucs
 from spade_utils.spade import spade_trace
 
 set_style()
@@ -350,11 +350,17 @@ save_table(distances, "03_featvis_distance", profile=PROFILE)
 distances
 
 # %%
-rows = [[photos[n], vis_dense[n][0], vis_spade[n][0]] for n in SHOW]
-titles = []
-for n in SHOW:
-    titles += [f"{n}: {CLASSES[int(dense_pred[index[n]])]}", "dense class neuron", f"SPADE trace on {n}"]
-fig = image_grid(rows, titles=titles, size=2.6)
+# each row's title: the measured ratio (dense-vs-SPADE distance) / (seed-0-vs-seed-1 distance) of the table above
+ratio = distances["dense vs SPADE (same seed)"] / distances["dense seed 0 vs seed 1"]
+fig = labelled_image_grid(
+    [[photos[n], vis_dense[n][0], vis_dense_seed1[n][0], vis_spade[n][0]] for n in SHOW],
+    column_titles=["photo", "dense, seed 0", "dense, seed 1 (yardstick)", "SPADE trace, seed 0"],
+    row_titles=[
+        f"{n}: {c}; distance dense-vs-SPADE / seed 0-vs-1 = {r:.2f}"
+        for n, c, r in zip(SHOW, distances["class"], ratio, strict=True)
+    ],
+    size=2.6,
+)
 save_figure(fig, "03_feature_visualization", profile=PROFILE)
 fig.set_dpi(80)
 plt.show()
@@ -391,8 +397,9 @@ for _, r in distances.iterrows():
 # `spade_utils.saliency.attribute(model, x, target, method)` returns one (B, H, W) map per image: the signed sum over
 # colour channels. It always works on a copy of the model, so Zennit's canonizers (which merge batch norms into the
 # convolutions and reroute residual additions for LRP) cannot alter the traces. LRP uses Zennit's
-# EpsilonPlusFlat rules here. Red is evidence for the class, blue against; each map is scaled to its own 99.5th
-# percentile of |value|.
+# EpsilonPlusFlat rules here. Red is evidence for the class, blue against. All maps of one method (one column) share
+# one colour scale, ± the 99.5th percentile of |value| over that column, so the dense and the traces' maps can be
+# compared by colour; the bar under each column gives the range. The first column is the centre crop explained.
 
 # %%
 OPTS = dict(n_steps=cfg["ig_steps"], internal_batch_size=32)
@@ -406,12 +413,8 @@ for name in SHOW:
             maps[name, method, label] = attribute(copies[name], x[i : i + 1], target, method, **OPTS)[0]
 
 EXPLAINERS = ["dense", *sparse]  # dense, then each trace's label (FastSPADE, SPADE (OBC))
-grid, labels = [], []
-for name in SHOW:
-    for which in EXPLAINERS:
-        grid.append([display_maps(maps[name, m, which][None], cmap="bwr")[0] for m in cfg["methods"]])
-        labels.append(f"{name}\n{which}")
-fig = image_grid(grid, titles=cfg["methods"] * len(grid), row_labels=labels, size=1.6)
+inputs = {name: x[index[name]] for name in SHOW}  # the centre crops the maps explain
+fig = saliency_grid(maps, inputs, methods=cfg["methods"], explainers=EXPLAINERS, size=1.6)
 with plt.rc_context({"savefig.dpi": 100}):  # noisy maps compress badly: keep the file small
     save_figure(fig, "03_saliency_grid", profile=PROFILE)
 fig.set_dpi(60)  # and the copy shown in the notebook smaller still
