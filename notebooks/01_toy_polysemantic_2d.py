@@ -63,6 +63,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display
 from matplotlib.colors import SymLogNorm
 
 from spade_utils import toy
@@ -75,6 +76,7 @@ from spade_utils.plotting import (
     sweep_figure,
     toy_panels,
 )
+from spade_utils.trace_steps import record_statistics, solve_layers, swapped_weights
 from spade_utils.widgets import interact_or_draw
 
 CONFIGS = {
@@ -230,6 +232,40 @@ def three_panels(pts, seed):
 fig = toy_panels([three_panels(panel_points[SHOW], SHOW)], size=4.0, **GEOMETRY)
 save_figure(fig, "01_toy_three_panels", profile=PROFILE)
 plt.show()
+
+# %% [markdown]
+# ### The steps, one cell each
+#
+# `toy.trace` is the engine's `spade_pruned_copy`, the function the ImageNet notebooks use. Here are its steps for
+# scenario 2 of the seed shown, with the engine's public pieces (`spade_utils.trace_steps`): the panel above is
+# what they produce.
+
+# %%
+centre, region = toy.SCENARIOS["scenario 2"]
+sample = torch.tensor([centre])
+net = models[SHOW]
+augment = toy.make_jitter(RECIPE.aug_std)  # 1. augment: Gaussian copies s + sigma * eps of the sample
+views = augment(sample, RECIPE.n_augment, torch.Generator().manual_seed(SHOW))
+print(f"1. {len(views)} views of {centre}; share inside the small disc: {toy.share_in(views, 'small'):.2f}")
+
+named = dict(net.named_modules())
+layers = {name: named[name] for name in RECIPE.layers}
+stats = record_statistics(  # 2. each pruned layer's statistics H = (2/n) X X^T on the views
+    net, layers, sample, augment, RECIPE.n_augment, batch_size=RECIPE.n_augment, seed=SHOW, progress=False
+)[RECIPE.n_augment]
+print("2. H of " + ", ".join(f"{n} {tuple(h.shape)}" for n, h in stats.items()))
+
+sparse, records = solve_layers(
+    net, stats, RECIPE.sparsity, solver=RECIPE.solver
+)  # 3. the layer-wise problems
+display(records[["layer", "shape", "achieved_sparsity", "rel_error"]].round(4))
+
+with swapped_weights(layers, sparse):  # 4. swap the sparse weights in (the dense ones return afterwards)
+    steps_points = toy.visualize(net, RECIPE, SHOW)  # 5. visualize, unchanged
+print(
+    f"5. share of visualization points in the small disc: {toy.share_in(steps_points, region):.2f}; "
+    f"identical to the panel above: {torch.equal(steps_points, panel_points[SHOW]['scenario 2'])}"
+)
 
 # %% [markdown]
 # ### Every seed, the same recipe
