@@ -212,3 +212,14 @@ def test_trace_prunes_the_chosen_layers_only(trained):
         assert float((w == 0).float().mean()) >= recipe.sparsity - 1e-6
     units = toy.surviving_units(pruned)
     assert 0 < int(units["alive"].sum()) < len(units)
+
+
+def test_unmet_targets_names_each_miss_with_its_direction():
+    ok = {name: (0.0 if name == "dense_in_small" else 1.0) for name in toy.TARGETS}
+    assert toy.unmet_targets(ok) == [] and toy.meets_targets(ok)
+    at_bounds = dict(toy.TARGETS)  # every bound is inclusive
+    assert toy.unmet_targets(at_bounds) == []
+    bad = {**ok, "dense_in_small": toy.TARGETS["dense_in_small"] + 0.01, "s2_in_small": 0.0}
+    assert toy.unmet_targets(bad) == ["dense_in_small", "s2_in_small"] and not toy.meets_targets(bad)
+    with pytest.raises(KeyError):
+        toy.unmet_targets({"accuracy": 1.0})
