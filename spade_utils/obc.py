@@ -39,7 +39,7 @@ from functools import partial
 
 import torch
 
-from .solvers import _allocate, _as_batched, _check, _cholesky_adaptive, _prepare
+from .solvers import _allocate, _as_batched, _check, _cholesky_adaptive, _dampening, _prepare
 from .validation import check_float, check_positive_int
 
 __all__ = ["obc_prune_fast"]
@@ -210,6 +210,23 @@ def _obc_prune_fast(
     return res if batched else res[0]
 
 
+def _dead_first(dead_rows, counts, dtype):
+    """The greedy path's start: ``(order, inc, n_dead)`` with each row's dead inputs (``dead_rows`` (R, d))
+    removed first, in index order and at zero cost, up to ``counts[r]``; ``order`` is -1 and ``inc`` +inf
+    everywhere else (filled in by the greedy passes)."""
+    R, d = dead_rows.shape
+    dev = dead_rows.device
+    order = torch.full((R, d), -1, dtype=torch.long, device=dev)
+    inc = torch.full((R, d), float("inf"), dtype=dtype, device=dev)
+    n_dead = dead_rows.sum(dim=1)
+    dead_first = (~dead_rows).to(torch.int8).argsort(dim=1, stable=True)
+    pos = torch.arange(d, device=dev).expand(R, d)
+    take_dead = (pos < n_dead.unsqueeze(1)) & (pos < counts.unsqueeze(1))
+    order[take_dead] = dead_first[take_dead]
+    inc[take_dead] = 0.0
+    return order, inc, n_dead
+
+
 def _greedy(w, Hinv, dead, group_of_row, counts, allocation, block, max_chunk_bytes, overlap=False):
     """Greedy OBS for every row, in chunks of rows; row r stops after counts[r] removals.
 
@@ -221,17 +238,7 @@ def _greedy(w, Hinv, dead, group_of_row, counts, allocation, block, max_chunk_by
     """
     R, d = w.shape
     dev, dt = w.device, w.dtype
-    order = torch.full((R, d), -1, dtype=torch.long, device=dev)
-    inc = torch.full((R, d), float("inf"), dtype=dt, device=dev)
-    dead_rows = dead[group_of_row]  # (R, d)
-    n_dead = dead_rows.sum(dim=1)
-    # dead inputs first, in index order: their increments are exactly 0
-    dead_first = (~dead_rows).to(torch.int8).argsort(dim=1, stable=True)
-    pos = torch.arange(d, device=dev).expand(R, d)
-    is_dead_pos = pos < n_dead.unsqueeze(1)
-    take_dead = is_dead_pos & (pos < counts.unsqueeze(1))
-    order[take_dead] = dead_first[take_dead]
-    inc[take_dead] = 0.0
+    order, inc, n_dead = _dead_first(dead[group_of_row], counts, dt)
     live_steps = (counts - n_dead).clamp_min(0)
     todo = torch.nonzero(live_steps > 0).flatten()
     if todo.numel() == 0:
@@ -573,7 +580,7 @@ def _low_rank_factor(H, dead, percdamp, dtype):
         return None
     raw = H.to(torch.float64).masked_fill(dead.unsqueeze(1) | dead.unsqueeze(2), 0.0)
     rest = torch.diagonal(raw, dim1=1, dim2=2).clone()  # diagonal of the remaining Schur complement
-    hdiag = rest.clone()
+    D = _dampening(rest, dead, percdamp)  # before the loop changes rest
     tol = rest.amax(dim=1).clamp_min(0) * d * torch.finfo(dtype).eps  # (G,)
     U = torch.zeros(G, d, r_max + 1, dtype=torch.float64, device=H.device)
     rank = torch.zeros(G, dtype=torch.long, device=H.device)
@@ -595,11 +602,6 @@ def _low_rank_factor(H, dead, percdamp, dtype):
     if bool((rank > _LOW_RANK_AT * n_live).any()):
         return None
     U = U[:, :, :k].contiguous()
-    scale = torch.where(dead, 0.0, hdiag).sum(dim=1, keepdim=True) / live.sum(dim=1, keepdim=True).clamp_min(
-        1
-    )
-    scale = torch.where(live.any(dim=1, keepdim=True), scale, torch.ones_like(scale))
-    D = torch.where(dead, (1.0 + percdamp) * scale, percdamp * scale)
     return U, D
 
 
@@ -615,28 +617,21 @@ def _greedy_low_rank(w, U, D, dead, group_of_row, counts):
     """
     R, d = w.shape
     G, _, r = U.shape
+    per_group = R // G
     dev, dt = w.device, w.dtype
-    Y = (U / D.unsqueeze(2)).to(dt)
+    Y64 = U / D.unsqueeze(2)
     Dinv = D.reciprocal()
     live = (~dead).to(torch.float64)
     eye = torch.eye(r, dtype=torch.float64, device=dev)
     M0 = torch.linalg.inv(eye + U.mT @ (U * (live / D).unsqueeze(2)))  # (G, r, r), dead inputs left out
-    h0 = (Dinv - torch.einsum("gdr,grs,gds->gd", U / D.unsqueeze(2), M0, U / D.unsqueeze(2))).to(dt)
-    M0, Dinv = M0.to(dt), Dinv.to(dt)
-    order = torch.full((R, d), -1, dtype=torch.long, device=dev)
-    inc = torch.full((R, d), float("inf"), dtype=dt, device=dev)
-    dead_rows = dead[group_of_row]
-    n_dead = dead_rows.sum(dim=1)
-    dead_first = (~dead_rows).to(torch.int8).argsort(dim=1, stable=True)
-    pos = torch.arange(d, device=dev).expand(R, d)
-    take_dead = (pos < n_dead.unsqueeze(1)) & (pos < counts.unsqueeze(1))
-    order[take_dead] = dead_first[take_dead]
-    inc[take_dead] = 0.0
+    h0 = (Dinv - torch.einsum("gdr,grs,gds->gd", Y64, M0, Y64)).to(dt)
+    Y, M0, Dinv = Y64.to(dt), M0.to(dt), Dinv.to(dt)
+    order, inc, n_dead = _dead_first(dead[group_of_row], counts, dt)
     steps = (counts - n_dead).clamp_min(0)
     chunk = max(1, _LOW_RANK_CHUNK_ELEMS // d)
     for g in range(G):  # rows of a group are consecutive
-        for r1 in range(g * (R // G), (g + 1) * (R // G), chunk):
-            rows = torch.arange(r1, min(r1 + chunk, (g + 1) * (R // G)), device=dev)
+        for r1 in range(g * per_group, (g + 1) * per_group, chunk):
+            rows = torch.arange(r1, min(r1 + chunk, (g + 1) * per_group), device=dev)
             _low_rank_chunk(
                 w[rows], Y[g], Dinv[g], M0[g], h0[g], dead[g], rows, n_dead[rows], steps[rows], order, inc
             )

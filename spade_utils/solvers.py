@@ -206,14 +206,22 @@ def _prepare(W: torch.Tensor, H: torch.Tensor, percdamp: float):
     dead = diag <= 0
     # a dead input never fires on the calibration data: its weights are free to prune
     W.masked_fill_(dead.unsqueeze(-2), 0.0)
-    # the scale of H: the mean diagonal over live inputs (1 if none is live), so that the solution does not
-    # depend on the scale of H; a dead input's diagonal is set to that scale (it is decoupled from the rest)
+    # writes through the view into H: live inputs gain the dampening, a dead one's diagonal becomes it
+    diag.copy_(torch.where(dead, torch.zeros_like(diag), diag) + _dampening(diag, dead, percdamp))
+    return W, H, dead
+
+
+def _dampening(diag: torch.Tensor, dead: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """What :func:`_prepare` makes of the diagonal beyond H's own live entries, shaped like ``diag``.
+
+    The scale of H is its mean diagonal over live inputs (1 if none is live), so that the solution does not
+    depend on the scale of H. A live input gains ``percdamp * scale``; a dead input's diagonal becomes
+    ``scale + percdamp * scale`` (it is decoupled from the rest).
+    """
     live = (~dead).sum(dim=-1, keepdim=True)
     scale = torch.where(dead, torch.zeros_like(diag), diag).sum(dim=-1, keepdim=True) / live.clamp_min(1)
     scale = torch.where(live > 0, scale, torch.ones_like(scale))
-    diag.copy_(torch.where(dead, scale.expand_as(diag), diag))  # writes through the view into H
-    diag.add_(percdamp * scale)
-    return W, H, dead
+    return torch.where(dead, scale + percdamp * scale, (percdamp * scale).expand_as(diag))
 
 
 def _cholesky_adaptive(H: torch.Tensor, upper: bool = False, max_tries: int = 8) -> torch.Tensor:
