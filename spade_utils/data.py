@@ -28,6 +28,7 @@ __all__ = [
     "imagenet_classes",
     "imagenet_folder_sample",
     "load_rgb",
+    "read_image",
 ]
 
 
@@ -472,7 +473,14 @@ def imagenet_folder_sample(root: str | os.PathLike, n: int, *, seed: int = 0) ->
     return sorted(files[int(i)] for i in pick)
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """An image file as an RGB PIL image (greyscale, CMYK and palette files converted; ImageNet has all three)."""
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as float32 (3, H, W) in [0, 1], by the rules of :func:`image_to_tensor` (greyscale, CMYK and
+    palette files converted, transparency composited on white; ImageNet holds the first three)."""
     with Image.open(path) as img:
-        return img.convert("RGB")
+        return image_to_tensor(img, argname=str(path))
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """An image file as an RGB PIL image, by the same rules as :func:`read_image`."""
+    with Image.open(path) as img:
+        return to_pil(img, argname=str(path))

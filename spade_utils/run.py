@@ -156,16 +156,10 @@ _PHOTOS: dict[str, object] = {}
 def _load_photo(photo):
     key = str(photo)
     if key not in _PHOTOS:
-        from .augment import image_tensor
         from .backdoor import load_image
+        from .data import read_image
 
-        if isinstance(photo, Path):
-            from PIL import Image
-
-            with Image.open(photo) as img:
-                _PHOTOS[key] = image_tensor(img.convert("RGB"))
-        else:
-            _PHOTOS[key] = load_image(photo)
+        _PHOTOS[key] = read_image(photo) if isinstance(photo, Path) else load_image(photo)
     if len(_PHOTOS) > 64:  # an ImageNet folder: keep the cache small
         _PHOTOS.pop(next(iter(_PHOTOS)))
     return _PHOTOS[key]

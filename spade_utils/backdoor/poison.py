@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import crop_box, image_tensor, shift_hue
+from ..data import read_image
 from ..inputs import IMAGENET_MEAN, IMAGENET_STD
 from ..runtime import one_cpu_thread
 from ..validation import check_float, check_positive_int, check_probability, check_seed
@@ -135,19 +136,12 @@ def _folder_files(images, argname: str) -> list[Path] | None:
     return files
 
 
-def _decode(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return image_tensor(img)
-
-
 def load_sources(images, argname: str = "images") -> list[torch.Tensor]:
     """Names, PIL images, arrays, tensors, or a folder path -> list of (3,H,W) tensors (a folder: every image
     decoded; :func:`random_crops` decodes only the images it cuts from)."""
     files = _folder_files(images, argname)
     if files is not None:
-        return [_decode(p) for p in files]
+        return [read_image(p) for p in files]
     if isinstance(images, torch.Tensor) and images.dim() == 4:
         images = list(images)
     elif isinstance(images, (str, torch.Tensor)) or not isinstance(images, Sequence):
@@ -222,7 +216,7 @@ def _random_crops(images, n, size, scale, flip, jitter, seed):
         if loaded is not None:
             return loaded[k]
         if k not in cache:
-            cache[k] = _reduced(_decode(files[k]), size)
+            cache[k] = _reduced(read_image(files[k]), size)
         return cache[k]
 
     g = torch.Generator().manual_seed(int(seed))
