@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from notebook_runner import execute
 
 from spade_utils import exercises as E
 from spade_utils.bruteforce import best_loss_per_count
@@ -304,17 +305,9 @@ def test_auc_and_pointing_solutions_equal_pair_counts():
 # the exercise notebooks
 # --------------------------------------------------------------------------------------------------
 def _run_notebook(path, out, solutions):
-    import papermill
-
-    return papermill.execute_notebook(
-        str(path),
-        str(out),
-        parameters={"SOLUTIONS": solutions},
-        cwd=str(EXERCISES),
-        kernel_name="python3",
-        progress_bar=False,
-        execution_timeout=300,
-    )
+    return execute(
+        path, out, {"SOLUTIONS": solutions}, cell_timeout=300
+    )  # cwd: exercises/, the notebook's folder
 
 
 def test_there_are_three_exercise_notebooks_with_paired_sources():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
+from notebook_runner import execute
 
 from spade_utils import plotting
 
@@ -26,17 +27,7 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 def run_notebook(notebook, output, *, profile="smoke", cell_timeout=SMOKE_CELL_TIMEOUT):
     """Execute ``notebook`` headless with papermill, as `make figures` does: per-cell time limit, run from
     notebooks/. Returns the executed notebook."""
-    import papermill
-
-    return papermill.execute_notebook(
-        str(notebook),
-        str(output),
-        parameters={"PROFILE": profile},
-        cwd=str(Path(notebook).parent),
-        kernel_name="python3",
-        progress_bar=False,
-        execution_timeout=cell_timeout,
-    )
+    return execute(notebook, output, {"PROFILE": profile}, cell_timeout=cell_timeout)
 
 
 def _snapshot(folder: Path, pattern: str) -> dict:

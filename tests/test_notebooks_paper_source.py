@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from notebook_runner import execute
 from paper_standins import written_standins
 
 from spade_utils.backdoor import PAPER_TARGETS
@@ -34,22 +35,13 @@ def standins(tmp_path_factory):
 
 def _run(key, standins, tmp_path, monkeypatch) -> Path:
     """Execute notebook ``key`` ("02".."05") on the paper source; returns the folder of its smoke tables."""
-    import papermill
-
     monkeypatch.setenv("SPADE_HEADLESS", "1")
     monkeypatch.setenv("TORCH_HOME", str(standins.torch_home))
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # smoke results go to $TMPDIR/spade-results-smoke
     monkeypatch.delenv("SPADE_RESULTS_DIR", raising=False)
     notebook = NOTEBOOKS[key]
-    papermill.execute_notebook(
-        str(notebook),
-        str(tmp_path / notebook.name),
-        parameters={"PROFILE": "smoke", "SOURCE": "paper", **standins.notebook_parameters()},
-        cwd=str(notebook.parent),
-        kernel_name="python3",
-        progress_bar=False,
-        execution_timeout=CELL_TIMEOUT,
-    )
+    parameters = {"PROFILE": "smoke", "SOURCE": "paper", **standins.notebook_parameters()}
+    execute(notebook, tmp_path / notebook.name, parameters, cell_timeout=CELL_TIMEOUT)
     return tmp_path / "spade-results-smoke" / "tables"
 
 
