@@ -315,7 +315,11 @@ print(
 # inputs that fire at least once) to the diagonal (`percdamp`, default 1%), which section 5 varies:
 
 # %%
-print(ls.source_lines(solvers._prepare, "scale = torch.where(dead", "diag.add_(percdamp * scale)"))
+print(
+    ls.source_lines(
+        solvers._dampening, "scale = torch.where(dead", "return torch.where(dead, scale + percdamp * scale"
+    )
+)
 
 # %% [markdown]
 # ## 2 · Correctness on tiny layers: every mask tried
