@@ -12,7 +12,7 @@ LAYERS = {
     "basics": {"runtime", "validation", "widgets", "paths"},
     "assets": {"inputs", "data", "models", "archs", "plotting"},
     "engine": {"augment", "hessian", "solvers", "obc", "layer_probe", "layer_select", "trace_steps", "spade"},
-    "interpretation": {"saliency", "attribution_prep", "featvis", "metrics", "intervals"},
+    "interpretation": {"saliency", "attribution_prep", "featvis", "metrics", "intervals", "map_bundle"},
     "experiments": {
         "toy",
         "backdoor",
