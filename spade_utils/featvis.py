@@ -12,6 +12,10 @@ own short optimisation loop built from Lucent's parts:
   taken from the arguments or from what the model states (:func:`spade_utils.inputs.resolve_input_spec`:
   ``model.spade_input_spec``, set by :func:`spade_utils.models.load_model`, or a timm config), refused
   when neither says; the image reaches the model in the model's own dtype;
+- options that make the picture more faithful or more varied: ``init=`` starts from a given image (the
+  parameterisation inverted exactly, so zero steps return it) and ``init_weight=`` keeps the result near it
+  (image-seeded *feature accentuation*); ``diversity=`` adds Lucent's diversity penalty over a batch;
+  ``transforms="multiscale"`` adds random crops at several scales (:func:`multiscale_crops`);
 - the objective is a class logit (``int``; ``output=`` picks the logits out of a model that returns a tuple
   or dict), a channel ``"layer:channel"`` (a module name from ``model.named_modules()``, dots or Lucent's
   underscores), or any Lucent ``Objective``.
@@ -28,6 +32,7 @@ import copy
 import re
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +43,7 @@ from .runtime import eval_mode, model_device, model_dtype, resolve_device
 from .validation import check_float, check_int, check_seed, numpy_seed
 from .widgets import progress_bar as tqdm
 
-__all__ = ["visualize", "image_distance", "count_hooks"]
+__all__ = ["visualize", "image_distance", "count_hooks", "multiscale_crops", "contrast_channels"]
 
 
 def count_hooks(model: nn.Module) -> int:
@@ -68,15 +73,37 @@ def image_distance(a: torch.Tensor, b: torch.Tensor, *, pool: int = 1) -> torch.
     return (a - b).pow(2).flatten(1).mean(1).sqrt()
 
 
-def _fft_image(batch: int, size: int, generator: torch.Generator, device: torch.device, sd: float = 0.01):
-    """Lucent's FFT parameterisation (``lucent.optvis.param.spatial.fft_image``) with a seeded init."""
+_INIT_CLAMP = 1e-4  # init pixels are clamped to [eps, 1 - eps] before the sigmoid is inverted
+
+
+def _fft_image(
+    batch: int,
+    size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    sd: float = 0.01,
+    init: torch.Tensor | None = None,
+    decorrelate: bool = True,
+):
+    """Lucent's FFT parameterisation (``lucent.optvis.param.spatial.fft_image``) with a seeded init, or, with
+    ``init`` ((batch, 3, size, size) in [0, 1]), the spectrum whose image is ``init``: the sigmoid, the colour
+    decorrelation, the 1/4 saturation constant, the inverse FFT and the 1/f scale are undone in turn."""
     from lucent.optvis.param.spatial import rfft2d_freqs
 
     freqs = rfft2d_freqs(size, size)
-    spectrum = torch.randn((batch, 3, *freqs.shape, 2), generator=generator) * sd
-    spectrum = spectrum.to(device).requires_grad_(True)
     scale = 1.0 / np.maximum(freqs, 1.0 / size)
     scale = torch.as_tensor(scale, dtype=torch.float32, device=device)[None, None, ..., None]
+    if init is None:
+        spectrum = torch.randn((batch, 3, *freqs.shape, 2), generator=generator) * sd
+        spectrum = spectrum.to(device)
+    else:
+        x = torch.logit(init.to(device, torch.float64).clamp(_INIT_CLAMP, 1 - _INIT_CLAMP))
+        if decorrelate:
+            matrix = _colour_matrix(device).double()
+            x = torch.einsum("bdhw,dc->bchw", x, torch.linalg.inv(matrix))
+        spec = torch.fft.rfftn(4.0 * x, s=(size, size), dim=(-2, -1), norm="ortho")
+        spectrum = (torch.view_as_real(spec) / scale.double()).float()
+    spectrum = spectrum.contiguous().requires_grad_(True)
 
     def image() -> torch.Tensor:
         spec = torch.view_as_complex((scale * spectrum).contiguous())
@@ -86,10 +113,14 @@ def _fft_image(batch: int, size: int, generator: torch.Generator, device: torch.
     return spectrum, image
 
 
-def _to_rgb(image_f, decorrelate: bool, device: torch.device):
+def _colour_matrix(device: torch.device) -> torch.Tensor:
     from lucent.optvis.param.color import color_correlation_normalized
 
-    matrix = torch.as_tensor(color_correlation_normalized.T, device=device)
+    return torch.as_tensor(color_correlation_normalized.T, device=device)
+
+
+def _to_rgb(image_f, decorrelate: bool, device: torch.device):
+    matrix = _colour_matrix(device)
 
     def rgb() -> torch.Tensor:
         x = image_f()
@@ -194,6 +225,10 @@ def visualize(
     std: Sequence[float] | None = None,
     output=None,
     decorrelate: bool = True,
+    init: torch.Tensor | None = None,
+    init_weight: float = 0.0,
+    diversity: float = 0.0,
+    diversity_layer: str | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> torch.Tensor:
@@ -210,30 +245,49 @@ def visualize(
         ``"layer:channel"`` -> mean activation of one channel of a named module's output;
         a Lucent ``Objective`` -> used as is (it sees Lucent's underscore names, ``"input"`` and ``"labels"``).
         The image maximises the objective (Lucent objectives are losses and are minimised as Lucent does).
-    steps: optimisation steps (Adam, learning rate ``lr`` > 0). size: side of the optimised image in pixels (>= 8).
+    steps: optimisation steps (Adam, learning rate ``lr`` > 0); 0 returns the starting image. size: side of the optimised image in pixels (>= 8).
     input_size: side in pixels the transformed image is resized to before the model; default (None): the side
         the model states (``model.spade_input_spec``, timm config, torchvision ViT), else ValueError. Pass
         ``input_size=size`` for no resize.
     batch: independent images, each from its own random start, optimised together.
     seed: an int in [0, 2**63); seeds the image initialisation and Lucent's random transforms; the same seed gives
         the same image.
-    transforms: ``"standard"`` (Lucent's ``standard_transforms``), ``None`` or a list of callables.
+    transforms: ``"standard"`` (Lucent's ``standard_transforms``), ``"multiscale"`` (the standard ones, then
+        :func:`multiscale_crops` with its defaults: every step sees a random crop of 30-100% of the side, resized
+        back, so the picture must work at several scales), ``None`` or a list of callables.
     mean, std: per-channel input normalisation in [0, 1] units, applied after the transforms; default (None): what
         the model states, else ValueError. For a model taking [0, 1] input pass ``mean=(0, 0, 0), std=(1, 1, 1)``.
     output: for a model whose forward returns a tuple, list or dict: an index or key, or a callable mapping the
         return value to the (B, classes) logits (class and Lucent ``"labels"`` objectives read it).
-    decorrelate: use Lucent's colour decorrelation. device: ``"auto"`` -> CUDA when present.
+    decorrelate: use Lucent's colour decorrelation.
+    init: start from this image instead of random noise: (3, H, W) or (batch, 3, H, W), float in [0, 1] (bilinear
+        resize to ``size``; pixels clamped to [1e-4, 1 - 1e-4] so the sigmoid can be inverted). The spectrum is
+        set so that the parameterised image equals ``init``: with ``steps=0`` the result is ``init``.
+    init_weight: >= 0; adds ``init_weight * mean((image - init)^2)`` (per image, pixels in [0, 1]) to the loss,
+        which keeps the result near ``init``. With ``init`` this is image-seeded *feature accentuation*
+        (Hamblin et al. 2024, "Feature Accentuation: Revealing 'What' Features Respond to in Natural Images",
+        arXiv 2402.10039): the picture shows what in *this* image drives the objective. Needs ``init``.
+    diversity: >= 0; subtracts ``diversity`` times Lucent's ``objectives.diversity(diversity_layer)`` from the
+        loss: the mean (over images) summed cosine similarity of each image's channel Gram matrix at
+        ``diversity_layer`` with the other images' (Olah et al. 2017, "Diversity"), so a batch shows several
+        ways to drive the objective. Needs ``batch >= 2`` and ``diversity_layer`` (a module name, as for a
+        channel objective, whose output is (B, C, H, W)).
+    device: ``"auto"`` -> CUDA when present.
     progress: show a tqdm bar.
 
     Raises
     ------
     TypeError / ValueError naming the argument, before any optimisation step: bad numbers, unknown layer, input
-    size or normalisation neither given nor stated by the model. ValueError at the first forward pass: a class
+    size or normalisation neither given nor stated by the model, ``init`` of the wrong shape or outside [0, 1],
+    ``init_weight`` without ``init``, ``diversity`` without ``diversity_layer`` or with ``batch < 2``. ValueError at the first forward pass: a class
     or channel index out of range, a layer the forward never calls, logits that are not a (B, classes) tensor.
     """
     _import_lucent_quietly()
     steps, size, batch, seed, lr, output, (kind, payload), spec = _check_visualize_arguments(
         model, objective, steps, size, input_size, batch, seed, lr, transforms, mean, std, output
+    )
+    init, init_weight, diversity, diversity_name = _check_extras(
+        model, init, init_weight, diversity, diversity_layer, batch, size
     )
     dev = resolve_device(device)
     dtype = model_dtype(model)
@@ -243,6 +297,12 @@ def visualize(
     net = model if model_device(model) == dev else copy.deepcopy(model).to(dev)
     if kind == "channel":  # find the hooked module in the (possibly copied) network
         payload = (payload[0], dict(net.named_modules())[payload[0]], payload[2])
+    extras: dict[str, Any] = dict(
+        init=None if init is None else init.to(dev),
+        init_weight=init_weight,
+        diversity=diversity,
+        diversity_module=None if diversity_name is None else dict(net.named_modules())[diversity_name],
+    )
     old_lucent_device = lucent_transform.device
     np_state = np.random.get_state()
     handles: list = []
@@ -253,7 +313,7 @@ def visualize(
             # Lucent's random transforms draw from NumPy's global generator (restored)
             np.random.seed(numpy_seed(seed))
             gen = torch.Generator().manual_seed(seed)
-            spectrum, raw = _fft_image(batch, size, gen, dev)
+            spectrum, raw = _fft_image(batch, size, gen, dev, init=extras["init"], decorrelate=decorrelate)
             image_f = _to_rgb(raw, decorrelate, dev)
             chain = _transform_chain(transforms, spec, dev)
             result = _optimise(
@@ -270,6 +330,7 @@ def visualize(
                 handles,
                 features,
                 progress,
+                extras,
             )
     finally:
         for handle in handles:
@@ -287,7 +348,7 @@ def _check_visualize_arguments(
     argument): (steps, size, batch, seed, lr, output, (objective kind, payload), the model's InputSpec)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    steps = check_int(steps, "steps", minimum=1)
+    steps = check_int(steps, "steps", minimum=0)
     size = check_int(size, "size", minimum=8)
     batch = check_int(batch, "batch", minimum=1)
     seed = check_seed(seed)
@@ -295,16 +356,134 @@ def _check_visualize_arguments(
         input_size = check_int(input_size, "input_size", minimum=8)
     lr = check_float(lr, "lr", low=0.0, low_open=True)
     if isinstance(transforms, str):
-        if transforms != "standard":
+        if transforms not in ("standard", "multiscale"):
             raise ValueError(
-                f"transforms must be 'standard', None or a list of callables, got {transforms!r}"
+                f"transforms must be 'standard', 'multiscale', None or a list of callables, got {transforms!r}"
             )
     elif transforms is not None and not all(callable(t) for t in transforms):
-        raise TypeError("transforms must be 'standard', None or a list of callables")
+        raise TypeError("transforms must be 'standard', 'multiscale', None or a list of callables")
     output = _check_output(output)
     objective = _parse_objective(model, objective)
     spec = resolve_input_spec(model, size=input_size, mean=mean, std=std, fn_name="visualize")
     return steps, size, batch, seed, lr, output, objective, spec
+
+
+def _check_extras(model, init, init_weight, diversity, diversity_layer, batch, size):
+    """:func:`visualize`'s seeding and diversity arguments -> (init (batch, 3, size, size) float32 or None,
+    init_weight, diversity, the diversity module's name or None); TypeError/ValueError naming the argument."""
+    init_weight = check_float(init_weight, "init_weight", low=0.0)
+    diversity = check_float(diversity, "diversity", low=0.0)
+    if init is not None:
+        if not isinstance(init, torch.Tensor):
+            raise TypeError(
+                f"init must be a torch tensor (3, H, W) or (batch, 3, H, W), got {type(init).__name__}"
+            )
+        x = init.detach().float().cpu()
+        x = x[None] if x.dim() == 3 else x
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] not in (1, batch):
+            raise ValueError(f"init must be (3, H, W) or ({batch}, 3, H, W), got {tuple(init.shape)}")
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise ValueError("init must hold finite values in [0, 1]")
+        if x.shape[-2:] != (size, size):
+            x = nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        init = x.clamp(0, 1).expand(batch, -1, -1, -1).contiguous()
+    elif init_weight > 0:
+        raise ValueError("init_weight > 0 needs init (the image the result is kept near)")
+    name = None
+    if diversity > 0:
+        if batch < 2:
+            raise ValueError(
+                f"diversity > 0 needs batch >= 2 (it compares the images of a batch), got batch={batch}"
+            )
+        if diversity_layer is None:
+            raise ValueError(
+                "diversity > 0 needs diversity_layer (the module whose Gram matrices are compared)"
+            )
+        name, _ = _resolve_layer(model, diversity_layer)
+    elif diversity_layer is not None:
+        _resolve_layer(model, diversity_layer)
+    return init, init_weight, diversity, name
+
+
+def multiscale_crops(min_scale: float = 0.3, max_scale: float = 1.0):
+    """A transform for :func:`visualize`'s ``transforms`` list: each image of the (B, C, H, W) batch is cut to a
+    random square of side ``s * min(H, W)`` (``s`` uniform in [``min_scale``, ``max_scale``], position uniform)
+    and resized back to (H, W), bilinearly. The picture must then drive the objective at several scales, which
+    favours a compact, object-like feature over a texture spread over the whole canvas (the random crops of
+    Fel et al. 2023, "Unlocking Feature Visualization for Deeper Networks with MAgnitude Constrained
+    Optimization"). Draws from NumPy's global generator, as Lucent's own transforms do (:func:`visualize`
+    seeds and restores it). Raises ValueError unless 0 < min_scale <= max_scale <= 1."""
+    min_scale = check_float(min_scale, "min_scale", low=0.0, high=1.0, low_open=True)
+    max_scale = check_float(max_scale, "max_scale", low=0.0, high=1.0, low_open=True)
+    if min_scale > max_scale:
+        raise ValueError(f"min_scale must be <= max_scale, got {min_scale} > {max_scale}")
+
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        out = []
+        for image in x:
+            side = max(1, int(round(np.random.uniform(min_scale, max_scale) * min(h, w))))
+            top = np.random.randint(0, h - side + 1)
+            left = np.random.randint(0, w - side + 1)
+            window = image[None, :, top : top + side, left : left + side]
+            out.append(nn.functional.interpolate(window, size=(h, w), mode="bilinear", align_corners=False))
+        return torch.cat(out)
+
+    return crop
+
+
+def contrast_channels(
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Mean activation of each channel of ``layer`` on ``images`` minus on ``reference``: (C,) float32 on CPU.
+
+    Picks a channel objective for :func:`visualize` that is specific to what ``images`` have and ``reference``
+    lacks (e.g. triggered vs clean versions of the same crops): ``contrast_channels(...).argmax()``. The mean is
+    over images and spatial positions of the module's output. ``images``, ``reference``: (B, 3, H, W) in [0, 1],
+    normalised with ``mean``/``std`` (default: what the model states, else ValueError) and fed at their own size
+    in the model's dtype, on the model's device. The model is left as found (flags, hooks, ``.grad``).
+    Raises TypeError/ValueError naming the argument."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    name, module = _resolve_layer(model, layer)
+    for arg, x in (("images", images), ("reference", reference)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or len(x) == 0:
+            raise ValueError(f"{arg} must be a non-empty (B, 3, H, W) tensor")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    spec = resolve_input_spec(model, size=1, mean=mean, std=std, fn_name="contrast_channels")
+    dev, dtype = model_device(model), model_dtype(model)
+    m = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
+    s = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
+    features: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(_keep_output(features, name))
+
+    def channel_means(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for chunk in x.split(batch_size):
+            model(((chunk.to(dev).float() - m) / s).to(dtype))
+            act = features.get(name)
+            if not isinstance(act, torch.Tensor) or act.dim() < 2:
+                raise ValueError(f"layer {name!r} did not return a (batch, channels, ...) tensor")
+            part = act.float().flatten(2).mean(2).sum(0) if act.dim() > 2 else act.float().sum(0)
+            total = part if total is None else total + part
+        assert total is not None
+        return total / len(x)
+
+    try:
+        with eval_mode(model), torch.no_grad():
+            return (channel_means(images) - channel_means(reference)).cpu()
+    finally:
+        handle.remove()
+        features.clear()
 
 
 def _transform_chain(transforms, spec, dev: torch.device) -> list:
@@ -312,7 +491,12 @@ def _transform_chain(transforms, spec, dev: torch.device) -> list:
     ``standard_transforms``), then the model's normalisation and a bilinear resize to its input side."""
     import lucent.optvis.transform as lucent_transform
 
-    chain = list(lucent_transform.standard_transforms) if transforms == "standard" else list(transforms or [])
+    if transforms == "standard":
+        chain = list(lucent_transform.standard_transforms)
+    elif transforms == "multiscale":
+        chain = [*lucent_transform.standard_transforms, multiscale_crops()]
+    else:
+        chain = list(transforms or [])
     m = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
     s = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
     chain.append(lambda x: (x - m) / s)
@@ -334,8 +518,28 @@ def _keep_output(features: dict, name: str):
 
 
 def _optimise(
-    net, kind, payload, output, image_f, spectrum, chain, steps, lr, dtype, handles, features, progress
+    net,
+    kind,
+    payload,
+    output,
+    image_f,
+    spectrum,
+    chain,
+    steps,
+    lr,
+    dtype,
+    handles,
+    features,
+    progress,
+    extras,
 ) -> torch.Tensor:
+    from lucent.optvis.objectives import diversity as lucent_diversity
+
+    if extras["diversity_module"] is not None:
+        handles.append(
+            extras["diversity_module"].register_forward_hook(_keep_output(features, "__diversity__"))
+        )
+        diversity_objective = lucent_diversity("__diversity__")
     if kind == "channel":
         name, module, channel = payload
         handles.append(module.register_forward_hook(_keep_output(features, name)))
@@ -390,6 +594,14 @@ def _optimise(
         else:
             features["__output__"] = _logits(out, output) if output is not None else out
             loss = payload(lucent_lookup)
+        if extras["init_weight"] > 0:
+            loss = loss + extras["init_weight"] * (image_f() - extras["init"]).pow(2).flatten(1).mean(1).sum()
+        if extras["diversity"] > 0:
+            div = features["__diversity__"]
+            if not isinstance(div, torch.Tensor) or div.dim() != 4:
+                raise ValueError("diversity_layer must return a (batch, channels, height, width) tensor")
+            # Lucent's diversity objective is minus the similarity; subtracting it penalises similarity
+            loss = loss - extras["diversity"] * diversity_objective(lambda name: features[name].float())
         (grad,) = torch.autograd.grad(loss, [spectrum])  # never touches the model's .grad fields
         spectrum.grad = grad
         optimizer.step()

@@ -12,7 +12,15 @@ LAYERS = {
     "basics": {"runtime", "validation", "widgets", "paths"},
     "assets": {"inputs", "data", "models", "archs", "plotting"},
     "engine": {"augment", "hessian", "solvers", "obc", "layer_probe", "layer_select", "trace_steps", "spade"},
-    "interpretation": {"saliency", "attribution_prep", "featvis", "metrics", "intervals", "map_bundle"},
+    "interpretation": {
+        "saliency",
+        "attribution_prep",
+        "featvis",
+        "metrics",
+        "intervals",
+        "map_bundle",
+        "null_distribution",
+    },
     "experiments": {
         "toy",
         "backdoor",

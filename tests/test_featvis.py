@@ -115,7 +115,7 @@ def test_objective_increases_and_model_untouched():
 def test_bad_input():
     net = tiny_net()
     with pytest.raises(ValueError, match="steps"):
-        visualize(net, 1, steps=0)
+        visualize(net, 1, steps=-1)
     with pytest.raises(TypeError, match="objective"):
         visualize(net, 1.5)
     with pytest.raises(ValueError, match="layer"):
@@ -277,3 +277,121 @@ def test_visualizations_follow_the_model_dtype():
     assert {dtype for *_, dtype in wide.seen} == {torch.float64}
     assert b.dtype == torch.float32 and next(wide.parameters()).dtype == torch.float64
     assert image_distance(a, b).max() < 1e-3  # the same optimisation up to float32 rounding
+
+
+# --------------------------------------------------------------------------------------------------
+# the options: image-seeded accentuation, diversity, multi-scale crops, contrast channels
+# --------------------------------------------------------------------------------------------------
+def _seed_image(size=32, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.02 + 0.96 * torch.rand(batch, 3, size, size, generator=g)
+
+
+@pytest.mark.parametrize("decorrelate", [True, False])
+def test_seeded_visualization_with_zero_steps_returns_the_seed(decorrelate):
+    net = tiny_net()
+    seed_image = _seed_image(batch=2)
+    img = visualize(
+        net, 1, steps=0, batch=2, init=seed_image, decorrelate=decorrelate, **_without(FAST, "steps")
+    )
+    assert torch.allclose(img, seed_image, atol=1e-5)
+    one = visualize(net, 1, steps=0, init=seed_image[0], decorrelate=decorrelate, **_without(FAST, "steps"))
+    assert torch.allclose(one[0], seed_image[0], atol=1e-5)
+
+
+def _without(d, *keys):
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def test_seed_regulariser_keeps_the_result_near_the_seed_and_the_objective_rises():
+    net = tiny_net()
+    seed_image = _seed_image()
+    kw = dict(_without(FAST, "steps"), steps=30, init=seed_image, transforms=None, lr=0.05)
+    free = visualize(net, 3, init_weight=0.0, **kw)
+    held = visualize(net, 3, init_weight=50.0, **kw)
+    d_free = image_distance(free, seed_image).item()
+    d_held = image_distance(held, seed_image).item()
+    assert d_held < 0.5 * d_free
+    norm = lambda x: (
+        (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    )  # noqa: E731
+    resize = lambda x: torch.nn.functional.interpolate(x, size=(40, 40), mode="bilinear", align_corners=True)  # noqa: E731
+    with torch.no_grad():
+        logit = lambda x: net(resize(norm(x)))[0, 3].item()  # noqa: E731
+        assert logit(held) > logit(seed_image)
+
+
+def _gram_similarity(net, layer_index, images):
+    """Mean pairwise cosine similarity of the images' channel Gram matrices at net[layer_index] (an oracle)."""
+    norm = (images - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
+    x = torch.nn.functional.interpolate(norm, size=(40, 40), mode="bilinear", align_corners=True)
+    with torch.no_grad():
+        act = net[: layer_index + 1](x).flatten(2)
+    grams = [(a @ a.T).flatten() for a in act]
+    grams = [g / g.norm() for g in grams]
+    sims = [float(grams[i] @ grams[j]) for i in range(len(grams)) for j in range(len(grams)) if i != j]
+    return sum(sims) / len(sims)
+
+
+def test_diversity_lowers_the_batch_gram_similarity():
+    net = tiny_net()
+    kw = dict(_without(FAST, "steps"), steps=40, batch=4, transforms=None, seed=3)
+    plain = visualize(net, 2, **kw)
+    diverse = visualize(net, 2, diversity=20.0, diversity_layer="1", **kw)
+    assert _gram_similarity(net, 1, diverse) < _gram_similarity(net, 1, plain) - 0.01
+    assert count_hooks(net) == 0
+
+
+def test_multiscale_crops_cut_a_window_of_the_drawn_scale():
+    from spade_utils.featvis import multiscale_crops
+
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(3, 3, 64, 64).contiguous()
+    np.random.seed(0)
+    half = multiscale_crops(0.5, 0.5)(ramp)
+    assert half.shape == ramp.shape
+    spans = (half[:, 0, 0, -1] - half[:, 0, 0, 0]).tolist()
+    assert all(0.4 < s < 0.55 for s in spans), spans  # a 32-px window of the 64-px ramp spans ~half its range
+    np.random.seed(0)
+    whole = multiscale_crops(1.0, 1.0)(ramp)
+    assert torch.allclose(whole, ramp, atol=1e-6)
+    net = tiny_net()
+    img = visualize(net, 1, transforms="multiscale", **FAST)
+    assert img.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="min_scale"):
+        multiscale_crops(0.8, 0.5)
+
+
+def test_contrast_channels_equals_a_hand_computed_difference():
+    from spade_utils.featvis import contrast_channels
+
+    net = tiny_net()
+    a, b = _seed_image(16, 3, seed=1), _seed_image(16, 2, seed=2)
+    diff = contrast_channels(net, "2", a, b, mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=2)
+    norm = lambda x: (
+        (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    )  # noqa: E731
+    with torch.no_grad():
+        expected = net[:3](norm(a)).mean((0, 2, 3)) - net[:3](norm(b)).mean((0, 2, 3))
+    assert torch.allclose(diff, expected, atol=1e-5)
+    assert count_hooks(net) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, word",
+    [
+        (dict(init=torch.rand(3, 8, 8) * 2), ValueError, "init"),
+        (dict(init=torch.rand(2, 8, 8)), ValueError, "init"),
+        (dict(init=[0.5]), TypeError, "init"),
+        (dict(init_weight=1.0), ValueError, "init_weight"),
+        (dict(init_weight=-1.0, init=torch.rand(3, 8, 8)), ValueError, "init_weight"),
+        (dict(diversity=1.0, diversity_layer="1"), ValueError, "batch"),
+        (dict(diversity=1.0, batch=2), ValueError, "diversity_layer"),
+        (dict(diversity=1.0, batch=2, diversity_layer="nope"), ValueError, "nope"),
+        (dict(transforms="zoom"), ValueError, "transforms"),
+    ],
+)
+def test_bad_option_arguments_are_refused(kwargs, err, word):
+    with pytest.raises(err, match=word):
+        visualize(tiny_net(), 1, **{**FAST, **kwargs})
