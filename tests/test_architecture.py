@@ -26,6 +26,7 @@ LAYERS = {
         "backdoor",
         "baselines",
         "layer_study",
+        "insertion_tuning",
         "bruteforce",
         "exercises",
         "run",

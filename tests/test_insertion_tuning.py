@@ -1,0 +1,249 @@
+"""FastSPADE* (spade_utils.insertion_tuning): the sparsity search against brute force, and its hold-out."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spade_utils.hessian import weight_matrix
+from spade_utils.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from spade_utils.insertion_tuning import (
+    InsertionSample,
+    InsertionTuning,
+    auc_scorer,
+    score_with_tuned_sparsity,
+    tune_sparsity_on_insertion,
+)
+from spade_utils.metrics import insertion_deletion_auc
+from spade_utils.runtime import one_cpu_thread
+from spade_utils.saliency import attribute
+from spade_utils.spade import spade_pruned_copy
+
+GRID = (0.0, 0.5, 0.9)
+TRACE = dict(layers=["conv2", "fc"], n_augment=8, batch_size=8, seed=0, device="cpu")
+
+
+class TinyNet(nn.Module):
+    """conv-relu-conv-relu-pool-fc on 16 px images, 4 classes, random weights; the classifier is scaled up so the
+    top-1 probability is about 0.5 and masking pixels moves it (insertion curves are not stuck at 1)."""
+
+    spade_input_spec = InputSpec(16, IMAGENET_MEAN, IMAGENET_STD)
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.act2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+        with torch.no_grad():
+            self.fc.weight.mul_(20.0)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.act2(self.conv2(self.act1(self.conv1(x))))).flatten(1))
+
+
+def make_samples(model, names, n_inputs=2, seed=0):
+    """Photos (3, 20, 20) in [0, 1]; their inputs are normalised random crops, explained for the top-1 class."""
+    g = torch.Generator().manual_seed(seed)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    out = []
+    for name in names:
+        photo = torch.rand(3, 20, 20, generator=g)
+        crops = torch.stack([(photo[:, k : k + 16, k : k + 16] - mean) / std for k in range(n_inputs)])
+        with torch.no_grad():
+            targets = model(crops).argmax(1)
+        out.append(InsertionSample(name, photo, crops, targets))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_cpu_thread():
+        yield
+
+
+def layer_sparsity(explainer):
+    """Measured fraction of zeros in the traced layers' weights (the fake scorer reads the trace from it)."""
+    named = dict(explainer.named_modules())
+    w = torch.cat([weight_matrix(named[n]).flatten() for n in TRACE["layers"]])
+    return float((w == 0).float().mean())
+
+
+class FakeScorer:
+    """Insertion = -(measured sparsity - best[method])^2 + a small per-input term: the best grid value is known.
+    Records every input batch it is shown."""
+
+    def __init__(self, best):
+        self.best, self.seen = best, []
+
+    def __call__(self, explainer, inputs, targets, method):
+        self.seen.append(inputs.clone())
+        s = layer_sparsity(explainer)
+        value = -((s - self.best[method]) ** 2) + 0.001 * inputs.mean(dim=(1, 2, 3)).numpy()
+        return {"insertion": value, "deletion": -value}
+
+
+def test_fake_scorer_best_sparsity_is_found_and_matches_brute_force():
+    model = TinyNet()
+    calib = make_samples(model, ["a", "b"])
+    best = {"saliency": 0.5, "lrp": 0.9, "deeplift": 0.0}
+    fake = FakeScorer(best)
+    tuning = tune_sparsity_on_insertion(model, calib, list(best), grid=GRID, score_fn=fake, **TRACE)
+    assert tuning.sparsity == best
+    # brute force: one full trace per (sample, grid value), the same fake score, mean over every input
+    for method in best:
+        means = []
+        for s in GRID:
+            vals = []
+            for smp in calib:
+                explainer = (
+                    spade_pruned_copy(model, smp.image, sparsity=s, progress=False, **TRACE)
+                    if s > 0
+                    else model
+                )
+                vals.extend(FakeScorer(best)(explainer, smp.inputs, smp.targets, method)["insertion"])
+            means.append(float(np.mean(vals)))
+        got = tuning.candidates[tuning.candidates.method == method].set_index("sparsity")["insertion"]
+        np.testing.assert_allclose(got.loc[list(GRID)].to_numpy(), means, atol=1e-6)
+        assert tuning.sparsity[method] == GRID[int(np.argmax(means))]
+
+
+def test_ties_go_to_the_lower_sparsity():
+    model = TinyNet()
+
+    def flat(explainer, inputs, targets, method):
+        return {"insertion": np.zeros(len(inputs))}
+
+    tuning = tune_sparsity_on_insertion(
+        model, make_samples(model, ["a"]), ["saliency"], grid=GRID, score_fn=flat, **TRACE
+    )
+    assert tuning.sparsity == {"saliency": 0.0}
+
+
+def test_the_search_never_sees_the_scored_images():
+    model = TinyNet()
+    calib = make_samples(model, ["c1", "c2"], seed=1)
+    held = make_samples(model, ["h1", "h2"], seed=2)
+    fake = FakeScorer({"saliency": 0.9, "lrp": 0.5})
+    tuning = tune_sparsity_on_insertion(model, calib, ["saliency", "lrp"], grid=GRID, score_fn=fake, **TRACE)
+    seen_in_tuning = list(fake.seen)
+    assert seen_in_tuning and all(any(torch.equal(x, c.inputs) for c in calib) for x in seen_in_tuning)
+    assert not any(torch.equal(x, h.inputs) for x in seen_in_tuning for h in held)
+    # other held-out images: the search (which never takes them) gives the same choice; scoring sees only them
+    fake.seen.clear()
+    table = score_with_tuned_sparsity(model, held, tuning, score_fn=fake, **TRACE)
+    assert all(any(torch.equal(x, h.inputs) for h in held) for x in fake.seen)
+    assert dict(zip(table.method, table.sparsity, strict=True)) == {"saliency": 0.9, "lrp": 0.5}
+    assert (table.insertion > -0.01).all()  # each method's maps came from a trace at its own sparsity
+    assert set(table.explainer) == {"FastSPADE*"}
+    assert list(table.image) == ["h1/0", "h1/1", "h2/0", "h2/1"] * 2
+    with pytest.raises(ValueError, match="calibration samples"):
+        score_with_tuned_sparsity(model, calib[:1], tuning, score_fn=fake, **TRACE)
+
+
+def test_real_scores_equal_full_traces_scored_one_by_one():
+    """The default scorer (Captum maps, insertion on the dense model) on the search's shared statistics equals a
+    full spade_pruned_copy per (sample, sparsity) scored with attribute + insertion_deletion_auc."""
+    model = TinyNet(seed=3)
+    calib = make_samples(model, ["a", "b"], seed=4)
+    held = make_samples(model, ["h"], seed=5)
+    methods = ["saliency", "input_x_gradient"]
+    kw = dict(auc_steps=8, attribute_kwargs=dict(), **TRACE)
+    tuning = tune_sparsity_on_insertion(model, calib, methods, grid=GRID, **kw)
+
+    def aucs(smp, s, method):
+        explainer = (
+            spade_pruned_copy(model, smp.image, sparsity=s, progress=False, **TRACE) if s > 0 else model
+        )
+        maps = attribute(explainer, smp.inputs, smp.targets, method, device="cpu")
+        return insertion_deletion_auc(model, smp.inputs, maps, smp.targets, n_steps=8, device="cpu")
+
+    for method in methods:
+        means = [np.mean(np.concatenate([aucs(c, s, method)["insertion"] for c in calib])) for s in GRID]
+        got = tuning.candidates[tuning.candidates.method == method].set_index("sparsity")["insertion"]
+        np.testing.assert_allclose(got.loc[list(GRID)].to_numpy(), means, atol=1e-9)
+        assert tuning.sparsity[method] == min(s for s, m in zip(GRID, means) if m >= max(means) - 1e-12)
+    assert tuning.sparsity == {"saliency": 0.5, "input_x_gradient": 0.0}  # the two methods choose differently
+    table = score_with_tuned_sparsity(model, held, tuning, **kw)
+    for method in methods:
+        want = aucs(held[0], tuning.sparsity[method], method)
+        rows = table[table.method == method]
+        np.testing.assert_allclose(rows.insertion, want["insertion"], atol=1e-9)
+        np.testing.assert_allclose(rows.deletion, want["deletion"], atol=1e-9)
+
+
+def test_caller_model_left_as_found():
+    model = TinyNet().train()
+    before = copy.deepcopy(model.state_dict())
+    calib = make_samples(model.eval(), ["a"])
+    model.train()
+    tune_sparsity_on_insertion(model, calib, ["saliency"], grid=(0.5,), auc_steps=4, **TRACE)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_auc_scorer_refuses_bad_modes():
+    with pytest.raises(ValueError, match="modes"):
+        auc_scorer(TinyNet(), modes=("insertion", "pointing"))
+    with pytest.raises(TypeError, match="model"):
+        auc_scorer("net")
+
+
+def _sample(**change):
+    base = dict(
+        name="a", image=torch.rand(3, 20, 20), inputs=torch.randn(2, 3, 16, 16), targets=torch.tensor([0, 1])
+    )
+    base.update(change)
+    return InsertionSample(**base)
+
+
+@pytest.mark.parametrize(
+    "override, error, match",
+    [
+        (dict(model="net"), TypeError, "model"),
+        (dict(calibration=[]), ValueError, "calibration is empty"),
+        (dict(calibration="a"), TypeError, "calibration must be"),
+        (dict(calibration=[object()]), TypeError, r"calibration\[0\]"),
+        (dict(calibration=[_sample(), _sample()]), ValueError, "appears twice"),
+        (dict(calibration=[_sample(inputs=torch.randn(3, 16, 16))]), ValueError, r"calibration\[0\].inputs"),
+        (dict(calibration=[_sample(inputs=torch.full((2, 3, 16, 16), float("nan")))]), ValueError, "finite"),
+        (dict(calibration=[_sample(targets=torch.tensor([0]))]), ValueError, r"calibration\[0\].targets"),
+        (dict(calibration=[_sample(targets=[0, -1])]), ValueError, "targets"),
+        (dict(calibration=[_sample(targets=[0, 7])]), ValueError, "not one of the 4 outputs"),
+        (dict(methods="saliency"), TypeError, "methods"),
+        (dict(methods=["saliency", "saliency"]), ValueError, "duplicates"),
+        (dict(methods=["nope"]), ValueError, "SALIENCY_METHODS"),
+        (dict(grid=()), TypeError, "grid"),
+        (dict(grid=(0.5, 1.0)), ValueError, r"grid\[1\]"),
+        (dict(grid=(0.5, 0.5)), ValueError, "duplicates"),
+        (dict(n_augment=0), ValueError, "n_augment"),
+        (dict(solver="best"), ValueError, "solver"),
+        (dict(seed=1.5), TypeError, "seed"),
+        (dict(layers=["nothing*"]), ValueError, "nothing"),
+        (dict(score_fn=3), TypeError, "score_fn"),
+        (dict(attribute_kwargs=[1]), TypeError, "attribute_kwargs"),
+        (dict(progress="yes"), TypeError, "progress"),
+    ],
+)
+def test_bad_arguments_refused_before_any_statistics(override, error, match, monkeypatch):
+    import spade_utils.insertion_tuning as mod
+
+    def no_statistics(*a, **k):
+        raise AssertionError("statistics pass started")
+
+    monkeypatch.setattr(mod, "record_statistics", no_statistics)
+    args = dict(model=TinyNet(), calibration=[_sample()], methods=["saliency"], grid=GRID, **TRACE)
+    args.update(override)
+    with pytest.raises(error, match=match):
+        tune_sparsity_on_insertion(**args)
+
+
+def test_score_refuses_a_tuning_of_another_kind():
+    with pytest.raises(TypeError, match="tuning"):
+        score_with_tuned_sparsity(TinyNet(), [_sample()], {"saliency": 0.5}, **TRACE)
+    assert InsertionTuning  # the result type is public
