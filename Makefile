@@ -65,3 +65,9 @@ bench: $(BIN)/activate
 
 clean-venv:
 	rm -rf $(VENV)
+
+# make backdoor-weights : retrain the offline backdoor (16+ min; reuses data/cache when present) and write the
+#                         compact bundle shipped in spade_utils/backdoor/weights/ with its SHA256SUMS line
+.PHONY: backdoor-weights
+backdoor-weights: $(BIN)/activate
+	$(BIN)/python -c "from spade_utils.backdoor.shipped import main; main()"
