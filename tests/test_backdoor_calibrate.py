@@ -69,13 +69,15 @@ def triggered(n=2, size=16, side=5):
     return out
 
 
-def brute_force(model, samples, blocks, methods, grid):
+def brute_force(model, samples, blocks, methods, grid, pooled=False):
     """The same greedy search as a plain loop: a full spade_trace (statistics and solves) per candidate and
-    sample, blocks not yet searched dense, ties to the lower sparsity."""
+    sample, blocks not yet searched dense, ties to the lower sparsity. pooled: one search scored by the mean
+    over all methods' rows."""
     labels = list(blocks)
-    chosen = {m: {} for m in methods}
+    units = {"+".join(methods): list(methods)} if pooled else {m: [m] for m in methods}
+    chosen = {m: {} for m in units}
     means = {}
-    for m in methods:
+    for m in units:
         for label in reversed(labels):
             results = []
             for s in grid:
@@ -97,7 +99,7 @@ def brute_force(model, samples, blocks, methods, grid):
                 else:
                     variant = model
                 df, _ = trojan_saliency_scores(
-                    {"v": variant}, samples, [m], attribute_kwargs=ATTR, progress=False
+                    {"v": variant}, samples, units[m], attribute_kwargs=ATTR, progress=False
                 )
                 results.append(float(df["auc"].mean()))
                 means[(m, label, s)] = results[-1]
@@ -156,6 +158,28 @@ def test_matches_a_brute_force_greedy_search_with_full_traces(counters):
     assert result.cost["naive_traces"] == len(methods) * len(BLOCKS) * len(GRID) * len(samples)
     assert result.cost["saliency_evaluations"] < result.cost["naive_traces"]  # repeated configurations reused
     assert result.candidates.groupby(["method", "step"])["chosen"].sum().eq(1).all()
+
+
+def test_pooled_methods_match_a_brute_force_search_on_the_mean_over_methods(counters):
+    model = TinyBackdoored()
+    samples = triggered(2)
+    methods = ["saliency", "input_x_gradient"]
+    result = run(model, samples, methods, pool_methods=True)
+    chosen, means = brute_force(model, samples, BLOCKS, methods, GRID, pooled=True)
+    assert list(result.sparsity) == ["saliency+input_x_gradient"]
+    assert result.sparsity == chosen
+    got = {(r.method, r.block, r.sparsity): r.mean for r in result.candidates.itertuples()}
+    assert got.keys() == means.keys()
+    for key, value in means.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+    assert counters["solve"] == len(samples) * len(BLOCKS) * 2
+    # the pooled mean is the mean of the per-method means (same samples for each method)
+    single = run(model, samples, methods)
+    first = result.candidates.iloc[0]
+    per = single.candidates[(single.candidates.step == 0) & (single.candidates.sparsity == first.sparsity)]
+    assert first["mean"] == pytest.approx(per["mean"].mean(), abs=1e-12)
+    with pytest.raises(TypeError, match="pool_methods"):
+        run(model, samples, methods, pool_methods="yes")
 
 
 def test_result_tables_and_trace_arguments():

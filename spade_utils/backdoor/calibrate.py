@@ -297,9 +297,12 @@ class _Search:
     counts: dict[str, int] = field(
         default_factory=lambda: {"block_solves": 0, "layer_solves": 0, "saliency_evaluations": 0}
     )
+    units: dict[str, list[str]] = field(default_factory=dict)  # search label -> the methods it averages
 
     def __post_init__(self) -> None:
         self.decided = {m: {} for m in self.methods}
+        if not self.units:
+            self.units = {m: [m] for m in self.methods}
 
     def record(self, views_of: list, n_augment: int, **options) -> None:
         """Every sample's statistics, once (they do not depend on any sparsity), held in host memory."""
@@ -348,7 +351,8 @@ class _Search:
                 del self.stats[i].hessians[n]
 
     def evaluate(self, method: str, config: dict[str, float]) -> pd.DataFrame:
-        """The per-sample scores of ``method`` with every block at its ``config`` sparsity (0: dense)."""
+        """The per-sample scores of search ``method`` (each of its saliency methods, :attr:`units`) with every
+        block at its ``config`` sparsity (0: dense)."""
         rows = []
         for i, sample in enumerate(self.samples):
             sparse: dict[str, torch.Tensor] = {}
@@ -360,7 +364,7 @@ class _Search:
                 df, _ = trojan_saliency_scores(
                     {"candidate": self.work},
                     [sample],
-                    [method],
+                    self.units[method],
                     attribute_fn=self.attribute_fn,
                     attribute_kwargs=self.attribute_kwargs,
                     progress=False,
@@ -460,6 +464,7 @@ def calibrate_block_sparsity(
     device: str | torch.device = "auto",
     attribute_fn: Callable | None = None,
     attribute_kwargs: Mapping | None = None,
+    pool_methods: bool = False,
     progress: bool = True,
 ) -> BlockCalibration:
     """Greedy per-block sparsity search of the SPADE paper, per saliency method, on calibration samples.
@@ -497,6 +502,11 @@ def calibrate_block_sparsity(
         statistics are kept in host memory between solves.
     attribute_fn, attribute_kwargs : as in :func:`~spade_utils.backdoor.trojan_saliency_scores` (default
         :func:`spade_utils.saliency.attribute`, to which ``device`` is passed unless ``attribute_kwargs`` sets it).
+    pool_methods : bool, default False
+        False: one search per method (the paper). True: one search for all ``methods`` together, each candidate
+        scored by the mean ``value`` over methods and samples; the result's method label is the methods joined
+        by "+" (``"saliency+lrp"``): one configuration, so one trace per sample serves every method (a cheaper
+        budget than the paper's, for the quick profile).
     progress : bool, default True: one progress bar (statistics passes, then candidates).
 
     Returns
@@ -534,15 +544,18 @@ def calibrate_block_sparsity(
         kwargs.setdefault("device", dev)
 
     t_start = time.perf_counter()
+    if not isinstance(pool_methods, bool):
+        raise TypeError(f"pool_methods must be a bool, got {type(pool_methods).__name__}")
+    units = {"+".join(methods): list(methods)} if pool_methods else {m: [m] for m in methods}
     work, layers = _working_copy(model, block_layers, samples, dev)
-    n_candidates = len(methods) * len(block_layers) * len(values)
+    n_candidates = len(units) * len(block_layers) * len(values)
     bar = tqdm(total=len(samples) + n_candidates, desc="calibration", disable=not progress, leave=False)
     search = _Search(
         work,
         layers,
         samples,
         block_layers,
-        methods,
+        list(units),
         values,
         value,
         solver,
@@ -551,13 +564,14 @@ def calibrate_block_sparsity(
         attribute_fn,
         kwargs,
         bar,
+        units=units,
     )
     search.record(
         views_of, n_augment, batch_size=batch_size, seed=seed, dtype=dtype, channels_last=channels_last
     )
     for step, label in enumerate(list(block_layers)[::-1]):  # from the classifier backwards
         search.solve_block(label)
-        for method in methods:
+        for method in units:
             search.search_block(method, step, label)
         search.drop_unchosen(label)
     bar.close()
