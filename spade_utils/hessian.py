@@ -475,18 +475,24 @@ class HessianRecorder:
         self.counts: dict[str, int] = {name: 0 for name in layers}
         self._handles: list = []
 
+    def add(self, name: str, x: torch.Tensor) -> None:
+        """Add ``sum x x^T`` of one input batch ``x`` of layer ``name`` (what the forward hook does; also
+        called directly by :mod:`spade_utils.batched` with one sample's slice of a shared batch)."""
+        module = self.layers[name]
+        with torch.no_grad():
+            x = x.detach()
+            if isinstance(module, nn.Conv2d):  # offset-major blocks; reordered once, in hessians()
+                self.sums[name], count = _conv_gram_blocks(
+                    module, x, self.dtype, out=self.sums.get(name), pre_pad=self.pre_pad.get(name)
+                )
+            else:
+                gram, count = batch_gram(module, x, self.dtype)
+                self.sums[name] = self.sums[name] + gram if name in self.sums else gram
+            self.counts[name] += count
+
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            with torch.no_grad():
-                x = inputs[0].detach()
-                if isinstance(module, nn.Conv2d):  # offset-major blocks; reordered once, in hessians()
-                    self.sums[name], count = _conv_gram_blocks(
-                        module, x, self.dtype, out=self.sums.get(name), pre_pad=self.pre_pad.get(name)
-                    )
-                else:
-                    gram, count = batch_gram(module, x, self.dtype)
-                    self.sums[name] = self.sums[name] + gram if name in self.sums else gram
-                self.counts[name] += count
+            self.add(name, inputs[0])
 
         return hook
 

@@ -204,13 +204,7 @@ class SpadeTrace:
         augment, spec, sample = resolve_augment(
             model, sample, augment, input_size, mean, std, device=self.device, fn_name="spade_trace"
         )
-        self.input_spec: InputSpec | None = spec
-        self.model, self.layers, self.skipped = model, choice.layers, choice.skipped
-        self.solver = solver
-        self.channels_last = channels_last
-        self.pre_pad: dict[str, str] = {}
-        self._applied: contextlib.ExitStack | None = None
-        self.timings = {"augment": 0.0, "statistics": 0.0, "solve": 0.0}
+        self._plan(model, choice, spec, solver, channels_last)
 
         # ---- where to compute: the caller's model is never moved; another device gets a copy
         compute, layers_c = _compute_model(model, choice.inner, choice.layers, self.device)
@@ -231,11 +225,21 @@ class SpadeTrace:
             )[n_augment]
             self._solve(choice.inner, stats, dict(solver_options or {}), progress)
 
+    def _plan(
+        self, model, choice: LayerChoice, spec: InputSpec | None, solver: str, channels_last: bool
+    ) -> None:
+        """The attributes every trace has before its statistics (``groups``, ``sparsity``, ``device`` set)."""
+        self.input_spec: InputSpec | None = spec
+        self.model, self.layers, self.skipped = model, choice.layers, choice.skipped
+        self.solver = solver
+        self.channels_last = channels_last
+        self.pre_pad: dict[str, str] = {}
+        self._applied: contextlib.ExitStack | None = None
+        self.timings = {"augment": 0.0, "statistics": 0.0, "solve": 0.0}
+
     def _solve(self, inner: nn.Module, stats, options: dict, progress: bool) -> None:
         """Solve the caller's layers on the statistics recorded on the model (or its copy)."""
-        self.pre_pad, self.channels_last = stats.pre_pad, stats.channels_last
-        self.timings.update(stats.seconds)
-        self.sparse_weights, self.records = solve_layers(
+        sparse, records = solve_layers(
             inner,
             stats,
             self.sparsity,
@@ -244,7 +248,26 @@ class SpadeTrace:
             device=self.device,
             progress=progress,
         )
+        self._adopt(stats, sparse, records)
+
+    def _adopt(self, stats, sparse_weights: dict[str, torch.Tensor], records) -> None:
+        """Take the statistics' probe findings and timings, the sparse weights and their records."""
+        self.pre_pad, self.channels_last = stats.pre_pad, stats.channels_last
+        self.timings.update(stats.seconds)
+        self.sparse_weights, self.records = sparse_weights, records
         self.timings["solve"] += float(self.records["seconds"].sum())
+
+    @classmethod
+    def _assemble(
+        cls, model, choice: LayerChoice, groups, targets, device, spec, solver, stats, sparse_weights, records
+    ) -> SpadeTrace:
+        """A trace whose statistics and weights were computed elsewhere (:func:`spade_utils.batched.spade_traces`
+        solves many samples at once); the arguments are what ``__init__`` would have computed."""
+        self = cls.__new__(cls)
+        self.groups, self.sparsity, self.device = groups, targets, device
+        self._plan(model, choice, spec, solver, stats.channels_last)
+        self._adopt(stats, sparse_weights, records)
+        return self
 
     def apply(self) -> None:
         """Put the sparse weights into the model (keeping a copy of the dense ones).

@@ -11,7 +11,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "spade_utils"
 LAYERS = {
     "basics": {"runtime", "validation", "widgets", "paths"},
     "assets": {"inputs", "data", "models", "archs", "plotting"},
-    "engine": {"augment", "hessian", "solvers", "obc", "layer_probe", "layer_select", "trace_steps", "spade"},
+    "engine": {
+        "augment",
+        "hessian",
+        "solvers",
+        "obc",
+        "layer_probe",
+        "layer_select",
+        "trace_steps",
+        "spade",
+        "batched",
+    },
     "interpretation": {
         "saliency",
         "attribution_prep",
