@@ -71,3 +71,11 @@ clean-venv:
 .PHONY: backdoor-weights
 backdoor-weights: $(BIN)/activate
 	$(BIN)/python -c "from spade_utils.backdoor.shipped import main; main()"
+
+# make explore : notebook 06 as a web page (Voilà, code hidden) on http://localhost:$(PORT); PROFILE sets its sizes
+# make study   : the human-study form (notebook 07's trials) as a web page, answers appended to a CSV
+PORT ?= 8866
+.PHONY: explore study
+explore: $(BIN)/activate
+	SPADE_EXPLORER_PROFILE=$(PROFILE) $(BIN)/voila notebooks/06_explorer.ipynb --no-browser --port=$(PORT) \
+		--strip_sources=True --Voila.ip=127.0.0.1

@@ -41,6 +41,8 @@ LAYERS = {
         "exercises",
         "run",
         "run_shards",
+        "explorer",
+        "human_study",
     },
 }
 RANK = {module: rank for rank, members in enumerate(LAYERS.values()) for module in members}
