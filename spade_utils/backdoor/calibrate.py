@@ -41,7 +41,7 @@ from ..validation import check_sparsity
 from ..widgets import progress_bar as tqdm
 from .evaluate import TriggeredSample, normalize, trojan_saliency_scores
 
-__all__ = ["PAPER_GRID", "BlockCalibration", "calibrate_block_sparsity"]
+__all__ = ["PAPER_GRID", "BlockCalibration", "calibrate_block_sparsity", "calibration_sample_scores"]
 
 PAPER_GRID = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 """The sparsity grid of the SPADE paper's calibration (fractions of zero weights)."""
@@ -576,3 +576,104 @@ def calibrate_block_sparsity(
         search.drop_unchosen(label)
     bar.close()
     return search.result(n_augment, n_candidates, t_start)
+
+
+def calibration_sample_scores(
+    model: nn.Module,
+    sample: TriggeredSample,
+    blocks,
+    configs: Sequence[tuple[str, Mapping[str, float]]],
+    *,
+    n_augment: int = 128,
+    augment: Callable | None = None,
+    input_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    solver: str = "sparsegpt",
+    solver_options: Mapping | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+    skip_depthwise: bool = False,
+    device: str | torch.device = "auto",
+    attribute_fn: Callable | None = None,
+    attribute_kwargs: Mapping | None = None,
+) -> pd.DataFrame:
+    """One calibration sample scored under given block configurations: the rows :func:`calibrate_block_sparsity`
+    computes for that sample, as a unit of work a sharded search (``spade-run calibrate``) runs anywhere.
+
+    ``configs``: (method, config) pairs, ``config`` mapping every block label of ``blocks`` to a sparsity (0:
+    dense), e.g. the candidates of one greedy step. The sample's statistics are recorded once (views seeded by
+    ``seed``), each (block, non-zero sparsity) the configs use is solved once, and each pair is scored as
+    :func:`calibrate_block_sparsity` scores it (weights swapped into a private copy,
+    :func:`~spade_utils.backdoor.trojan_saliency_scores` of ``method``). Other arguments as there.
+
+    Returns a DataFrame with the columns of ``trojan_saliency_scores`` (without ``variant``) and ``config`` (the
+    index of the pair in ``configs``), one row per pair, in order. Raises TypeError/ValueError as
+    :func:`calibrate_block_sparsity` does, and for a config that does not name exactly the blocks' labels or
+    holds a sparsity outside [0, 1), before any work.
+    """
+    from ..spade import _check_arguments
+
+    flags = dict(progress=False, skip_depthwise=skip_depthwise, channels_last=channels_last)
+    n_augment, batch_size, seed = _check_arguments(
+        model, n_augment, batch_size, seed, solver, dtype, solver_options, augment, **flags
+    )
+    if isinstance(configs, (str, bytes)) or not isinstance(configs, Sequence) or not configs:
+        raise TypeError("configs must be a non-empty sequence of (method, {block label: sparsity}) pairs")
+    if not all(isinstance(c, tuple) and len(c) == 2 and isinstance(c[1], Mapping) for c in configs):
+        raise TypeError("configs must be a non-empty sequence of (method, {block label: sparsity}) pairs")
+    methods = list(dict.fromkeys(m for m, _ in configs))
+    samples, methods, _, block_layers = _check_search_arguments(
+        model, [sample], blocks, methods, [0.0], "auc", attribute_fn, attribute_kwargs, skip_depthwise
+    )
+    for _, config in configs:
+        if set(config) != set(block_layers):
+            raise ValueError(f"configs: a config names {sorted(config)}, the blocks are {list(block_layers)}")
+        for s in config.values():
+            check_sparsity(s)
+    dev = resolve_device(device)
+    views_of = [
+        resolve_augment(
+            model,
+            sample.image,
+            augment,
+            input_size,
+            mean,
+            std,
+            device=dev,
+            fn_name="calibration_sample_scores",
+        )
+    ]
+    kwargs = dict(attribute_kwargs or {})
+    if attribute_fn is None:
+        kwargs.setdefault("device", dev)
+    work, layers = _working_copy(model, block_layers, samples, dev)
+    bar = tqdm(total=1, disable=True)
+    search = _Search(
+        work,
+        layers,
+        samples,
+        block_layers,
+        methods,
+        [],
+        "auc",
+        solver,
+        solver_options,
+        dev,
+        attribute_fn,
+        kwargs,
+        bar,
+    )
+    search.record(
+        views_of, n_augment, batch_size=batch_size, seed=seed, dtype=dtype, channels_last=channels_last
+    )
+    for label in block_layers:
+        search.values = sorted({float(c[label]) for _, c in configs if c[label] > 0})
+        search.solve_block(label)
+    frames = [
+        search.evaluate(method, {b: float(s) for b, s in config.items()}).assign(config=j)
+        for j, (method, config) in enumerate(configs)
+    ]
+    return pd.concat(frames, ignore_index=True).drop(columns="sample")
