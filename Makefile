@@ -73,9 +73,14 @@ backdoor-weights: $(BIN)/activate
 	$(BIN)/python -c "from spade_utils.backdoor.shipped import main; main()"
 
 # make explore : notebook 06 as a web page (Voilà, code hidden) on http://localhost:$(PORT); PROFILE sets its sizes
-# make study   : the human-study form (notebook 07's trials) as a web page, answers appended to a CSV
+# make study   : the human-study form (notebook 07's trials) as a web page, answers appended to
+#                results/study/responses.csv; HOST=0.0.0.0 lets other machines (a class network) reach it
 PORT ?= 8866
 .PHONY: explore study
 explore: $(BIN)/activate
-	SPADE_EXPLORER_PROFILE=$(PROFILE) $(BIN)/voila notebooks/06_explorer.ipynb --no-browser --port=$(PORT) \
+	SPADE_PAGE_PROFILE=$(PROFILE) $(BIN)/voila notebooks/06_explorer.ipynb --no-browser --port=$(PORT) \
 		--strip_sources=True --Voila.ip=127.0.0.1
+HOST ?= 127.0.0.1
+study: $(BIN)/activate
+	SPADE_PAGE_PROFILE=$(PROFILE) $(BIN)/voila notebooks/07_human_study.ipynb --no-browser --port=$(PORT) \
+		--strip_sources=True --Voila.ip=$(HOST)

@@ -15,6 +15,7 @@ the dry run), :func:`table3` (undecided / agree / disagree with bootstrap interv
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -32,8 +33,10 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from .archs import prepare_for_captum
 from .intervals import bootstrap_ci
 from .runtime import eval_mode
+from .saliency import gradcam_layer
 from .validation import check_float, check_int, check_positive_int, check_seed
 
 CONDITIONS = ("dense", "SPADE")
@@ -57,7 +60,7 @@ def score_cam(
     model: nn.Module,
     x: torch.Tensor,
     target: int,
-    layer: str,
+    layer: str | None = None,
     *,
     channels: int | None = None,
     batch_size: int = 32,
@@ -79,7 +82,10 @@ def score_cam(
     ----------
     model : classifier returning logits ``[B, classes]``; run in eval mode and left as found (flags, weights).
     x : ``[1, 3, H, W]`` (or ``[3, H, W]``) normalised image, finite.
-    target : class index; layer : a module name of ``model`` (e.g. :func:`spade_utils.saliency.gradcam_layer`).
+    target : class index; layer : a module name of ``model`` whose output is a feature map after its
+        activation; default None: :func:`spade_utils.saliency.gradcam_layer` of a copy of ``model`` prepared as
+        for Captum (:func:`spade_utils.archs.prepare_for_captum`: EfficientNet-Lite's head activation becomes a
+        module of its own; the caller's model is not touched).
     channels : use only the ``channels`` channels with the largest activation variance (a speed-up, not in the
         paper; default None: every channel, the paper's method); batch_size : masked images per forward pass.
 
@@ -95,6 +101,9 @@ def score_cam(
         raise ValueError(f"x must be one image [1, C, H, W], got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x holds NaN or inf values")
+    if layer is None:
+        model = prepare_for_captum(copy.deepcopy(model))
+        layer = gradcam_layer(model)
     modules = dict(model.named_modules())
     if not isinstance(layer, str) or layer not in modules:
         raise ValueError(f"layer must name a module of the model, got {layer!r}")

@@ -11,6 +11,7 @@ Skipped, with the reason, where Chromium, chromedriver, Selenium or Voilà is mi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -28,6 +29,7 @@ from spade_utils.map_bundle import save_map_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "06_explorer.ipynb"
+STUDY_NOTEBOOK = ROOT / "notebooks" / "07_human_study.ipynb"
 PAGE_TIMEOUT = 150  # seconds for the page (kernel start, model load, the first trace) and for each change
 
 
@@ -73,43 +75,48 @@ def _write_bundle(results: Path) -> Path:
     )
 
 
-@pytest.fixture
-def server(tmp_path):
-    """`make explore`'s command on a free port, smoke sizes, results in a temporary folder holding a bundle."""
-    results = tmp_path / "results"
-    _write_bundle(results)
+@contextlib.contextmanager
+def _voila(notebook: Path, results: Path, log_path: Path):
+    """`make explore` / `make study`'s command on a free port, smoke sizes, results in ``results``; yields the URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "SPADE_HEADLESS"}  # a page is not a headless run
     env.update(
-        SPADE_EXPLORER_PROFILE=os.environ.get("SPADE_EXPLORER_TEST_PROFILE", "smoke"),
+        SPADE_PAGE_PROFILE=os.environ.get("SPADE_EXPLORER_TEST_PROFILE", "smoke"),
         SPADE_RESULTS_DIR=str(results),
         OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
     )
-    log = (tmp_path / "voila.log").open("w")
-    command = [sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser", f"--port={port}"]
+    command = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}"]
     command += ["--strip_sources=True", "--Voila.ip=127.0.0.1"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:  # a connection, not a page: loading the page would start a kernel
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail(f"Voilà did not start: {(tmp_path / 'voila.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            deadline = time.monotonic() + 60
+            while True:
+                try:  # a connection, not a page: loading the page would start a kernel
+                    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.flush()
+                        pytest.fail(f"Voilà did not start: {log_path.read_text()[-2000:]}")
+                    time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The explorer page, with a map bundle in its results folder."""
+    results = tmp_path / "results"
+    _write_bundle(results)
+    with _voila(NOTEBOOK, results, tmp_path / "voila.log") as url:
+        yield url
 
 
 @pytest.fixture
@@ -168,3 +175,35 @@ def test_moving_the_sparsity_slider_changes_the_picture(server, browser):
     after = browser.find_element(By.CSS_SELECTOR, ".spade-comparison").screenshot_as_png
     assert first != second
     assert after != before, "the comparison image did not change with the sparsity"
+
+
+def test_the_study_form_saves_each_click(tmp_path, browser):
+    """`make study`'s page: trials written here, two clicks in the browser, two rows in the responses CSV."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from spade_utils import human_study as hs
+
+    g = torch.Generator().manual_seed(0)
+    photos = {f"p{i}": torch.rand(3, 24, 24, generator=g) for i in range(2)}
+    trials = hs.make_trials(
+        photos,
+        {n: torch.rand(24, 24, generator=g) for n in photos},
+        {(n, c): torch.rand(3, 16, 16, generator=g) for n in photos for c in hs.CONDITIONS},
+        {n: 1 for n in photos},
+    )
+    results = tmp_path / "results"
+    hs.save_trials(results / "study" / "trials", trials)
+    responses = results / "study" / "responses.csv"
+    with _voila(STUDY_NOTEBOOK, results, tmp_path / "voila.log") as url:
+        browser.set_page_load_timeout(PAGE_TIMEOUT)
+        browser.get(url)
+        wait = WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.25)
+        wait.until(lambda d: "question 1 of 4" in d.find_element(By.TAG_NAME, "body").text)
+        assert "study_form(" not in browser.page_source
+        for k, answer in enumerate(("left", "undecided"), start=2):
+            browser.find_element(By.CSS_SELECTOR, f".spade-answer-{answer}").click()
+            wait.until(lambda d, k=k: f"question {k} of 4" in d.find_element(By.TAG_NAME, "body").text)
+    table = hs.read_responses(responses)
+    assert list(table.answer) == ["left", "undecided"] and table.participant.nunique() == 1
+    assert set(table.trial_id) <= {t.trial_id for t in trials}
