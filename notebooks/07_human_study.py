@@ -187,7 +187,8 @@ if not SERVING:
             ax.set_yticks([])
             ax.grid(False)
     fig.tight_layout()
-    save_figure(fig, "07_trials", profile=PROFILE)
+    with plt.rc_context({"savefig.dpi": 60}):  # photos and visualizations compress badly: keep the file small
+        save_figure(fig, "07_trials", profile=PROFILE)
     fig.set_dpi(60)
     plt.show()
 
