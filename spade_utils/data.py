@@ -441,8 +441,9 @@ def imagenet_folder_sample(root: str | os.PathLike, n: int, *, seed: int = 0) ->
     ``root/<wnid>/<file>`` with one sub-folder per class named by its WordNet id (``n01440764`` ...), as
     torchvision's ``ImageFolder`` and the usual ``valprep.sh`` lay the validation set out. A class's index
     is the position of its wnid among the 1000 sorted wnids: the index order of torchvision's ImageNet
-    weights and of :func:`imagenet_classes`. Files are ``.jpg``/``.jpeg``/``.png`` (any case); the draw is
-    without replacement, reproducible from ``seed``, and returned sorted by path.
+    weights and of :func:`imagenet_classes`. Files are ``.jpg``/``.jpeg``/``.png`` (any case); hidden entries
+    (names starting with ".", such as ``.ipynb_checkpoints`` or ``._x.jpg``) and empty files are not images and are
+    skipped. The draw is without replacement, reproducible from ``seed``, and returned sorted by path.
 
     Returns a list of ``(path, class index)``. Raises TypeError for a non-int ``n``/``seed``; ValueError
     when ``n < 1``, when ``root`` is not a folder, when it does not hold exactly 1000 wnid sub-folders
@@ -452,7 +453,7 @@ def imagenet_folder_sample(root: str | os.PathLike, n: int, *, seed: int = 0) ->
     seed = check_int(seed, "seed")
     if not isinstance(root, (str, os.PathLike)) or not Path(root).is_dir():
         raise ValueError(f"root must be an ImageNet folder with one sub-folder per synset, got {root!r}")
-    subdirs = sorted(p for p in Path(root).iterdir() if p.is_dir())
+    subdirs = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
     wnids = [p for p in subdirs if _WNID.fullmatch(p.name)]
     if len(wnids) != 1000 or len(wnids) != len(subdirs):
         other = [p.name for p in subdirs if not _WNID.fullmatch(p.name)][:5]
@@ -465,7 +466,10 @@ def imagenet_folder_sample(root: str | os.PathLike, n: int, *, seed: int = 0) ->
         (f, label)
         for label, d in enumerate(wnids)
         for f in sorted(d.iterdir())
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        if f.is_file()
+        and f.suffix.lower() in IMAGE_SUFFIXES
+        and not f.name.startswith(".")
+        and f.stat().st_size > 0
     ]
     if len(files) < n:
         raise ValueError(f"n: asked for {n} images, {root} holds {len(files)}")
@@ -475,12 +479,29 @@ def imagenet_folder_sample(root: str | os.PathLike, n: int, *, seed: int = 0) ->
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """An image file as float32 (3, H, W) in [0, 1], by the rules of :func:`image_to_tensor` (greyscale, CMYK and
-    palette files converted, transparency composited on white; ImageNet holds the first three)."""
-    with Image.open(path) as img:
+    palette files converted, transparency composited on white; ImageNet holds the first three).
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file when it is not a readable image."""
+    with _open_image(path) as img:
         return image_to_tensor(img, argname=str(path))
 
 
+def _open_image(path: str | os.PathLike) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as err:  # PIL.UnidentifiedImageError is an OSError; truncated files
+        raise ValueError(f"{path} is not a readable image file: {err}") from err
+    return img
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """An image file as an RGB PIL image, by the same rules as :func:`read_image`."""
-    with Image.open(path) as img:
+    """An image file as an RGB PIL image, by the same rules as :func:`read_image` (same errors)."""
+    with _open_image(path) as img:
         return to_pil(img, argname=str(path))

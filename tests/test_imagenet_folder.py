@@ -55,3 +55,25 @@ def test_bad_arguments(tmp_path):
         imagenet_folder_sample(tmp_path, 1.0)
     with pytest.raises(ValueError, match="root"):
         imagenet_folder_sample(tmp_path / "missing", 1)
+
+
+def test_hidden_and_empty_entries_are_not_images(tmp_path):
+    """A notebook server's .ipynb_checkpoints, macOS's ._x.jpg companions and empty files are skipped, so the
+    count of images is the count of real ones; an unreadable file is refused naming it."""
+    from spade_utils.data import read_image
+
+    wnids = _folder(tmp_path, images={7: ["a.png"]}, extra=(".ipynb_checkpoints",))
+    folder = tmp_path / wnids[7]
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / ".hidden.png").write_bytes((folder / "a.png").read_bytes())
+    picked = imagenet_folder_sample(tmp_path, 1)
+    assert [p.name for p, _ in picked] == ["a.png"]
+    with pytest.raises(ValueError, match="holds 1"):
+        imagenet_folder_sample(tmp_path, 2)
+    with pytest.raises(ValueError, match=r"\._a\.png is not a readable image"):
+        read_image(folder / "._a.png")
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_rgb(folder / "empty.jpg")
+    with pytest.raises(FileNotFoundError):
+        read_image(folder / "missing.png")
