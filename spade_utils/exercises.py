@@ -228,7 +228,7 @@ def check_gram(fn: Callable) -> None:
     Hessian of the mean squared output error (OBC, Frantar et al. 2022, Eq. 1; SPADE §3). Cases: hand-made
     small inputs and seeded random float32/float64 inputs with 1, 2 and 3 leading dimensions. Diagnosed:
     ``1/n`` instead of ``2/n``, no normalisation, dividing by the first dimension only, leading dimensions not
-    flattened, ``X X^T`` instead of ``X^T X``, a subtracted mean. Returns None; AssertionError on a mismatch,
+    flattened, ``X X^T`` instead of ``X^T X``, a subtracted mean, any other constant factor. Returns None; AssertionError on a mismatch,
     TypeError for a non-callable ``fn``.
     """
     check = "check_gram"
@@ -281,6 +281,14 @@ def check_gram(fn: Callable) -> None:
                 (2.0 / n) * centred.T @ centred,
             ),
         ]
+        scale = float((got.double() * want).sum() / (want * want).sum())  # got = scale * want, least squares
+        candidates.append(
+            (
+                f"H is {scale:.4g} times the reference: the pattern is right, the normalisation is not; "
+                f"H = (2/n) sum x x^T with n = {n}, the number of leading positions",
+                want * scale,
+            )
+        )
         _fail(check, case, _explain(got, want, candidates, rtol=1e-5, atol=1e-6 * float(want.abs().max())))
 
 

@@ -128,6 +128,7 @@ WRONG = {
         ("not flattened", lambda x: 2.0 / x.shape[-2] * x.transpose(-1, -2) @ x, "flatten the leading"),
         ("X X^T", lambda x: 2.0 / _flat(x).shape[0] * _flat(x) @ _flat(x).T, "X X^T over positions"),
         ("centred", lambda x: S.gram(_flat(x) - _flat(x).mean(0)), "subtracted the mean"),
+        ("divided by 3", lambda x: S.gram(x) / 3, "0.3333 times the reference"),
     ],
     "reconstruction_loss": [
         ("no 1/2", lambda W, Ws, H: 2 * S.reconstruction_loss(W, Ws, H), "1/2 is missing"),
