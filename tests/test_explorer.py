@@ -3,6 +3,7 @@ figures draw the numbers they are given; bad settings are refused naming the fie
 
 from __future__ import annotations
 
+import datetime
 import io
 
 import matplotlib
@@ -150,3 +151,40 @@ def test_live_widgets_only_behind_a_page_or_a_front_end(monkeypatch):
     assert ex.live_widgets() is True and ex.serving_page() is True
     monkeypatch.setenv("SERVER_SOFTWARE", "nginx/1.2")
     assert ex.live_widgets() is False
+
+
+def _children(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _children(child)
+
+
+def test_the_app_recomputes_on_a_change_answers_from_the_cache_and_takes_an_upload(explorer):
+    """The widgets' wiring without a browser: set values as a front end would, read the status and the picture."""
+    import ipywidgets as w
+
+    app = ex.explorer_app(explorer, FIRST)
+    parts = list(_children(app))
+    slider = next(c for c in parts if isinstance(c, w.SelectionSlider))
+    photo = next(c for c in parts if isinstance(c, w.Dropdown) and c.description == "photo")
+    upload = next(c for c in parts if isinstance(c, w.FileUpload))
+    status = next(c for c in parts if isinstance(c, w.HTML) and "ready" in c.value)
+    picture = next(c for c in parts if isinstance(c, w.Image))
+    first = picture.value
+    slider.value = 0.8
+    assert "sparsity 0.80" in status.value and picture.value != first
+    slider.value = 0.9
+    assert "from the cache" in status.value and picture.value == first
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 30, 3), (200, 10, 10), np.uint8)).save(buffer, format="PNG")
+    content = buffer.getvalue()
+    upload.value = (
+        {
+            "name": "red.png",
+            "type": "image/png",
+            "size": len(content),
+            "content": memoryview(content),
+            "last_modified": datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),
+        },
+    )
+    assert photo.value == "upload: red.png" and "upload: red.png" in status.value and "ready" in status.value
