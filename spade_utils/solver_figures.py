@@ -1,0 +1,94 @@
+"""Notebook 02's solver figures: how far each solver lands from the brute-force optimum on tiny layers, and how
+a layer's solve time grows with its width, beside the slopes the algorithms predict."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+__all__ = ["optimum_ratio_boxplots", "solve_time_figure"]
+
+
+def _frame(frame, name: str, columns: Sequence[str]) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} lacks the columns {missing} (has {list(frame.columns)})")
+    if frame.empty:
+        raise ValueError(f"{name} is empty")
+    return frame
+
+
+def optimum_ratio_boxplots(tiny: pd.DataFrame, *, methods: Sequence[str], title: str) -> plt.Figure:
+    """One panel per kind of inputs (column ``inputs``): box plots of ``ratio`` (a solver's loss over the
+    brute-force optimum, >= 1) per ``sparsity`` and ``method`` (in the order of ``methods``), log scale, the
+    optimum marked at 1. Raises TypeError/ValueError naming the argument for a table without those columns."""
+    _frame(tiny, "tiny", ["inputs", "sparsity", "ratio", "method"])
+    kinds = list(tiny.groupby("inputs").groups)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.8), sharey=True, squeeze=False)
+    for k, (ax, kind) in enumerate(zip(axes[0], kinds)):
+        sns.boxplot(
+            data=tiny[tiny.inputs == kind],
+            x="sparsity",
+            y="ratio",
+            hue="method",
+            hue_order=list(methods),
+            ax=ax,
+            fliersize=2,
+            linewidth=0.8,
+        )
+        ax.set_yscale("log")
+        ax.axhline(1, color="k", lw=0.8, ls=":")
+        ax.set_title(f"{kind} inputs")
+        ax.set_ylabel("loss / brute-force optimum")
+        if k and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    fig.suptitle(title, y=1.02)
+    return fig
+
+
+def solve_time_figure(
+    timing: pd.DataFrame,
+    *,
+    labels: Mapping[str, str],
+    styles: Mapping[str, str] | None = None,
+    slopes: Sequence[tuple[str, float, str]] = (),
+    title: str = "",
+) -> plt.Figure:
+    """Seconds per layer against input columns ``d`` (log-log), one line per ``method`` of ``timing`` (columns
+    method, cols, seconds) labelled by ``labels``, drawn with ``styles[method]`` (a matplotlib format such as
+    ``"o--"``; default ``"o-"``); each ``(text, power, method)`` of ``slopes`` adds a dotted
+    guide ``∝ d^power`` through that method's widest point. Raises TypeError/ValueError naming the argument for
+    a table without those columns or a method without a label."""
+    _frame(timing, "timing", ["method", "cols", "seconds"])
+    missing = sorted(set(timing.method) - set(labels))
+    if missing:
+        raise ValueError(f"labels lacks the methods {missing}")
+    fig, ax = plt.subplots(figsize=(5.8, 4))
+    for m, d in timing.groupby("method", sort=False):
+        d = d.sort_values("cols")
+        ax.loglog(d.cols, d.seconds, (styles or {}).get(m, "o-"), label=labels[m])
+    widths = np.unique(timing.cols.to_numpy(float))
+    for text, power, anchor in slopes:
+        ref = timing[timing.method == anchor].sort_values("cols")
+        if ref.empty:
+            raise ValueError(f"slopes: no timing for the anchor method {anchor!r}")
+        ref = ref.iloc[-1]
+        guide = ref.seconds * (widths / ref.cols) ** power
+        ax.loglog(widths, guide, ls=":", color="gray")
+        ax.annotate(
+            text,
+            (widths[-2] if len(widths) > 1 else widths[-1], guide[-2 if len(widths) > 1 else -1]),
+            color="gray",
+            fontsize=9,
+        )
+    ax.set_xlabel("input columns d")
+    ax.set_ylabel("seconds per layer")
+    ax.set_title(title)
+    ax.legend()
+    return fig
