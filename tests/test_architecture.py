@@ -10,7 +10,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "spade_utils"
 # lowest first; a module may import from its own layer or any layer below
 LAYERS = {
     "basics": {"runtime", "validation", "widgets", "paths"},
-    "assets": {"inputs", "data", "models", "archs", "plotting"},
+    "assets": {
+        "inputs",
+        "data",
+        "models",
+        "archs",
+        "plotting",
+        "trojan_figures",
+        "toy_figures",
+        "solver_figures",
+    },
     "engine": {
         "augment",
         "hessian",
