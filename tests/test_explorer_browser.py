@@ -111,6 +111,26 @@ def _voila(notebook: Path, results: Path, log_path: Path):
                 proc.wait()
 
 
+def _voila_flags() -> list[str]:
+    return ["--no-browser", "--strip_sources=True", "--Voila.ip="]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("target,notebook", [("explore", NOTEBOOK), ("study", STUDY_NOTEBOOK)])
+def test_the_make_targets_serve_what_the_tests_serve(target, notebook):
+    """`make -n` prints the recipe without running it: the same notebook and flags as the servers here."""
+    recipe = subprocess.run(
+        ["make", "-n", target, "PROFILE=smoke", "PORT=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = " ".join(recipe.replace("\\\n", " ").split())
+    assert f"SPADE_PAGE_PROFILE=smoke .venv/bin/voila notebooks/{notebook.name}" in line
+    assert all(flag in line for flag in _voila_flags()) and "--port=1" in line
+
+
 @pytest.fixture
 def server(tmp_path):
     """The explorer page, with a map bundle in its results folder."""
