@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .archs import prepare_for_captum
-from .intervals import bootstrap_ci
+from .intervals import bootstrap_ci, paired_bootstrap_diff
 from .runtime import eval_mode
 from .saliency import gradcam_layer
 from .validation import check_float, check_int, check_positive_int, check_seed
@@ -494,6 +494,39 @@ def table3(
     if not rows:
         raise ValueError("responses holds no answer of a known condition")
     return pd.DataFrame(rows)
+
+
+def agreement_difference(
+    responses: pd.DataFrame, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float, int]:
+    """SPADE's agreement with the reference minus dense's, paired: ``(difference, low, high, pairs)``.
+
+    A pair is one participant's answers to the dense and the SPADE trial of one photo (the same neuron and
+    patches); the difference is the mean over pairs of ``agree(SPADE) - agree(dense)`` (each 1 or 0), with the
+    :func:`spade_utils.intervals.paired_bootstrap_diff` ``level`` interval that resamples participants, then their
+    pairs (plain pairs with one participant). A participant's repeated answer to a trial counts once (the first).
+    Raises ValueError when fewer than 2 pairs exist or columns are missing.
+    """
+    if not isinstance(responses, pd.DataFrame):
+        raise TypeError(f"responses must be a pandas DataFrame, got {type(responses).__name__}")
+    missing = {"participant", "condition", "outcome", "photo"} - set(responses.columns)
+    if missing:
+        raise ValueError(f"responses lacks the columns {sorted(missing)}")
+    first = responses.drop_duplicates(["participant", "photo", "condition"])
+    wide = first.pivot(index=["participant", "photo"], columns="condition", values="outcome").dropna()
+    if len(wide) < 2 or not set(CONDITIONS) <= set(wide.columns):
+        raise ValueError(
+            f"responses: need at least 2 (participant, photo) pairs answered in both conditions, got {len(wide)}"
+        )
+    a = (wide["SPADE"] == "agree").to_numpy(float)
+    b = (wide["dense"] == "agree").to_numpy(float)
+    d = a - b
+    if d.min() == d.max():  # every pair alike: every resample gives the same difference
+        return float(d[0]), float(d[0]), float(d[0]), len(d)
+    clusters = wide.index.get_level_values("participant").to_numpy()
+    clusters = clusters if len(set(clusters)) >= 2 else None
+    diff, low, high = paired_bootstrap_diff(a, b, clusters, n_boot=n_boot, level=level, seed=seed)
+    return diff, low, high, len(d)
 
 
 def format_table3(table: pd.DataFrame) -> pd.DataFrame:

@@ -83,6 +83,27 @@ def test_score_cam_finds_the_half_the_class_reads_and_leaves_the_model_as_found(
     assert few.shape == (16, 16) and float(few.max()) == pytest.approx(1.0)
 
 
+class _FlatFirst(nn.Module):
+    """A constant channel first (no variance), then the four half channels, the left one tripled (most varied)."""
+
+    def forward(self, x):
+        halves = _Halves()(x) * torch.tensor([3.0, 1.0, 1.0, 1.0]).view(1, 4, 1, 1)
+        return torch.cat([torch.ones_like(halves[:, :1]), halves], dim=1)
+
+
+def test_score_cam_channels_keeps_the_most_varied_ones():
+    net = nn.Sequential(_FlatFirst(), nn.Identity())
+    net = nn.Sequential(net, _ReadsLeftOfFive())
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.5
+    one = hs.score_cam(net, x, 0, "0", channels=1)  # the left channel, not the constant first one
+    assert float(one.max()) == pytest.approx(1.0) and one[:, :8].min() > 0 and one[:, 8:].max() == 0
+
+
+class _ReadsLeftOfFive(nn.Module):
+    def forward(self, a):
+        return _ReadsLeft()(a[:, 1:])
+
+
 @pytest.mark.parametrize(
     "kwargs,error,word",
     [
@@ -201,6 +222,14 @@ def test_simulated_class_end_to_end_gives_the_expected_shares(tmp_path):
             assert table.loc[condition, f"{name} low"] <= share <= table.loc[condition, f"{name} high"]
         assert table.loc[condition, "participants"] == 30
     assert table.loc["SPADE", "agree"] > table.loc["dense", "agree"] + 0.1
+    diff, low, high, pairs = hs.agreement_difference(responses, n_boot=400)
+    by = responses.pivot_table(
+        index=["participant", "photo"], columns="condition", values="outcome", aggfunc="first"
+    )
+    assert pairs == len(by) == 30 * 20
+    assert diff == pytest.approx((by.SPADE == "agree").mean() - (by.dense == "agree").mean())
+    expected_diff = expected.loc["SPADE", "agree"] - expected.loc["dense", "agree"]
+    assert diff == pytest.approx(expected_diff, abs=0.05) and low <= diff <= high
     assert "%" in hs.format_table3(table.reset_index()).loc[0, "agree"]
 
 
