@@ -60,22 +60,20 @@ NUM_THREADS = 1
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
-from matplotlib.colors import SymLogNorm
 
 from spade_utils import toy
 from spade_utils.plotting import (
     ToyPanel,
-    draw_discs,
     save_figure,
     save_table,
     set_style,
     sweep_figure,
     toy_panels,
 )
+from spade_utils.toy_figures import logit_maps, unit_lines
 from spade_utils.trace_steps import record_statistics, solve_layers, swapped_weights
 from spade_utils.widgets import interact_or_draw
 
@@ -174,17 +172,12 @@ def logit_map(net):
 
 
 seed0 = CFG["seeds"][0]
-z = logit_map(models[seed0])
-fig, ax = plt.subplots(figsize=(4.8, 4.2))
-lim = np.abs(z).max()
-im = ax.imshow(
-    z, origin="lower", extent=(*toy.BOX, *toy.BOX), cmap="RdBu_r", norm=SymLogNorm(1.0, vmin=-lim, vmax=lim)
+fig = logit_maps(
+    {f"dense model, seed {seed0}\n(black line: decision boundary)": logit_map(models[seed0])},
+    box=toy.BOX,
+    regions=toy.REGIONS,
+    boundary=True,
 )
-ax.grid(False)
-ax.contour(grid, grid, z, [0], colors="k", linewidths=1)
-draw_discs(ax, toy.REGIONS)
-fig.colorbar(im, ax=ax, label="output logit")
-ax.set(title=f"dense model, seed {seed0}: logit (black line: decision boundary)", aspect="equal")
 plt.show()
 
 # %% [markdown]
@@ -401,22 +394,16 @@ counts
 
 # %%
 lines = toy.first_layer_lines(models[SHOW]).numpy()
-xs = np.linspace(*toy.BOX, 2)
-fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-for ax, (name, net) in zip(axes, [("dense", models[SHOW]), *traces.items()]):
-    alive = toy.surviving_units(net).query("layer == 'fc1'")["alive"].to_numpy()
-    draw_discs(ax, toy.REGIONS)
-    for (a, b, c), keep in zip(lines, alive):
-        if abs(b) > abs(a):
-            ax.plot(xs, -(a * xs + c) / b, c="tab:purple" if keep else "0.85", lw=1.2 if keep else 0.6)
-        else:
-            ax.plot(-(b * xs + c) / a, xs, c="tab:purple" if keep else "0.85", lw=1.2 if keep else 0.6)
-    if name in toy.SCENARIOS:
-        cx, cy = toy.SCENARIOS[name][0]
-        ax.scatter([cx], [cy], marker="^", s=90, c="red", edgecolors="k", zorder=5)
-    ax.set(
-        xlim=toy.BOX, ylim=toy.BOX, aspect="equal", title=f"{name}: {int(alive.sum())} first-layer units kept"
-    )
+nets = {"dense": models[SHOW], **traces}
+fig = unit_lines(
+    {
+        name: (lines, toy.surviving_units(net).query("layer == 'fc1'")["alive"].to_numpy())
+        for name, net in nets.items()
+    },
+    box=toy.BOX,
+    regions=toy.REGIONS,
+    markers={name: toy.SCENARIOS[name][0] for name in nets if name in toy.SCENARIOS},
+)
 save_figure(fig, "01_toy_surviving_units", profile=PROFILE)
 plt.show()
 
@@ -425,21 +412,11 @@ plt.show()
 # the dense model around its sample (that is all the solver was asked to do) and is free elsewhere.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
-for ax, (name, net) in zip(axes, [("dense", models[SHOW]), *traces.items()]):
-    z = logit_map(net)
-    lim = np.abs(z).max()
-    im = ax.imshow(
-        z,
-        origin="lower",
-        extent=(*toy.BOX, *toy.BOX),
-        cmap="RdBu_r",
-        norm=SymLogNorm(1.0, vmin=-lim, vmax=lim),
-    )
-    ax.grid(False)
-    draw_discs(ax, toy.REGIONS)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    ax.set(title=f"logit: {name}", aspect="equal")
+fig = logit_maps(
+    {f"logit: {name}": logit_map(net) for name, net in {"dense": models[SHOW], **traces}.items()},
+    box=toy.BOX,
+    regions=toy.REGIONS,
+)
 save_figure(fig, "01_toy_trace_logits", profile=PROFILE)
 plt.show()
 
