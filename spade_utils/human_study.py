@@ -69,7 +69,7 @@ def score_cam(
     """Score-CAM map of class ``target`` for one normalised image: float32 ``[H, W]`` in [0, 1], on the CPU.
 
     Score-CAM (Wang, Wang, Du, Yang, Zhang, Ding, Mardziel, Hu: "Score-CAM: Score-Weighted Visual Explanations
-    for Convolutional Neural Networks", CVPR Workshops 2020, arXiv 1910.01279, eqs. 3-5): for each channel k of
+    for Convolutional Neural Networks", CVPR Workshops 2020, arXiv 1910.01279, section 3): for each channel k of
     ``layer``'s output A (``[K, h, w]``), upsample A_k bilinearly to the input size and min-max normalise it to
     [0, 1] (H_k); its weight is the increase of confidence it causes,
     ``alpha_k = softmax(f(x * H_k))[target] - softmax(f(x_b))[target]`` (``baseline=False`` drops the second term,
