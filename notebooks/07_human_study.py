@@ -222,9 +222,13 @@ if not SERVING:
         for c in simulated.condition
         for n in hs.OUTCOMES
     )
+    diff, low, high, pairs = hs.agreement_difference(
+        hs.read_responses(simulated_csv), n_boot=cfg["n_boot"], seed=SEED
+    )
     print(
         f"{cfg['simulated']} simulated participants x {len(trials)} trials: every share within "
-        f"{100 * worst:.1f} points of its expectation"
+        f"{100 * worst:.1f} points of its expectation; SPADE - dense agreement {100 * diff:+.1f} "
+        f"[{100 * low:+.1f}, {100 * high:+.1f}] points over {pairs} pairs (expected 0: they do not see the pictures)"
     )
 
 # %% [markdown]
@@ -232,7 +236,8 @@ if not SERVING:
 #
 # Each row: the share of answers that were undecided, agreed with Score-CAM, or disagreed, with a 95% bootstrap
 # interval that resamples participants, then their answers (one person's answers are not independent). The paper's
-# claim to test: SPADE visualizations are matched to the reference patch more often than dense ones.
+# claim to test: SPADE visualizations are matched to the reference patch more often than dense ones; the paired
+# difference (the same person on the same photo, dense vs SPADE) says whether this class's answers support it.
 
 # %%
 if not SERVING:
@@ -246,6 +251,18 @@ if not SERVING:
             print(
                 f"agreement with Score-CAM: SPADE {100 * rows.loc['SPADE', 'agree']:.0f}% vs dense "
                 f"{100 * rows.loc['dense', 'agree']:.0f}% ({answers.participant.nunique()} participants)"
+            )
+            diff, low, high, pairs = hs.agreement_difference(answers, n_boot=cfg["n_boot"], seed=SEED)
+            verdict = (
+                "SPADE higher: supports the paper's claim"
+                if low > 0
+                else "dense higher: against the paper's claim"
+                if high < 0
+                else "the interval includes 0: this class cannot tell them apart"
+            )
+            print(
+                f"paired on the same photo and person: SPADE - dense {100 * diff:+.1f} [{100 * low:+.1f}, "
+                f"{100 * high:+.1f}] points ({pairs} pairs); {verdict}"
             )
     else:
         print(
