@@ -312,13 +312,14 @@ def test_seed_regulariser_keeps_the_result_near_the_seed_and_the_objective_rises
     d_free = image_distance(free, seed_image).item()
     d_held = image_distance(held, seed_image).item()
     assert d_held < 0.5 * d_free
-    norm = lambda x: (
-        (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    )  # noqa: E731
-    resize = lambda x: torch.nn.functional.interpolate(x, size=(40, 40), mode="bilinear", align_corners=True)  # noqa: E731
-    with torch.no_grad():
-        logit = lambda x: net(resize(norm(x)))[0, 3].item()  # noqa: E731
-        assert logit(held) > logit(seed_image)
+
+    def logit(x):
+        x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        x = torch.nn.functional.interpolate(x, size=(40, 40), mode="bilinear", align_corners=True)
+        with torch.no_grad():
+            return net(x)[0, 3].item()
+
+    assert logit(held) > logit(seed_image)
 
 
 def _gram_similarity(net, layer_index, images):
@@ -369,9 +370,12 @@ def test_contrast_channels_equals_a_hand_computed_difference():
     net = tiny_net()
     a, b = _seed_image(16, 3, seed=1), _seed_image(16, 2, seed=2)
     diff = contrast_channels(net, "2", a, b, mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=2)
-    norm = lambda x: (
-        (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    )  # noqa: E731
+
+    def norm(x):
+        return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+            1, 3, 1, 1
+        )
+
     with torch.no_grad():
         expected = net[:3](norm(a)).mean((0, 2, 3)) - net[:3](norm(b)).mean((0, 2, 3))
     assert torch.allclose(diff, expected, atol=1e-5)
