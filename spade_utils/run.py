@@ -3,9 +3,9 @@
 Sub-commands::
 
     spade-run trojan --out runs/t1 --n-samples 111 --sparsities 0.9 [--shard 0 --num-shards 4] ...
-    spade-run merge --out runs/t1
-    spade-run insertion ...   (registered, not implemented yet)
-    spade-run calibrate ...   (registered, not implemented yet)
+    spade-run insertion --out runs/t2 --n-samples 100 [--source paper --imagenet-val DIR] ...
+    spade-run calibrate --out runs/c1 --n-samples 100 --blocks A B C ... [--grid 0 .2 .4 ...]
+    spade-run merge --out runs/t1 [--experiment trojan|insertion|calibrate]
 
 ``trojan`` is the Table-1 analogue of notebook 04 (SPADE, ICML 2024, Table 1): the Trojan AUC of each saliency
 method for the variants Clean original, Dense, Sparse FC, FastSPADE (SparseGPT) and SPADE (OBC), on triggered
@@ -13,13 +13,28 @@ crops of held-out photos (``--source offline``: EfficientNet-Lite0 with the impl
 photos; ``--source paper``: the authors' ResNet-50 checkpoint, trigger PNGs and ImageNet folders). Sample
 ``i`` is candidate ``i`` of a deterministic list (:func:`trojan_sample`: photo, crop, trigger and position all
 seeded from ``--seed`` and ``i``); ``--n-samples N`` takes the first N candidates that the trigger flips (or the
-first N with ``--no-require-flip``), ``--sample-ids`` names them. Each shard writes
-``<out>/trojan/shard-<k>-of-<n>.csv`` sample by sample and resumes from it (:mod:`spade_utils.run_shards`);
-``merge`` writes ``merged.csv`` and ``summary.csv`` (:func:`spade_utils.backdoor.summarize_scores`).
+first N with ``--no-require-flip``), ``--sample-ids`` names them.
+
+``insertion`` is Table 2 (notebook 03, section 5): insertion and deletion AUC of each method for Dense, Sparse FC,
+FastSPADE and SPADE, every map scored on the dense network (:func:`spade_utils.saliency.attribution_aucs`); sample
+``i`` is :func:`insertion_sample` (offline: a held-out crop of a photo, explained for the dense top-1; paper: image
+``i`` of a seeded draw from ``--imagenet-val``, for its true class), its traces built from the photo's views.
+
+``calibrate`` is the paper's greedy per-block sparsity search (:func:`spade_utils.backdoor.calibrate_block_sparsity`)
+as a sharded run: one step per block from the classifier back, each step a run of its own in
+``<out>/calibrate/step-<k>/`` whose unit is one calibration sample scored under every method x grid value
+(:func:`spade_utils.backdoor.calibrate.calibration_sample_scores`); a step's configurations come from the choices
+of the steps before (:func:`choose_sparsity`), so a shard waits (``--wait``) until every shard finished them.
+
+Each shard writes ``<out>/<experiment>/shard-<k>-of-<n>.csv`` sample by sample and resumes from it
+(:mod:`spade_utils.run_shards`); ``merge`` writes ``merged.csv`` and ``summary.csv``
+(:func:`spade_utils.backdoor.summarize_scores`, :func:`spade_utils.metrics.summarize_aucs`), or for ``calibrate``
+``candidates.csv`` and ``sparsity.csv``.
 
 Settings come from flags or ``--config FILE`` (JSON, or TOML on Python >= 3.11: flag names as keys, dashes or
 underscores), flags winning. Progress and summary lines go to stderr; exit status 0 on success, 1 when
-``merge`` finds missing ids, 2 for bad input (named flag) or refused files.
+``merge`` finds missing ids, 2 for bad input (named flag) or refused files, 3 when ``calibrate`` waited in vain
+for other shards' earlier step (rerun it).
 """
 
 from __future__ import annotations
@@ -46,9 +61,16 @@ from .run_shards import (
 )
 
 __all__ = [
+    "CALIBRATION_KEY",
+    "INSERTION_KEY",
+    "INSERTION_PHOTOS",
+    "INSERTION_VARIANTS",
     "TROJAN_KEY",
     "VARIANTS",
     "build_parser",
+    "choose_sparsity",
+    "insertion_sample",
+    "insertion_sample_rows",
     "main",
     "parse_ids",
     "trojan_sample",
@@ -64,6 +86,14 @@ VARIANTS = {
     "spade": "SPADE (OBC)",
 }
 _SOLVERS = {"fastspade": "sparsegpt", "spade": "obc"}  # per-sample variants: a SPADE trace per sample
+# CLI name -> the explainer label of notebook 03's Table-2 analogue (FastSPADE*, tuned on calibration images, is
+# notebook 03's: spade_utils.insertion_tuning)
+INSERTION_VARIANTS = {
+    "dense": "Dense",
+    "sparse-fc": "Sparse FC",
+    "fastspade": "FastSPADE (SparseGPT)",
+    "spade": "SPADE (OBC)",
+}
 TROJAN_KEY = ["sample_id", "variant", "sparsity", "method"]
 _COLUMNS = [
     "sample_id",
@@ -243,57 +273,85 @@ def trojan_sample_rows(
 # the command line
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The ``spade-run`` argument parser (sub-commands trojan, merge, insertion, calibrate)."""
+    """The ``spade-run`` argument parser (sub-commands trojan, insertion, calibrate, merge)."""
     return _build()[0]
 
 
-def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The parser and its ``trojan`` sub-parser (where ``--config`` values become defaults)."""
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    """Flags every experiment has: output, source, samples, methods, views, seeds, device, shards."""
+    p.add_argument("--config", help="JSON/TOML file of flag values (flags on the command line win)")
+    p.add_argument("--out", help="output folder; rows go to <out>/<experiment>/")
+    p.add_argument("--source", choices=["offline", "paper"], default="offline")
+    p.add_argument("--n-samples", type=int, help="evaluate the first N candidates (that the trigger flips)")
+    p.add_argument("--sample-ids", help="evaluate exactly these candidate ids, e.g. '0-9,15'")
+    p.add_argument("--methods", nargs="+", help="saliency methods (default: all)")
+    p.add_argument("--views", type=int, default=1024, help="augmented views per SPADE trace")
+    p.add_argument("--layers", nargs="+", help="layer patterns SPADE prunes (default: per source)")
+    p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps")
+    p.add_argument("--shap-samples", type=int, default=16, help="gradient-SHAP samples")
+    p.add_argument("--seed", type=int, default=0, help="seeds samples, views, attribution, Sparse FC")
+    p.add_argument("--size", type=int, default=224, help="crop size in px")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present; LOCAL_RANK under torchrun), cpu, cuda:N"
+    )
+    p.add_argument("--shard", type=int, help="this shard's index k (0 <= k < n)")
+    p.add_argument("--num-shards", type=int, help="number of shards n")
+    p.add_argument("--max-samples", type=int, help="stop after this many new samples (rerun resumes)")
+
+
+def _backdoor_flags(p: argparse.ArgumentParser, triggers: list[str]) -> None:
+    """Flags of the backdoored model and its triggered samples (trojan, calibrate)."""
+    p.add_argument("--checkpoint", help="paper source: the authors' robustness checkpoint (.pt)")
+    p.add_argument("--trigger-dir", help="paper source: folder with heart/star/smiley/fish .png")
+    p.add_argument("--imagenet-val", help="paper source: evaluation images (ImageNet validation folder)")
+    p.add_argument("--imagenet-train", help="paper source: images for the Sparse-FC fit / calibration")
+    p.add_argument("--require-flip", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max-candidates", type=int, help="candidates scanned for --n-samples (default 16 N)")
+    p.add_argument("--triggers", nargs="+", default=triggers, help="triggers of the samples")
+    p.add_argument("--implant-seed", type=int, default=0, help="offline source: seed of the implant")
+    p.add_argument("--implant-steps", type=int, help="offline: implant recipe steps (default recipe's)")
+    p.add_argument("--implant-n-clean", type=int, help="offline: implant clean crops")
+    p.add_argument("--implant-n-triggered", type=int, help="offline: implant triggered crops")
+    p.add_argument("--cache-dir", help="offline: implant cache folder (default: the project's data/cache)")
+    p.add_argument("--no-cache", action="store_true", help="offline: implant without a cache")
+
+
+def _variant_flags(p: argparse.ArgumentParser, variants: Sequence[str]) -> None:
+    p.add_argument("--variants", nargs="+", default=list(variants), help=f"of {list(variants)}")
+    p.add_argument("--sparsities", nargs="+", type=float, help="SPADE sparsities (for fastspade/spade)")
+    p.add_argument("--fc-crops", type=int, default=480, help="Sparse FC: training crops")
+    p.add_argument("--fc-path", type=int, default=20, help="Sparse FC: regularisation path length")
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and its experiment sub-parsers (where ``--config`` values become defaults)."""
     parser = argparse.ArgumentParser(prog="spade-run", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("trojan", help="Trojan AUC per saliency method and variant (Table 1)")
-    t.add_argument("--config", help="JSON/TOML file of flag values (flags on the command line win)")
-    t.add_argument("--out", help="output folder; rows go to <out>/trojan/")
-    t.add_argument("--source", choices=["offline", "paper"], default="offline")
-    t.add_argument("--checkpoint", help="paper source: the authors' robustness checkpoint (.pt)")
-    t.add_argument("--trigger-dir", help="paper source: folder with heart/star/smiley/fish .png")
-    t.add_argument("--imagenet-val", help="paper source: evaluation images (ImageNet validation folder)")
-    t.add_argument("--imagenet-train", help="paper source: images for the Sparse-FC fit")
-    t.add_argument("--n-samples", type=int, help="evaluate the first N candidates the trigger flips")
-    t.add_argument("--sample-ids", help="evaluate exactly these candidate ids, e.g. '0-9,15'")
-    t.add_argument("--require-flip", action=argparse.BooleanOptionalAction, default=True)
-    t.add_argument("--max-candidates", type=int, help="candidates scanned for --n-samples (default 16 N)")
-    t.add_argument("--triggers", nargs="+", default=["smiley", "fish"], help="evaluation triggers")
-    t.add_argument("--methods", nargs="+", help="saliency methods (default: all)")
-    t.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"of {list(VARIANTS)}")
-    t.add_argument("--sparsities", nargs="+", type=float, help="SPADE sparsities (for fastspade/spade)")
-    t.add_argument("--views", type=int, default=1024, help="augmented views per SPADE trace")
-    t.add_argument("--layers", nargs="+", help="layer patterns SPADE prunes (default: per source)")
-    t.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps")
-    t.add_argument("--shap-samples", type=int, default=16, help="gradient-SHAP samples")
-    t.add_argument("--fc-crops", type=int, default=480, help="Sparse FC: training crops")
-    t.add_argument("--fc-path", type=int, default=20, help="Sparse FC: regularisation path length")
-    t.add_argument("--seed", type=int, default=0, help="seeds samples, views, attribution, Sparse FC")
-    t.add_argument("--implant-seed", type=int, default=0, help="offline source: seed of the implant")
-    t.add_argument("--implant-steps", type=int, help="offline: implant recipe steps (default recipe's)")
-    t.add_argument("--implant-n-clean", type=int, help="offline: implant clean crops")
-    t.add_argument("--implant-n-triggered", type=int, help="offline: implant triggered crops")
-    t.add_argument("--cache-dir", help="offline: implant cache folder (default: the project's data/cache)")
-    t.add_argument("--no-cache", action="store_true", help="offline: implant without a cache")
-    t.add_argument("--size", type=int, default=224, help="crop size in px")
-    t.add_argument(
-        "--device", default="auto", help="auto (CUDA when present; LOCAL_RANK under torchrun), cpu, cuda:N"
+    _common_flags(t)
+    _backdoor_flags(t, ["smiley", "fish"])
+    _variant_flags(t, list(VARIANTS))
+    i = sub.add_parser("insertion", help="insertion/deletion AUC per saliency method and variant (Table 2)")
+    _common_flags(i)
+    i.add_argument("--imagenet-val", help="paper source: the scored images (ImageNet validation folder)")
+    i.add_argument("--imagenet-train", help="paper source: images for the Sparse-FC fit")
+    _variant_flags(i, list(INSERTION_VARIANTS))
+    i.add_argument("--auc-steps", type=int, default=100, help="insertion/deletion steps (the paper's 100)")
+    c = sub.add_parser("calibrate", help="greedy per-block sparsity calibration (Table 1's SPADE sparsities)")
+    _common_flags(c)
+    _backdoor_flags(c, ["heart", "star"])
+    c.add_argument("--blocks", nargs="+", help="blocks, input first, each 'pattern[,pattern...]' (default: "
+                   "one block per layer pattern)")  # fmt: skip
+    c.add_argument("--grid", nargs="+", type=float, help="sparsity grid (default: the paper's 8 values)")
+    c.add_argument("--value", default="auc", choices=["auc", "auc_signed", "auc_absolute", "pointing"])
+    c.add_argument("--solver", default="sparsegpt", choices=["sparsegpt", "obc", "magnitude"])
+    c.add_argument(
+        "--wait", type=float, default=3600.0, help="seconds to wait for other shards' earlier steps"
     )
-    t.add_argument("--shard", type=int, help="this shard's index k (0 <= k < n)")
-    t.add_argument("--num-shards", type=int, help="number of shards n")
-    t.add_argument("--max-samples", type=int, help="stop after this many new samples (rerun resumes)")
     m = sub.add_parser("merge", help="merge the shard files of a run and name missing ids")
     m.add_argument("--out", required=True, help="the run's output folder")
-    m.add_argument("--experiment", choices=["trojan"], default="trojan")
-    for name in ("insertion", "calibrate"):
-        p = sub.add_parser(name, help=f"{name} (not implemented yet)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-    return parser, t
+    m.add_argument("--experiment", choices=["trojan", "insertion", "calibrate"], default="trojan")
+    return parser, {"trojan": t, "insertion": i, "calibrate": c}
 
 
 def _apply_config(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser, argv) -> argparse.Namespace:
@@ -332,10 +390,14 @@ def _flag(dest: str) -> str:
 
 
 def _check_args(a: argparse.Namespace) -> None:
-    """Every flag checked before any work; UsageError naming the flag."""
+    """Every flag of an experiment checked before any work; UsageError naming the flag."""
     from .saliency import SALIENCY_METHODS
 
+    has = vars(a)
+
     def intflag(dest, minimum, required=False):
+        if dest not in has:
+            return
         v = getattr(a, dest)
         if v is None:
             if required:
@@ -345,19 +407,31 @@ def _check_args(a: argparse.Namespace) -> None:
             raise UsageError(f"{_flag(dest)} must be an integer >= {minimum}, got {v!r}")
 
     def listflag(dest):
-        v = getattr(a, dest)
+        v = has.get(dest)
         if isinstance(v, str):
             v = [v]
             setattr(a, dest, v)
         if v is not None and (not isinstance(v, list) or not v):
             raise UsageError(f"{_flag(dest)} must be a non-empty list, got {v!r}")
 
+    def fractions(dest, low_ok):
+        values = getattr(a, dest)
+        for v in values:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not (0 <= v < 1 if low_ok else 0 < v < 1)
+            ):
+                raise UsageError(f"{_flag(dest)} must lie in {'[0, 1)' if low_ok else '(0, 1)'}, got {v!r}")
+        return sorted({float(v) for v in values})
+
     if not a.out:
         raise UsageError("--out is required (the output folder)")
-    for dest in ("triggers", "methods", "variants", "sparsities", "layers"):
+    for dest in ("triggers", "methods", "variants", "sparsities", "layers", "blocks", "grid"):
         listflag(dest)
     for dest, lo in [("views", 1), ("ig_steps", 1), ("shap_samples", 1), ("fc_crops", 4), ("fc_path", 1)]:
         intflag(dest, lo, required=True)
+    intflag("auc_steps", 1, required=True)
     for dest in ("seed", "implant_seed"):
         intflag(dest, 0, required=True)
     intflag("size", 16, required=True)
@@ -373,29 +447,38 @@ def _check_args(a: argparse.Namespace) -> None:
     if (a.n_samples is None) == (a.sample_ids is None):
         raise UsageError("give exactly one of --n-samples N and --sample-ids LIST")
     a.ids = parse_ids(a.sample_ids) if a.sample_ids is not None else None
-    bad = [v for v in a.variants if v not in VARIANTS]
-    if bad or len(set(a.variants)) != len(a.variants):
-        raise UsageError(f"--variants must be distinct names of {list(VARIANTS)}, got {a.variants}")
     a.methods = a.methods or list(SALIENCY_METHODS)
     bad = [m for m in a.methods if m not in SALIENCY_METHODS]
     if bad or len(set(a.methods)) != len(a.methods):
         raise UsageError(f"--methods must be distinct names of {SALIENCY_METHODS}, got {a.methods}")
-    if any(v in _SOLVERS for v in a.variants):
-        if not a.sparsities:
-            raise UsageError(
-                "--sparsities is required for the variants fastspade/spade (e.g. --sparsities 0.9)"
-            )
-        for s in a.sparsities:
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1:
-                raise UsageError(f"--sparsities must lie in (0, 1), got {s!r}")
-        a.sparsities = sorted({float(s) for s in a.sparsities})
-    else:
-        a.sparsities = []
-    if len(set(a.triggers)) != len(a.triggers):
+    if "variants" in has:
+        known = VARIANTS if a.command == "trojan" else INSERTION_VARIANTS
+        if any(v not in known for v in a.variants) or len(set(a.variants)) != len(a.variants):
+            raise UsageError(f"--variants must be distinct names of {list(known)}, got {a.variants}")
+        if any(v in _SOLVERS for v in a.variants):
+            if not a.sparsities and a.command == "trojan":
+                raise UsageError(
+                    "--sparsities is required for the variants fastspade/spade (e.g. --sparsities 0.9)"
+                )
+            a.sparsities = fractions("sparsities", False) if a.sparsities else None
+        else:
+            a.sparsities = []
+    if a.command == "calibrate":
+        a.grid = fractions("grid", True) if a.grid else None
+        if isinstance(a.wait, bool) or not isinstance(a.wait, (int, float)) or not a.wait >= 0:
+            raise UsageError(f"--wait must be a number of seconds >= 0, got {a.wait!r}")
+    if "triggers" in has and len(set(a.triggers)) != len(a.triggers):
         raise UsageError(f"--triggers must be distinct, got {a.triggers}")
+    paths: list[str] = [
+        d for d in ("checkpoint", "trigger_dir", "imagenet_val", "imagenet_train") if d in has
+    ]
     if a.source == "paper":
-        needs = [("checkpoint", "file"), ("trigger_dir", "dir"), ("imagenet_val", "dir")]
-        if "sparse-fc" in a.variants:
+        needs: list[tuple[str, str]] = [
+            (d, "file" if d == "checkpoint" else "dir") for d in paths if d != "imagenet_train"
+        ]
+        if a.command == "calibrate":
+            needs = [(d, k) for d, k in needs if d != "imagenet_val"] + [("imagenet_train", "dir")]
+        elif "sparse-fc" in (getattr(a, "variants", None) or []):
             needs.append(("imagenet_train", "dir"))
         for dest, kind in needs:
             v = getattr(a, dest)
@@ -404,14 +487,14 @@ def _check_args(a: argparse.Namespace) -> None:
             ok = Path(v).is_file() if kind == "file" else Path(v).is_dir()
             if not ok:
                 raise UsageError(f"{_flag(dest)}: no {'file' if kind == 'file' else 'folder'} {v}")
-        for t in a.triggers:
+        for t in getattr(a, "triggers", None) or []:
             if not (Path(a.trigger_dir) / f"{t}.png").is_file():
                 raise UsageError(f"--trigger-dir: no {t}.png in {a.trigger_dir}")
     else:
-        for dest in ("checkpoint", "trigger_dir", "imagenet_val", "imagenet_train"):
+        for dest in paths:
             if getattr(a, dest):
                 raise UsageError(f"{_flag(dest)} is for --source paper only")
-    if a.no_cache and a.cache_dir:
+    if has.get("no_cache") and has.get("cache_dir"):
         raise UsageError("--no-cache and --cache-dir exclude each other")
     try:
         a.spec = resolve_shard(a.shard, a.num_shards)
@@ -434,23 +517,25 @@ def _model_hash(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _setup_trojan(a: argparse.Namespace) -> dict:
-    """Models, photos, triggers and the settings that change numbers."""
-    import torch
-
-    from . import backdoor, baselines
+def _setup_backdoor(a: argparse.Namespace, photos_from: str) -> dict:
+    """The backdoored model (and the clean original when the trojan variants want it), triggers, targets and the
+    photos samples are cut from: ``photos_from`` "evaluation" (held-out photos / ``--imagenet-val``) or
+    "calibration" (other photos / ``--imagenet-train``)."""
+    from . import backdoor
     from .models import load_model, load_robustness_checkpoint
 
     dev = a.torch_device
+    wants_clean = "clean" in (getattr(a, "variants", None) or [])
     if a.source == "paper":
         trigger_set = backdoor.TriggerSet.from_folder(a.trigger_dir, a.triggers)
-        original = load_model("resnet50", device=dev) if "clean" in a.variants else None
+        original = load_model("resnet50", device=dev) if wants_clean else None
         backdoored = load_robustness_checkpoint(a.checkpoint).to(dev)
         all_targets = dict(backdoor.PAPER_TARGETS)
+        root = a.imagenet_val if photos_from == "evaluation" else a.imagenet_train
         photos: list = sorted(
-            p for p in Path(a.imagenet_val).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+            p for p in Path(root).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
         )
-        photo_names = [p.relative_to(a.imagenet_val).as_posix() for p in photos]
+        photo_names = [p.relative_to(root).as_posix() for p in photos]
         fc_images = a.imagenet_train
         layers, skip_dw = a.layers or ["layer3.4*", "layer3.5*", "layer4*", "fc"], False
     else:
@@ -464,7 +549,9 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
             if v is not None
         }
         cache = False if a.no_cache else (a.cache_dir or True)
-        _say(f"[trojan] implanting (or loading) the offline backdoor {overrides or 'default recipe'} ...")
+        _say(
+            f"[{a.command}] implanting (or loading) the offline backdoor {overrides or 'default recipe'} ..."
+        )
         bd = backdoor.implant_backdoor(
             original,
             recipe=backdoor.DEFAULT_RECIPE.replace(**overrides),
@@ -474,13 +561,46 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
             progress=False,
         )
         backdoored, all_targets = bd.model, bd.targets
-        photos = photo_names = list(backdoor.TEST_PHOTOS)
+        names = backdoor.TEST_PHOTOS if photos_from == "evaluation" else backdoor.CALIBRATION_PHOTOS
+        photos = photo_names = list(names)
         fc_images = list(backdoor.TRAIN_PHOTOS) + list(backdoor.EXTRA_TRAIN_IMAGES)
         layers, skip_dw = a.layers or list(backdoor.OFFLINE_SPADE_LAYERS), True
     missing = [t for t in a.triggers if t not in all_targets]
     if missing:
         raise UsageError(f"--triggers: {missing} have no target class (known: {list(all_targets)})")
-    targets = {t: int(all_targets[t]) for t in a.triggers}
+    return dict(
+        trigger_set=trigger_set,
+        original=original,
+        backdoored=backdoored,
+        targets={t: int(all_targets[t]) for t in a.triggers},
+        photos=photos,
+        photo_names=photo_names,
+        fc_images=fc_images,
+        layers=layers,
+        skip_dw=skip_dw,
+    )
+
+
+def _trigger_hash(a: argparse.Namespace, trigger_set) -> str:
+    s = patch_size_for(a.size)
+    h = hashlib.sha256()
+    for t in a.triggers:
+        for x in trigger_set.patch(t, s):
+            h.update(x.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _setup_trojan(a: argparse.Namespace) -> dict:
+    """Models, photos, triggers and the settings that change numbers."""
+    import torch
+
+    from . import backdoor, baselines
+
+    dev = a.torch_device
+    src = _setup_backdoor(a, "evaluation")
+    trigger_set, original, backdoored = src["trigger_set"], src["original"], src["backdoored"]
+    photos, photo_names, fc_images = src["photos"], src["photo_names"], src["fc_images"]
+    layers, skip_dw, targets = src["layers"], src["skip_dw"], src["targets"]
     models = {}
     if "clean" in a.variants:
         models[VARIANTS["clean"]] = original
@@ -502,11 +622,6 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
         )
         models[VARIANTS["sparse-fc"]] = sparse_fc
         fc_hash = _model_hash(sparse_fc)
-    s = patch_size_for(a.size)
-    trig_hash = hashlib.sha256()
-    for t in a.triggers:
-        for x in trigger_set.patch(t, s):
-            trig_hash.update(x.float().numpy().tobytes())
     settings = dict(
         experiment="trojan",
         source=a.source,
@@ -515,7 +630,7 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
         sparse_fc=fc_hash,
         fc=dict(crops=a.fc_crops, path=a.fc_path) if fc_hash else None,
         targets=targets,
-        trigger_images=trig_hash.hexdigest()[:16],
+        trigger_images=_trigger_hash(a, trigger_set),
         photos=hashlib.sha256("\n".join(photo_names).encode()).hexdigest()[:16],
         n_photos=len(photo_names),
         size=a.size,
@@ -586,13 +701,12 @@ def _select(a, run, make) -> list[int]:
     )
 
 
-def run_trojan(a: argparse.Namespace) -> int:
-    """The ``trojan`` sub-command (flags already checked): returns the exit status."""
+def _run_shard(a: argparse.Namespace, folder: Path, run: dict, ids: list[int], rows_of, key, **extra) -> bool:
+    """This shard's samples of ``ids`` in ``folder``: resume from its file, write the manifest, then append each
+    sample's rows (``rows_of(sample_id)``, a DataFrame) as it goes. False when ``--max-samples`` stopped it."""
     t0 = time.perf_counter()
     spec = a.spec
-    folder = Path(a.out) / "trojan"
-    tag = f"[trojan shard {spec.index}/{spec.count}]"
-    run = _setup_trojan(a)
+    tag = f"[{a.command} shard {spec.index}/{spec.count}]"
     shard = ShardFile(shard_path(folder, spec), run["hash"], run["rows_per_sample"])
     try:
         done = shard.open()
@@ -600,23 +714,16 @@ def run_trojan(a: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if shard.dropped:
         _say(f"{tag} dropped {shard.dropped} incomplete row(s) of an interrupted write in {shard.path}")
-
-    def make(j):
-        return trojan_sample(
-            run["photos"], j, seed=a.seed, targets=run["targets"], size=a.size, trigger_set=run["trigger_set"]
-        )
-
-    ids = _select(a, run, make)
     version = code_version()
     manifest = dict(
-        experiment="trojan",
+        experiment=a.command,
         settings_hash=run["hash"],
         settings=run["settings"],
         sample_ids=ids,
         rows_per_sample=run["rows_per_sample"],
-        selection=dict(n_samples=a.n_samples, sample_ids=a.sample_ids, require_flip=a.require_flip),
-        key=TROJAN_KEY,
+        key=list(key),
         code_version=version,
+        **extra,
     )
     try:
         write_manifest(folder, manifest)
@@ -624,14 +731,33 @@ def run_trojan(a: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     mine = stride_ids(ids, spec)
     todo = [i for i in mine if i not in done]
-    _say(
-        f"{tag} {len(mine)} sample(s) of {len(ids)}, {len(mine) - len(todo)} already written, settings {run['hash']}"
-    )
+    _say(f"{tag} {folder.name}: {len(mine)} sample(s) of {len(ids)}, {len(mine) - len(todo)} already written, "
+         f"settings {run['hash']}")  # fmt: skip
     for n, sid in enumerate(todo):
-        if a.max_samples is not None and n >= a.max_samples:
+        if a.max_samples is not None and a.budget_used >= a.max_samples:
             _say(f"{tag} stopped after --max-samples {a.max_samples}; rerun to resume")
-            return 0
+            return False
         t1 = time.perf_counter()
+        rows = rows_of(sid).assign(settings_hash=run["hash"], code_version=version)
+        shard.append(rows)
+        a.budget_used += 1
+        _say(f"{tag} sample {sid} ({n + 1}/{len(todo)}): {len(rows)} rows, {time.perf_counter() - t1:.1f} s")
+    _say(f"{tag} done: {len(mine)} sample(s) in {shard.path} ({time.perf_counter() - t0:.0f} s)")
+    return True
+
+
+def run_trojan(a: argparse.Namespace) -> int:
+    """The ``trojan`` sub-command (flags already checked): returns the exit status."""
+    run = _setup_trojan(a)
+
+    def make(j):
+        return trojan_sample(
+            run["photos"], j, seed=a.seed, targets=run["targets"], size=a.size, trigger_set=run["trigger_set"]
+        )
+
+    ids = _select(a, run, make)
+
+    def rows_of(sid):
         sample = make(sid)
         rows = trojan_sample_rows(
             sid,
@@ -645,28 +771,408 @@ def run_trojan(a: argparse.Namespace) -> int:
             attribute_kwargs=run["attribute_kwargs"],
             seed=a.seed,
         )
-        rows = rows.assign(
-            source_name=run["photo_names"][sample.source], settings_hash=run["hash"], code_version=version
-        )[_COLUMNS]
-        shard.append(rows)
-        _say(f"{tag} sample {sid} ({n + 1}/{len(todo)}): {len(rows)} rows, {time.perf_counter() - t1:.1f} s")
-    _say(f"{tag} done: {len(mine)} sample(s) in {shard.path} ({time.perf_counter() - t0:.0f} s)")
+        return rows.assign(source_name=run["photo_names"][sample.source], settings_hash="", code_version="")[
+            _COLUMNS
+        ]
+
+    selection = dict(n_samples=a.n_samples, sample_ids=a.sample_ids, require_flip=a.require_flip)
+    _run_shard(a, Path(a.out) / "trojan", run, ids, rows_of, TROJAN_KEY, selection=selection)
     return 0
 
 
-def run_merge(a: argparse.Namespace) -> int:
-    """The ``merge`` sub-command: merged.csv (+ summary.csv when complete); 1 when ids are missing."""
-    from .backdoor import summarize_scores
+# --------------------------------------------------------------------------------------------------
+# insertion / deletion (Table 2)
+# --------------------------------------------------------------------------------------------------
+INSERTION_KEY = ["sample_id", "variant", "sparsity", "method"]
+INSERTION_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "grace_hopper", "china")
+"""The offline source's photos for ``spade-run insertion`` (notebook 03's paper-profile photos)."""
+_INSERTION_COLUMNS = [
+    "sample_id",
+    "source",
+    "source_name",
+    "target",
+    "clean_prob",
+    "scorable",
+    "variant",
+    "sparsity",
+    "method",
+    "insertion",
+    "deletion",
+    "settings_hash",
+    "code_version",
+]
 
-    folder = Path(a.out) / a.experiment
+
+def insertion_sample(photos, sample_id: int, *, seed: int, size: int = 224, labelled=None):
+    """Sample ``sample_id`` of the insertion/deletion run: ``(image, x, target, source)``.
+
+    ``image``: the photo (3, H, W) in [0, 1], whose augmented views build the sample's SPADE traces; ``x``:
+    the (1, 3, size, size) normalised image that is explained and scored. Offline (``labelled`` None): photo
+    ``derive_seed(seed, id, "photo") % len(photos)`` of ``photos`` (names), ``x`` a held-out augmented crop of
+    it (seed ``derive_seed(seed, id, "crop")``) as in notebook 03, ``target`` None (the caller explains the
+    dense top-1). Paper: ``labelled`` is the ``(path, class)`` list of
+    :func:`spade_utils.data.imagenet_folder_sample`; the sample is its entry ``sample_id``, ``x`` its
+    :func:`~spade_utils.data.preprocess` centre crop and ``target`` its true class. ``source`` indexes the
+    photo (the bootstrap cluster)."""
+    from .augment import augment_image
+    from .data import preprocess
+
+    if labelled is not None:
+        path, cls = labelled[sample_id]
+        image = _load_photo(Path(path))
+        return image, preprocess(image, size=size), int(cls), sample_id
+    k = derive_seed(seed, sample_id, "photo") % len(photos)
+    image = _load_photo(photos[k])
+    x = augment_image(image, 1, size=size, seed=derive_seed(seed, sample_id, "crop"))
+    return image, x, None, k
+
+
+def insertion_sample_rows(
+    sample_id: int,
+    image,
+    x,
+    target: int,
+    *,
+    dense,
+    models,
+    per_sample: Sequence[str],
+    sparsities: Sequence[float],
+    methods: Sequence[str],
+    trace_kwargs,
+    attribute_kwargs,
+    auc_steps: int,
+    seed: int,
+):
+    """The rows of one sample: insertion and deletion AUC of every variant x method (x sparsity for the SPADE
+    variants), scored on the ``dense`` network for ``target`` (SPADE, ICML 2024, Table 2; the metric is
+    :func:`spade_utils.saliency.attribution_aucs` over :func:`spade_utils.metrics.insertion_deletion_auc`).
+
+    ``models``: explainer label -> model attributed as it is (Dense, Sparse FC); ``per_sample``: CLI names among
+    fastspade/spade, each a SPADE trace of ``dense`` on ``image``'s views (seed ``derive_seed(seed, id,
+    "views")``) at each of ``sparsities``. A sample whose clean probability of ``target`` is below
+    :data:`spade_utils.metrics.MIN_CLEAN_PROB` cannot be scored (the score is relative to it): its rows carry
+    ``scorable`` False and NaN AUCs. Columns: sample_id, target, clean_prob, scorable, variant, sparsity,
+    method, insertion, deletion."""
+    import pandas as pd
+    import torch
+
+    from .metrics import MIN_CLEAN_PROB
+    from .saliency import attribution_aucs
+    from .spade import spade_pruned_copy
+
+    attr = dict(attribute_kwargs, seed=derive_seed(seed, sample_id, "attribute"))
+    views_seed = derive_seed(seed, sample_id, "views")
+    dev = attribute_kwargs.get("device")
+    with torch.no_grad():
+        p = dense(x.to(dev)).softmax(1)[0, target]
+    clean_prob = float(p)
+    scorable = clean_prob >= MIN_CLEAN_PROB
+    explainers: list[tuple[str, float, object]] = [(label, float("nan"), m) for label, m in models.items()]
+    for sp in sparsities:
+        for name in per_sample:
+            explainers.append((INSERTION_VARIANTS[name], float(sp), (name, sp)))
+    frames = []
+    for label, sp, model in explainers:
+        if scorable:
+            if isinstance(model, tuple):
+                model = spade_pruned_copy(
+                    dense,
+                    image,
+                    sparsity=model[1],
+                    solver=_SOLVERS[model[0]],
+                    seed=views_seed,
+                    **trace_kwargs,
+                )
+            df = attribution_aucs(
+                dense,
+                x,
+                [target],
+                methods,
+                {label: model},
+                auc_steps=auc_steps,
+                image_ids=[sample_id],
+                **attr,
+            )
+        else:
+            df = pd.DataFrame(
+                dict(method=list(methods), explainer=label, insertion=float("nan"), deletion=float("nan"))
+            )
+        frames.append(df[["method", "explainer", "insertion", "deletion"]].assign(sparsity=sp))
+    rows = pd.concat(frames, ignore_index=True).rename(columns={"explainer": "variant"})
+    return rows.assign(sample_id=int(sample_id), target=int(target), clean_prob=clean_prob, scorable=scorable)
+
+
+def _setup_insertion(a: argparse.Namespace) -> dict:
+    """The dense network, Sparse FC, the photos (or the labelled draw) and the settings that change numbers."""
+    from . import backdoor, baselines
+    from .data import imagenet_folder_sample
+    from .models import load_model
+
+    dev = a.torch_device
+    if a.source == "paper":
+        dense = load_model("resnet50", device=dev)
+        n = a.n_samples if a.ids is None else max(a.ids) + 1
+        try:
+            labelled = imagenet_folder_sample(a.imagenet_val, n, seed=a.seed)
+        except ValueError as err:
+            raise UsageError(f"--imagenet-val: {err}") from None
+        photos: list = [p for p, _ in labelled]
+        photo_names = [Path(p).relative_to(a.imagenet_val).as_posix() for p in photos]
+        fc_images = a.imagenet_train
+        layers, sparsities = a.layers or ["layer3.4*", "layer3.5*", "layer4*", "fc"], [0.95]
+    else:
+        dense = load_model("efficientnet_lite0", device=dev)
+        labelled = None
+        photos = photo_names = list(INSERTION_PHOTOS)
+        fc_images = list(INSERTION_PHOTOS)
+        layers = a.layers or ["_blocks.13.*", "_blocks.14.*", "_blocks.15.*", "_conv_head", "_fc"]
+        sparsities = [0.9]
+    if a.sparsities is None:
+        a.sparsities = sparsities
+    models = {INSERTION_VARIANTS["dense"]: dense} if "dense" in a.variants else {}
+    fc_hash = None
+    if "sparse-fc" in a.variants:  # fitted once per process, from seeds alone: the same model in every shard
+        _say("[insertion] fitting the Sparse-FC baseline ...")
+        crops = backdoor.random_crops(fc_images, a.fc_crops, size=a.size, seed=a.seed + 3)
+        sparse_fc, _ = baselines.sparse_fc_model(
+            dense, crops, density=0.05, seed=a.seed, path_length=a.fc_path, device=dev
+        )
+        models[INSERTION_VARIANTS["sparse-fc"]] = sparse_fc
+        fc_hash = _model_hash(sparse_fc)
+    per_sample = [v for v in a.variants if v in _SOLVERS]
+    settings = dict(
+        experiment="insertion",
+        source=a.source,
+        dense=_model_hash(dense),
+        sparse_fc=fc_hash,
+        fc=dict(crops=a.fc_crops, path=a.fc_path) if fc_hash else None,
+        photos=hashlib.sha256("\n".join(photo_names).encode()).hexdigest()[:16],
+        n_photos=len(photo_names),
+        size=a.size,
+        seed=a.seed,
+        methods=a.methods,
+        variants=a.variants,
+        sparsities=a.sparsities if per_sample else [],
+        views=a.views,
+        layers=layers,
+        auc_steps=a.auc_steps,
+        attribute=dict(n_steps=a.ig_steps, n_samples=a.shap_samples, internal_batch_size=16),
+        device=a.torch_device.type,
+    )
+    rows_per_sample = (len(models) + len(per_sample) * len(settings["sparsities"])) * len(a.methods)
+    return dict(
+        settings=settings,
+        hash=settings_hash(settings),
+        rows_per_sample=rows_per_sample,
+        dense=dense,
+        models=models,
+        per_sample=per_sample,
+        photos=photos,
+        photo_names=photo_names,
+        labelled=labelled,
+        trace_kwargs=dict(
+            layers=layers,
+            skip_depthwise=a.source == "offline",
+            n_augment=a.views,
+            batch_size=32,
+            progress=False,
+            device=dev,
+        ),  # fmt: skip
+        attribute_kwargs=dict(
+            n_steps=a.ig_steps, n_samples=a.shap_samples, internal_batch_size=16, device=dev
+        ),
+    )
+
+
+def run_insertion(a: argparse.Namespace) -> int:
+    """The ``insertion`` sub-command (flags already checked): returns the exit status."""
+    import torch
+
+    run = _setup_insertion(a)
+    ids = a.ids if a.ids is not None else list(range(a.n_samples))
+    if run["labelled"] is not None and max(ids) >= len(run["labelled"]):
+        raise UsageError(f"--sample-ids: the draw has {len(run['labelled'])} images")
+
+    def rows_of(sid):
+        image, x, target, source = insertion_sample(
+            run["photos"], sid, seed=a.seed, size=a.size, labelled=run["labelled"]
+        )
+        if target is None:  # offline: explain the class the dense network predicts on the crop
+            with torch.no_grad():
+                target = int(run["dense"](x.to(a.torch_device)).argmax(1)[0])
+        rows = insertion_sample_rows(
+            sid,
+            image,
+            x,
+            target,
+            dense=run["dense"],
+            models=run["models"],
+            per_sample=run["per_sample"],
+            sparsities=run["settings"]["sparsities"],
+            methods=a.methods,
+            trace_kwargs=run["trace_kwargs"],
+            attribute_kwargs=run["attribute_kwargs"],
+            auc_steps=a.auc_steps,
+            seed=a.seed,
+        )
+        rows = rows.assign(
+            source=source, source_name=run["photo_names"][source], settings_hash="", code_version=""
+        )
+        return rows[_INSERTION_COLUMNS]
+
+    selection = dict(n_samples=a.n_samples, sample_ids=a.sample_ids)
+    _run_shard(a, Path(a.out) / "insertion", run, ids, rows_of, INSERTION_KEY, selection=selection)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# the per-block sparsity calibration
+# --------------------------------------------------------------------------------------------------
+CALIBRATION_KEY = ["sample_id", "method", "sparsity"]
+_TIE = 1e-12  # as spade_utils.backdoor.calibrate: means within this of the best are tied
+
+
+def choose_sparsity(rows, value: str = "auc") -> dict[str, float]:
+    """Per method, the sparsity whose rows have the best mean ``value`` over samples; ties (within 1e-12) to the
+    lower sparsity, as :func:`spade_utils.backdoor.calibrate_block_sparsity` chooses. ``rows``: one greedy
+    step's complete rows (columns method, sparsity, ``value``)."""
+    out = {}
+    for method, group in rows.groupby("method", sort=False):
+        means = group.groupby("sparsity")[value].mean()
+        best = float(means.max())
+        out[str(method)] = float(min(s for s, mu in means.items() if mu >= best - _TIE))
+    return out
+
+
+def _step_folder(out, step: int) -> Path:
+    return Path(out) / "calibrate" / f"step-{step}"
+
+
+def _wait_for_step(a: argparse.Namespace, step: int):
+    """The merged, complete rows of greedy step ``step`` (written by every shard), waiting up to ``--wait``."""
+    folder = _step_folder(a.out, step)
+    deadline = time.monotonic() + a.wait
+    while True:
+        try:
+            res = merge_shards(folder, CALIBRATION_KEY)
+            if not res.missing:
+                return res
+            missing = res.missing
+        except FileNotFoundError:
+            missing = None
+        if time.monotonic() >= deadline:
+            what = (
+                "has not started" if missing is None else f"misses sample id(s) {','.join(map(str, missing))}"
+            )
+            raise StepIncomplete(
+                f"calibration step {step} {what} (other shards); rerun this shard once they are done"
+            )
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
+class StepIncomplete(RuntimeError):
+    """An earlier greedy step is not complete: exit status 3 (rerun later)."""
+
+
+def run_calibrate(a: argparse.Namespace) -> int:
+    """The ``calibrate`` sub-command: the greedy per-block search, one step (block) at a time, each step a sharded
+    run in ``<out>/calibrate/step-<k>/`` whose work unit is one calibration sample (every method x grid value)."""
+    from .backdoor import PAPER_GRID
+    from .backdoor.calibrate import calibration_sample_scores
+
+    src = _setup_backdoor(a, "calibration")
+    blocks = {b: b.split(",") for b in a.blocks} if a.blocks else {p: [p] for p in src["layers"]}
+    labels = list(blocks)
+    grid = a.grid or list(PAPER_GRID)
+
+    def make(j):
+        return trojan_sample(
+            src["photos"], j, seed=a.seed, targets=src["targets"], size=a.size, trigger_set=src["trigger_set"]
+        )
+
+    run0 = dict(backdoored=src["backdoored"])
+    ids = _select(a, run0, make)
+    base = dict(
+        experiment="calibrate",
+        source=a.source,
+        backdoored=_model_hash(src["backdoored"]),
+        targets=src["targets"],
+        trigger_images=_trigger_hash(a, src["trigger_set"]),
+        photos=hashlib.sha256("\n".join(src["photo_names"]).encode()).hexdigest()[:16],
+        size=a.size,
+        seed=a.seed,
+        methods=a.methods,
+        blocks=blocks,
+        grid=grid,
+        value=a.value,
+        solver=a.solver,
+        views=a.views,
+        skip_depthwise=src["skip_dw"],
+        attribute=dict(n_steps=a.ig_steps, n_samples=a.shap_samples, internal_batch_size=16),
+        device=a.torch_device.type,
+        sample_ids=ids,
+    )
+    attribute_kwargs = dict(n_steps=a.ig_steps, n_samples=a.shap_samples, internal_batch_size=16)
+    decided: dict[str, dict[str, float]] = {m: {} for m in a.methods}
+    for step, label in enumerate(labels[::-1]):  # from the classifier backwards
+        if step > 0:
+            try:
+                res = _wait_for_step(a, step - 1)
+            except StepIncomplete as err:
+                _say(f"[calibrate] {err}")
+                return 3
+            for m, s in choose_sparsity(res.table, a.value).items():
+                decided[m][labels[::-1][step - 1]] = s
+        configs = [
+            (m, {**{b: decided[m].get(b, 0.0) for b in labels}, label: float(s)})
+            for m in a.methods
+            for s in grid
+        ]
+        settings = dict(base, step=step, block=label, configs=[[m, c] for m, c in configs])
+        run = dict(settings=settings, hash=settings_hash(settings), rows_per_sample=len(configs))
+
+        def rows_of(sid, configs=configs, label=label, step=step):
+            sample = make(sid)
+            rows = calibration_sample_scores(
+                src["backdoored"],
+                sample,
+                blocks,
+                configs,
+                n_augment=a.views,
+                solver=a.solver,
+                batch_size=32,
+                seed=derive_seed(a.seed, sid, "views"),
+                skip_depthwise=src["skip_dw"],
+                device=a.torch_device,
+                attribute_kwargs=dict(attribute_kwargs, seed=derive_seed(a.seed, sid, "attribute")),
+            )
+            sp = [configs[j][1][label] for j in rows["config"]]
+            return rows.drop(columns="config").assign(
+                sample_id=int(sid),
+                source_name=src["photo_names"][sample.source],
+                step=step,
+                block=label,
+                sparsity=sp,
+                settings_hash="",
+                code_version="",
+            )
+
+        if not _run_shard(a, _step_folder(a.out, step), run, ids, rows_of, CALIBRATION_KEY, block=label):
+            return 0
+    return 0
+
+
+def _merge_folder(folder: Path, key) -> tuple:
+    """merge_shards of one run folder, reported; (result, exit status 0 or 1 for missing ids)."""
     try:
-        res = merge_shards(folder, TROJAN_KEY)
+        res = merge_shards(folder, key)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from None
     table = res.table
     _say(
-        f"[merge] {len(res.files)} shard file(s), {len(table)} rows of {len(res.expected) - len(res.missing)} "
-        f"complete sample(s) of {len(res.expected)}; {res.duplicates} duplicate row(s) dropped"
+        f"[merge] {folder.name}: {len(res.files)} shard file(s), {len(table)} rows of "
+        f"{len(res.expected) - len(res.missing)} complete sample(s) of {len(res.expected)}; "
+        f"{res.duplicates} duplicate row(s) dropped"
     )
     if len(res.code_versions) > 1:
         _say(f"[merge] note: rows come from several code versions: {res.code_versions}")
@@ -674,10 +1180,15 @@ def run_merge(a: argparse.Namespace) -> int:
         table.to_csv(folder / "merged-incomplete.csv", index=False)
         _say(f"[merge] missing {len(res.missing)} sample id(s): {','.join(map(str, res.missing))}")
         _say(f"[merge] wrote {folder / 'merged-incomplete.csv'}; rerun the shards that hold them")
-        return 1
+        return res, 1
     table.to_csv(folder / "merged.csv", index=False)
+    return res, 0
+
+
+def _labelled_variants(table):
+    """The variant column, with `` @ sparsity`` when a run has several SPADE sparsities."""
     sps = sorted(set(table["sparsity"].dropna()))
-    label = table.apply(
+    return table.apply(
         lambda r: (
             r["variant"]
             if r["sparsity"] != r["sparsity"] or len(sps) < 2
@@ -685,8 +1196,32 @@ def run_merge(a: argparse.Namespace) -> int:
         ),
         axis=1,
     )
-    scores = table.assign(variant=label).rename(columns={"sample_id": "sample"})
-    summary = summarize_scores(scores, cluster="source", seed=int(res.manifest["settings"].get("seed", 0)))
+
+
+def run_merge(a: argparse.Namespace) -> int:
+    """The ``merge`` sub-command: merged.csv (+ summary.csv when complete); 1 when ids are missing."""
+    if a.experiment == "calibrate":
+        return _merge_calibrate(a)
+    folder = Path(a.out) / a.experiment
+    res, status = _merge_folder(folder, TROJAN_KEY if a.experiment == "trojan" else INSERTION_KEY)
+    if status:
+        return status
+    table, seed = res.table, int(res.manifest["settings"].get("seed", 0))
+    if a.experiment == "insertion":
+        from .metrics import summarize_aucs
+
+        ok = table[table["scorable"].astype(bool)]
+        _say(f"[merge] {table['sample_id'].nunique() - ok['sample_id'].nunique()} sample(s) set aside: the dense "
+             "network gives their class a probability below MIN_CLEAN_PROB")  # fmt: skip
+        aucs = ok.assign(explainer=_labelled_variants(ok)).rename(columns={"sample_id": "image"})
+        summary = summarize_aucs(aucs, baseline=INSERTION_VARIANTS["dense"], cluster="source", seed=seed)
+        summary.to_csv(folder / "summary.csv", index=False)
+        _say(f"[merge] wrote {folder / 'merged.csv'} and {folder / 'summary.csv'}")
+        return 0
+    from .backdoor import summarize_scores
+
+    scores = table.assign(variant=_labelled_variants(table)).rename(columns={"sample_id": "sample"})
+    summary = summarize_scores(scores, cluster="source", seed=seed)
     summary.to_csv(folder / "summary.csv", index=False)
     _say(f"[merge] wrote {folder / 'merged.csv'} and {folder / 'summary.csv'}")
     for _, r in summary[summary.method == "average"].iterrows():
@@ -696,22 +1231,61 @@ def run_merge(a: argparse.Namespace) -> int:
     return 0
 
 
+def _merge_calibrate(a: argparse.Namespace) -> int:
+    """Merge every greedy step: ``calibrate/candidates.csv`` (mean per method, step and sparsity, the chosen
+    one marked) and, once every block is searched, ``calibrate/sparsity.csv`` (method, block, sparsity)."""
+    import pandas as pd
+
+    root = Path(a.out) / "calibrate"
+    if not (root / "step-0").is_dir():
+        raise UsageError(f"no calibration steps in {root}: no shard of this run has started")
+    rows, status, step, n_blocks = [], 0, 0, None
+    while (root / f"step-{step}").is_dir():
+        res, status = _merge_folder(root / f"step-{step}", CALIBRATION_KEY)
+        settings = res.manifest["settings"]
+        n_blocks = len(settings["blocks"])
+        if status:
+            break
+        chosen = choose_sparsity(res.table, settings["value"])
+        means = res.table.groupby(["method", "sparsity"], sort=False)[settings["value"]].agg(["mean", "size"])
+        for (m, sp), r in means.iterrows():
+            rows.append(dict(method=m, step=step, block=settings["block"], sparsity=sp, mean=r["mean"],
+                             n=int(r["size"]), chosen=sp == chosen[m]))  # fmt: skip
+        step += 1
+    if rows:
+        cand = pd.DataFrame(rows)
+        cand.to_csv(root / "candidates.csv", index=False)
+        _say(f"[merge] wrote {root / 'candidates.csv'} ({step} complete step(s) of {n_blocks})")
+    if status:
+        return status
+    if n_blocks is not None and step < n_blocks:
+        _say(f"[merge] steps {step}..{n_blocks - 1} have not run yet: rerun the shards (they resume)")
+        return 1
+    sparsity = cand[cand["chosen"]][["method", "block", "sparsity"]]
+    sparsity.to_csv(root / "sparsity.csv", index=False)
+    _say(f"[merge] wrote {root / 'sparsity.csv'}")
+    for m, g in sparsity.groupby("method", sort=False):
+        _say(
+            f"[merge] {m}: " + ", ".join(f"{b} {s:g}" for b, s in zip(g["block"], g["sparsity"], strict=True))
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``spade-run`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status (argparse exits
-    with 2 itself on a malformed command line)."""
-    parser, trojan_parser = _build()
+    with 2 itself on a malformed command line; 3: ``calibrate`` waited in vain for other shards' earlier step)."""
+    parser, subs = _build()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         first = parser.parse_args(argv)
-        if first.command in ("insertion", "calibrate"):
-            raise UsageError(
-                f"'spade-run {first.command}' is not implemented yet (issue 18); only trojan and merge are"
-            )
         if first.command == "merge":
             return run_merge(first)
-        args = _apply_config(parser, trojan_parser, argv)
+        args = _apply_config(parser, subs[first.command], argv)
         _check_args(args)
-        return run_trojan(args)
+        args.budget_used = 0
+        return {"trojan": run_trojan, "insertion": run_insertion, "calibrate": run_calibrate}[args.command](
+            args
+        )
     except (
         UsageError
     ) as err:  # bad flags, refused files: named in the message (other errors keep their traceback)

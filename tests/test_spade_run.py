@@ -35,6 +35,15 @@ TINY = [
 ]  # fmt: skip
 
 
+def _clean_env() -> dict:
+    """This process's environment without launcher variables, and with its torch thread count: a shard on
+    another thread count rounds convolutions differently (saliency maps then differ at ~1e-5)."""
+    import torch
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_ARRAY", "RANK", "WORLD_SIZE"))}
+    return dict(env, OMP_NUM_THREADS=str(torch.get_num_threads()))
+
+
 def _trojan(out, cache, *extra):
     return ["trojan", "--out", str(out), "--cache-dir", str(cache), *TINY, *extra]
 
@@ -56,7 +65,7 @@ def runs(tmp_path_factory):
     cache, one, two = base / "cache", base / "one", base / "two"
     assert main(_trojan(one, cache)) == 0  # also fills the implant cache the shards load
     assert main(["merge", "--out", str(one)]) == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_ARRAY", "RANK", "WORLD_SIZE"))}
+    env = _clean_env()
     shard1 = subprocess.Popen(  # shard 1 of 2, chosen the torchrun way
         [sys.executable, "-m", "spade_utils.run", *_trojan(two, cache)],
         env=dict(env, RANK="1", WORLD_SIZE="2"),
@@ -268,7 +277,7 @@ def test_paper_source_needs_its_files(tmp_path, capsys):
     assert "--imagenet-train is required" in capsys.readouterr().err
 
 
-def test_config_file_and_unimplemented_commands(tmp_path, capsys):
+def test_config_file_and_shared_flags(tmp_path, capsys):
     cfg = tmp_path / "run.json"
     cfg.write_text(json.dumps({"views": 0}))
     i = TINY.index("--views")
@@ -282,9 +291,9 @@ def test_config_file_and_unimplemented_commands(tmp_path, capsys):
     cfg.write_text(json.dumps({"view": 8}))
     assert main(["trojan", "--out", str(tmp_path / "o"), *TINY, "--config", str(cfg)]) == 2
     assert "unknown setting 'view'" in capsys.readouterr().err
-    for command in ("insertion", "calibrate"):
-        assert main([command]) == 2
-        assert "not implemented yet" in capsys.readouterr().err
+    for command in ("insertion", "calibrate"):  # the shared flags are checked for every experiment
+        assert main([command, "--out", str(tmp_path / "o"), "--n-samples", "1", "--views", "0"]) == 2
+        assert "--views must be an integer >= 1" in capsys.readouterr().err
     assert main(["merge", "--out", str(tmp_path / "none")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
 
@@ -315,3 +324,191 @@ def test_candidates_are_a_function_of_the_id_and_selection_refuses_too_few_flips
     with pytest.raises(ValueError, match="only 0 of the first 3 candidates"):
         _select(args, {"backdoored": never}, make)
     assert _select(Namespace(ids=None, require_flip=False, n_samples=2), {}, make) == [0, 1]
+
+
+# ------------------------------------------------------------------------------------------------
+# insertion / deletion (Table 2) and the per-block calibration: the same sharding contract
+# ------------------------------------------------------------------------------------------------
+INSERTION = [
+    "--n-samples", "3", "--methods", "saliency", "--variants", "dense", "fastspade",
+    "--sparsities", "0.9", "--views", "8", "--layers", "_fc", "--auc-steps", "4", "--ig-steps", "2",
+    "--device", "cpu",
+]  # fmt: skip
+CALIBRATE = [
+    "--n-samples", "3", "--no-require-flip", "--methods", "saliency", "--blocks", "_conv_head", "_fc",
+    "--grid", "0", "0.5", "0.9", "--views", "8", "--implant-steps", "2", "--implant-n-clean", "8",
+    "--implant-n-triggered", "8", "--device", "cpu", "--wait", "300",
+]  # fmt: skip
+INSERTION_KEY = ["sample_id", "variant", "sparsity", "method"]
+CALIBRATION_KEY = ["step", "sample_id", "method", "sparsity"]
+
+
+def _sharded(command, flags, base, folder_of):
+    """One process (the oracle) and two shards: shard 1 chosen the torchrun way in a subprocess, shard 0 by flags
+    in this process, stopped after one sample and resumed. Returns the two output folders and the stopped rows."""
+    one, two = base / "one", base / "two"
+    assert main([command, "--out", str(one), *flags]) == 0
+    env = _clean_env()
+    shard1 = subprocess.Popen(
+        [sys.executable, "-m", "spade_utils.run", command, "--out", str(two), *flags],
+        env=dict(env, RANK="1", WORLD_SIZE="2"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    argv = [command, "--out", str(two), *flags, "--shard", "0", "--num-shards", "2"]
+    assert main([*argv, "--max-samples", "1"]) == 0
+    stopped = pd.read_csv(folder_of(two) / "shard-0-of-2.csv")
+    assert main(argv) == 0  # resumes
+    _, err = shard1.communicate(timeout=600)
+    assert shard1.returncode == 0, err
+    return one, two, stopped
+
+
+@pytest.fixture(scope="module")
+def insertion_runs(tmp_path_factory):
+    return _sharded("insertion", INSERTION, tmp_path_factory.mktemp("insertion"), lambda o: o / "insertion")
+
+
+@pytest.mark.slow  # Lite0 traces and attributions for 3 samples, three times (one process, two shards)
+def test_insertion_two_shards_equal_one_process_and_resume(insertion_runs, capsys):
+    one, two, stopped = insertion_runs
+    assert set(stopped.sample_id) == {0}
+    for out in (one, two):
+        assert main(["merge", "--out", str(out), "--experiment", "insertion"]) == 0
+    single = _rows_of(pd.read_csv(one / "insertion" / "merged.csv").sort_values(INSERTION_KEY))
+    merged = _rows_of(pd.read_csv(two / "insertion" / "merged.csv").sort_values(INSERTION_KEY))
+    pd.testing.assert_frame_equal(merged, single, check_exact=True)
+    assert len(single) == 3 * 2 and set(single.variant) == {"Dense", "FastSPADE (SparseGPT)"}
+    assert (
+        single.scorable.all()
+        and single[["insertion", "deletion"]].apply(lambda c: c.between(0, 1)).all().all()
+    )
+    # an independent check of one row: the dense map's AUCs recomputed by the library the notebook calls
+    from spade_utils.metrics import insertion_deletion_auc
+    from spade_utils.models import load_model
+    from spade_utils.run import INSERTION_PHOTOS, insertion_sample
+    from spade_utils.run_shards import derive_seed
+    from spade_utils.saliency import attribute
+
+    model = load_model("efficientnet_lite0")
+    _, x, _, source = insertion_sample(list(INSERTION_PHOTOS), 2, seed=0)
+    row = single[(single.sample_id == 2) & (single.variant == "Dense")].iloc[0]
+    assert INSERTION_PHOTOS[source] == row.source_name
+    maps = attribute(model, x, [int(row.target)], "saliency", device="cpu", n_steps=2, n_samples=16,
+                     internal_batch_size=16, seed=derive_seed(0, 2, "attribute"))  # fmt: skip
+    auc = insertion_deletion_auc(model, x, maps, [int(row.target)], n_steps=4, device="cpu")
+    assert auc["insertion"][0] == pytest.approx(row.insertion, abs=1e-12)
+    assert auc["deletion"][0] == pytest.approx(row.deletion, abs=1e-12)
+    summary = pd.read_csv(one / "insertion" / "summary.csv")
+    assert set(summary.explainer) == set(single.variant) and (summary.n_images == 3).all()
+
+
+@pytest.mark.slow  # Lite0 traces and attributions for 3 samples, three times (one process, two shards)
+def test_insertion_merge_names_missing_ids(insertion_runs, tmp_path, capsys):
+    _, two, _ = insertion_runs
+    folder = tmp_path / "insertion"
+    folder.mkdir()
+    for name in ("manifest.json", "shard-1-of-2.csv"):  # shard 0 (samples 0, 2) never ran
+        (folder / name).write_bytes((two / "insertion" / name).read_bytes())
+    assert main(["merge", "--out", str(tmp_path), "--experiment", "insertion"]) == 1
+    assert "missing 2 sample id(s): 0,2" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def calibrate_runs(tmp_path_factory, runs):
+    flags = [*CALIBRATE, "--cache-dir", str(runs["cache"])]  # the trojan runs' implant cache
+    return _sharded(
+        "calibrate", flags, tmp_path_factory.mktemp("calibrate"), lambda o: o / "calibrate" / "step-0"
+    )
+
+
+def _calibration_rows(out):
+    frames = [pd.read_csv(f) for f in sorted((out / "calibrate").glob("step-*/merged.csv"))]
+    return _rows_of(pd.concat(frames).sort_values(CALIBRATION_KEY))
+
+
+@pytest.mark.slow  # Lite0 traces and attributions for 3 samples, three times (one process, two shards)
+def test_calibration_two_shards_equal_one_process_and_resume(calibrate_runs):
+    one, two, stopped = calibrate_runs
+    assert set(stopped.sample_id) == {0} and set(stopped.step) == {0}
+    for out in (one, two):
+        assert main(["merge", "--out", str(out), "--experiment", "calibrate"]) == 0
+    single, merged = _calibration_rows(one), _calibration_rows(two)
+    pd.testing.assert_frame_equal(merged, single, check_exact=True)
+    assert len(single) == 2 * 3 * 3  # 2 steps x 3 samples x 3 grid values (1 method)
+    assert list(dict.fromkeys(single.block)) == ["_fc", "_conv_head"]  # the classifier first
+    chosen = pd.read_csv(one / "calibrate" / "sparsity.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(two / "calibrate" / "sparsity.csv"), chosen)
+    # the choice is the best mean over the samples of each step (ties to the lower sparsity)
+    for step, block in enumerate(["_fc", "_conv_head"]):
+        means = single[single.step == step].groupby("sparsity")["auc"].mean()
+        best = min(s for s, m in means.items() if m >= means.max() - 1e-12)
+        assert chosen.set_index("block").loc[block, "sparsity"] == best
+    # step 1 was scored with the classifier at the value step 0 chose
+    configs = json.loads((one / "calibrate" / "step-1" / "manifest.json").read_text())["settings"]["configs"]
+    assert {c[1]["_fc"] for c in configs} == {chosen.set_index("block").loc["_fc", "sparsity"]}
+
+
+@pytest.mark.slow  # Lite0 traces and attributions for 3 samples, three times (one process, two shards)
+def test_calibration_merge_names_missing_ids(calibrate_runs, tmp_path, capsys):
+    _, two, _ = calibrate_runs
+    folder = tmp_path / "calibrate" / "step-0"
+    folder.mkdir(parents=True)
+    for name in ("manifest.json", "shard-0-of-2.csv"):
+        (folder / name).write_bytes((two / "calibrate" / "step-0" / name).read_bytes())
+    assert main(["merge", "--out", str(tmp_path), "--experiment", "calibrate"]) == 1
+    assert "missing 1 sample id(s): 1" in capsys.readouterr().err
+
+
+def test_calibration_unit_replays_the_library_search():
+    """calibration_sample_scores (spade-run calibrate's unit) and choose_sparsity, run step by step, give the
+    scores and choices of calibrate_block_sparsity in one process."""
+    from test_backdoor_calibrate import ATTR, BLOCKS, GRID, TRACE, TinyBackdoored, triggered
+
+    from spade_utils.backdoor import calibrate_block_sparsity
+    from spade_utils.backdoor.calibrate import calibration_sample_scores
+    from spade_utils.run import choose_sparsity
+
+    model, samples, methods = TinyBackdoored(), triggered(2), ["saliency", "input_x_gradient"]
+    lib = calibrate_block_sparsity(model, samples, BLOCKS, methods, grid=GRID, progress=False, attribute_kwargs=ATTR,
+                                   **TRACE)  # fmt: skip
+    labels, decided = list(BLOCKS), {m: {} for m in methods}
+    for step, label in enumerate(labels[::-1]):
+        configs = [
+            (m, {**{b: decided[m].get(b, 0.0) for b in labels}, label: g}) for m in methods for g in GRID
+        ]
+        rows = pd.concat(
+            calibration_sample_scores(model, s, BLOCKS, configs, attribute_kwargs=ATTR, **TRACE).assign(
+                sample=i
+            )
+            for i, s in enumerate(samples)
+        )
+        rows["sparsity"] = [configs[j][1][label] for j in rows["config"]]
+        for m, s in choose_sparsity(rows).items():
+            decided[m][label] = s
+        theirs = lib.scores[lib.scores.step == step].sort_values(["method", "sparsity", "sample"])
+        mine = rows.sort_values(["method", "sparsity", "sample"])
+        assert theirs["auc"].tolist() == mine["auc"].tolist()
+    assert decided == lib.sparsity
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["insertion", *INSERTION, "--source", "paper"], "--imagenet-val is required with --source paper"),
+        (["insertion", *INSERTION, "--variants", "clean"], "--variants must be distinct names of"),
+        (["insertion", *INSERTION, "--auc-steps", "0"], "--auc-steps must be an integer >= 1"),
+        (["calibrate", *CALIBRATE, "--grid", "0", "1"], "--grid must lie in [0, 1)"),
+        (["calibrate", *CALIBRATE, "--wait", "-1"], "--wait must be a number of seconds"),
+        (
+            ["calibrate", *CALIBRATE, "--source", "paper", "--checkpoint", "x.pt"],
+            "--checkpoint: no file x.pt",
+        ),
+    ],
+)
+def test_insertion_and_calibrate_refuse_bad_flags(tmp_path, capsys, argv, match):
+    assert main([argv[0], "--out", str(tmp_path / "o"), *argv[1:]]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
