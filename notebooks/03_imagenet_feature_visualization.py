@@ -507,6 +507,9 @@ else:
 # on random crops of the scored photos **and** of the calibration photos, drawn by another crop generator than the
 # scored crops (the scored crops themselves are never used), just as each trace is built from other views of its own
 # photo. With `SOURCE = "paper"` it is fitted on crops of `IMAGENET_TRAIN`. The cell prints what it was fitted on.
+# A class whose row of the sparse classifier is all zero gets an all-zero map (its logit does not depend on the
+# image), and its pixels are then inserted in raster order: the last number printed says for how many of the
+# explained classes that happens, a handicap of this small fit that the paper's ImageNet-scale fit does not have.
 
 # %%
 if SOURCE == "paper":
