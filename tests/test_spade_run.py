@@ -337,7 +337,7 @@ INSERTION = [
 CALIBRATE = [
     "--n-samples", "3", "--no-require-flip", "--methods", "saliency", "--blocks", "_conv_head", "_fc",
     "--grid", "0", "0.5", "0.9", "--views", "8", "--implant-steps", "2", "--implant-n-clean", "8",
-    "--implant-n-triggered", "8", "--device", "cpu", "--wait", "300",
+    "--implant-n-triggered", "8", "--device", "cpu", "--wait", "1800",
 ]  # fmt: skip
 INSERTION_KEY = ["sample_id", "variant", "sparsity", "method"]
 CALIBRATION_KEY = ["step", "sample_id", "method", "sparsity"]
@@ -361,7 +361,7 @@ def _sharded(command, flags, base, folder_of):
     assert main([*argv, "--max-samples", "1"]) == 0
     stopped = pd.read_csv(folder_of(two) / "shard-0-of-2.csv")
     assert main(argv) == 0  # resumes
-    _, err = shard1.communicate(timeout=600)
+    _, err = shard1.communicate(timeout=1800)
     assert shard1.returncode == 0, err
     return one, two, stopped
 

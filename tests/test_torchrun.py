@@ -16,7 +16,7 @@ from spade_utils.run import TROJAN_KEY, main
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TINY = [
-    "--n-samples", "3", "--no-require-flip", "--methods", "saliency", "--variants", "dense", "fastspade",
+    "--n-samples", "2", "--no-require-flip", "--methods", "saliency", "--variants", "dense", "fastspade",
     "--sparsities", "0.9", "--views", "8", "--layers", "_fc", "--implant-steps", "2",
     "--implant-n-clean", "8", "--implant-n-triggered", "8", "--device", "cpu",
 ]  # fmt: skip
