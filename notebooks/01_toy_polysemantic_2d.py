@@ -80,7 +80,7 @@ from spade_utils.widgets import interact_or_draw
 CONFIGS = {
     "smoke": dict(
         seeds=SEEDS[:1],
-        held_out=[5],
+        held_out=[1000],
         recipe=dict(
             n_uniform=3000, n_small=600, epochs=3, fv_points=40, fv_steps=25, fv_n_noise=4, n_augment=64
         ),
@@ -89,14 +89,14 @@ CONFIGS = {
     ),
     "quick": dict(
         seeds=SEEDS,
-        held_out=list(range(5, 15)),
+        held_out=list(range(1000, 1010)),
         recipe=dict(),
         sweep=[0.0, 0.3, 0.5, 0.7, 0.9, 0.99],
         solvers=["sparsegpt", "obc"],
     ),
     "paper": dict(
         seeds=list(range(10)),
-        held_out=list(range(10, 30)),
+        held_out=list(range(1000, 1030)),
         recipe=dict(fv_points=1000, fv_steps=300, n_augment=1024),
         sweep=[0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99],
         solvers=["sparsegpt", "obc"],
@@ -311,10 +311,22 @@ plt.show()
 # %% [markdown]
 # ### Seeds this notebook never showed before
 #
-# The seeds above are the ones every earlier run of this notebook used, so the recipe may fit them by chance.
-# The same recipe on fresh seeds (`CFG["held_out"]`), with the targets each seed misses:
+# The seeds above are the ones every earlier run of this notebook used, so the recipe may fit them by chance. An
+# earlier run also looked at the next ten seeds, and changes to the recipe were tried on a separate set of tuning
+# seeds (the cell prints both ranges); none of those changes met every target on enough tuning seeds to be adopted,
+# so the recipe is the one above. Here the same recipe runs on fresh seeds (`CFG["held_out"]`) that nobody looked at
+# while choosing it, with the targets each seed misses. For each trace the table also says whether the trace's own
+# logit peaks inside the sample's region (`s2_peak_in_small`: the grid maximum of the scenario-2 trace, from
+# `toy.logit_peak`); that separates a trace that lost the small disc from a visualization that missed it.
 
 # %%
+SEEN_BEFORE, TUNING = list(range(5, 15)), list(range(100, 130))  # looked at while the recipe was studied
+print(
+    f"recipe shown on seeds {CFG['seeds']}; seeds {SEEN_BEFORE[0]}-{SEEN_BEFORE[-1]} seen in an earlier run; "
+    f"changes tried on tuning seeds {TUNING[0]}-{TUNING[-1]}; fresh seeds here: {CFG['held_out']}"
+)
+if set(CFG["held_out"]) & set(CFG["seeds"] + SEEN_BEFORE + TUNING):
+    raise ValueError("CFG['held_out'] must not contain a seed the recipe was shown or tuned on")
 held = pd.DataFrame([toy.run_seed(RECIPE, s)[0] for s in CFG["held_out"]])
 held["unmet targets"] = [", ".join(toy.unmet_targets(r)) or "-" for r in held.to_dict("records")]
 save_table(held, "01_toy_held_out_seeds", profile=PROFILE)
@@ -325,13 +337,30 @@ print(
     .value_counts()
     .to_string()
 )
-held[["seed", *toy.TARGETS, "unmet targets"]].style.format(precision=2).hide(axis="index")
+missed_s2 = held[held["s2_in_small"] < toy.TARGETS["s2_in_small"]]
+if len(missed_s2):
+    print(
+        f"of the {len(missed_s2)} held-out seeds that miss s2_in_small, the scenario-2 trace's own logit still peaks "
+        f"inside the small disc on {int(missed_s2['s2_peak_in_small'].sum())}; their visualization points end in "
+        f"the large disc on average {missed_s2['s2_in_large'].mean():.0%} of the time and elsewhere in the square "
+        f"{1 - missed_s2['s2_in_large'].mean() - missed_s2['s2_in_small'].mean():.0%}"
+    )
+held[["seed", *toy.TARGETS, "s2_in_large", "s2_peak_in_small", "unmet targets"]].style.format(
+    precision=2
+).hide(axis="index")
 
 # %% [markdown]
-# How to read the misses: `s2_in_small` means the trace of the small-disc sample still climbs to the large disc
-# (it kept hidden units that serve both regions); `recall_small` means the network itself never learned the small
-# disc, so there is nothing specific for a trace to keep; `s1_in_large` means the large-disc trace lost part of its
-# basin. The count printed above is this recipe's honest success rate on seeds it was not chosen with.
+# How to read the misses. `recall_small` means the network itself never learned the small disc (training put no
+# unit there), so there is nothing specific for a trace to keep. `s1_in_large` means the large-disc trace lost part of
+# its basin. `s2_in_small` is the common miss, and the `s2_peak_in_small` column says what kind it is: when it is true,
+# the trace did its job (its highest logit in the whole square is in the small disc), but the visualization did not
+# find that peak. The trace only has to agree with the network near its sample; elsewhere it keeps slopes of the
+# hidden units it kept, and when one of them rises over a broad stretch (towards a corner, a ridge between the discs,
+# or the large disc), the annealed jitter, which starts wide so that the dense visualization ignores narrow bumps,
+# carries most starts up that broad rise instead of onto the narrow peak at the sample. It is the same property
+# that hides the small disc in the dense panel, and it is why changing the sparsity, the solver, the augmentation
+# width or the jitter schedule moved the misses between seeds rather than removing them on the tuning seeds. The
+# count printed above is this recipe's honest success rate on seeds it was not chosen with.
 
 # %% [markdown]
 # ## 4 · How much to prune? A sparsity sweep, both solvers
@@ -458,10 +487,12 @@ view = interact_or_draw(show_sparsity, sparsity=SWEEP, solver=CFG["solvers"])
 #   table just above the all-seeds figure). The augmentation scale is a trade-off: too small, and the trace of
 #   a point deep inside the large disc sees only a flat plateau; too large, and the trace of the small-disc
 #   point also copies the slope that leads towards the large disc.
-# * When scenario 2 fails, it fails the same way: the trace keeps hidden units that the network uses both
-#   to build the small disc and to rise elsewhere, and the visualization follows that slope out of the small
-#   disc (towards the large disc or a corner of the square: the all-seeds figure shows where each seed ends). Whether this happens depends on how a seed's training shared hidden units between the
-#   two regions, not on the solver; the `paper` profile runs more seeds of the same recipe.
+# * When scenario 2 fails, it is usually the visualization, not the trace, that fails: the trace's own logit still
+#   peaks in the small disc (the held-out table's `s2_peak_in_small`), but the trace also keeps a broad rise elsewhere
+#   (towards the large disc, a ridge or a corner of the square: the all-seeds figure shows where each seed ends), and
+#   the wide-then-narrow jitter climbs the broad rise. Whether such a rise survives depends on how a seed's training
+#   shared hidden units between the two regions, not on the solver; the `paper` profile runs more seeds of the same
+#   recipe.
 
 # %%
 print(f"total time: {time.perf_counter() - T0:.0f} s ({PROFILE} profile)")

@@ -429,23 +429,45 @@ def trace(
     )
 
 
+@torch.no_grad()
+def logit_peak(model: nn.Module, n_grid: int = 181) -> torch.Tensor:
+    """The point of an ``n_grid`` x ``n_grid`` grid over the square where the logit is largest, shape (2,).
+
+    A brute-force answer to "where is this network's maximum?", independent of the visualization's
+    starts, steps and jitter: it tells a trace that has no peak at its sample apart from a
+    visualization that misses the peak the trace has. ``n_grid`` >= 2.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    n_grid = check_int(n_grid, "n_grid", minimum=2)
+    axis = torch.linspace(*BOX, n_grid)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    return grid[int(logit(model, grid).argmax())]
+
+
 def run_seed(recipe: ToyRecipe, seed: int, model: nn.Module | None = None) -> tuple[dict, dict, nn.Module]:
     """Train (unless ``model`` is given), visualize dense and both scenarios; returns (row, points, model).
 
     ``row`` holds the seed's accuracy, recalls and the share of visualization points in each
-    region per panel, plus ``passes`` (all :data:`TARGETS` met). ``points`` maps panel -> (n, 2).
+    region per panel, plus ``passes`` (all :data:`TARGETS` met), and for each scenario whether the
+    trace's own logit peaks inside the sample's region (``s1_peak_in_large``, ``s2_peak_in_small``,
+    from :func:`logit_peak`; diagnostics, not targets). ``points`` maps panel -> (n, 2).
     """
     if model is None:
         model = train_toy(recipe, seed)
     row: dict = {"seed": seed, **evaluate(model)}
     points = {"dense": visualize(model, recipe, seed)}
+    peaks = {}
     for name, (centre, _) in SCENARIOS.items():
         pruned = trace(model, torch.tensor([centre]), recipe, seed=seed)
         points[name] = visualize(pruned, recipe, seed)
+        peaks[name] = logit_peak(pruned)
     for panel, pts in points.items():
         key = {"dense": "dense", "scenario 1": "s1", "scenario 2": "s2"}[panel]
         for region in REGIONS:
             row[f"{key}_in_{region}"] = share_in(pts, region)
+    for key, (name, (_, region)) in zip(("s1", "s2"), SCENARIOS.items()):
+        row[f"{key}_peak_in_{region}"] = bool(in_region(peaks[name], region)[0])
     row["passes"] = meets_targets(row)
     return row, points, model
 

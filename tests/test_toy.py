@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from spade_utils import toy
 
@@ -198,6 +199,7 @@ def test_three_panels_meet_the_targets(trained):
     assert row["s2_in_small"] >= toy.TARGETS["s2_in_small"]
     assert row["passes"]
     assert set(points) == {"dense", "scenario 1", "scenario 2"}
+    assert row["s1_peak_in_large"] and row["s2_peak_in_small"]  # each trace peaks at its own sample
     # the traces are copies: the dense model is untouched
     for k, v in model.state_dict().items():
         assert torch.equal(v, dense_state[k])
@@ -223,3 +225,26 @@ def test_unmet_targets_names_each_miss_with_its_direction():
     assert toy.unmet_targets(bad) == ["dense_in_small", "s2_in_small"] and not toy.meets_targets(bad)
     with pytest.raises(KeyError):
         toy.unmet_targets({"accuracy": 1.0})
+
+
+class _Bowl(nn.Module):
+    """Logit -(|x - c|^2): its maximum over the square is at c, known without any search."""
+
+    def __init__(self, centre):
+        super().__init__()
+        self.centre = nn.Parameter(torch.tensor(centre))
+
+    def forward(self, x):
+        return -(x - self.centre).pow(2).sum(dim=1, keepdim=True)
+
+
+def test_logit_peak_finds_a_known_maximum():
+    # grid step 9 / 180 = 0.05: the peak is the grid point nearest the centre
+    assert torch.allclose(toy.logit_peak(_Bowl([1.0, 1.0])), torch.tensor([1.0, 1.0]), atol=1e-5)
+    assert torch.allclose(toy.logit_peak(_Bowl([6.52, 2.0])), torch.tensor([6.5, 2.0]), atol=1e-5)
+    # a maximum outside the square: the nearest corner
+    assert torch.allclose(toy.logit_peak(_Bowl([20.0, -5.0])), torch.tensor([9.0, 0.0]), atol=1e-5)
+    with pytest.raises(ValueError, match="n_grid"):
+        toy.logit_peak(_Bowl([1.0, 1.0]), n_grid=1)
+    with pytest.raises(TypeError, match="model"):
+        toy.logit_peak("net")
