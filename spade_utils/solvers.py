@@ -107,6 +107,8 @@ def _check_psd(H: torch.Tensor) -> None:
         )
     eye = torch.eye(Hb.shape[-1], dtype=Hb.dtype, device=Hb.device)
     failed = torch.linalg.cholesky_ex(Hb + tol[:, None, None] * eye).info != 0
+    # an all-zero H (a layer that saw no input on any view) is a Gram matrix; its tolerance underflows to 0
+    failed &= ~(Hb == 0).flatten(1).all(dim=1)
     if bool(failed.any()):  # confirm in float64 before refusing: rounding must not refuse a valid H
         H64, t64 = Hb[failed].double(), tol[failed].double()
         bad = torch.linalg.cholesky_ex(H64 + t64[:, None, None] * eye.double()).info != 0

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from spade_utils.bruteforce import brute_force_optimum
-from spade_utils.solvers import expected_zeros, reconstruction_loss, relative_error, solve
+from spade_utils.runtime import flush_denormals
+from spade_utils.solvers import SOLVERS, expected_zeros, reconstruction_loss, relative_error, solve
 
 
 def _problem(rows, cols, n, seed, correlated=True, dtype=torch.float64):
@@ -328,3 +329,24 @@ def test_public_solvers_check_their_own_input():
         magnitude_prune(W, None, 1.0)
     with pytest.raises(ValueError, match="W holds NaN"):
         magnitude_prune(torch.full((2, 2), float("nan")), None, 0.5)
+
+
+@pytest.mark.parametrize("flush", [False, True])
+@pytest.mark.parametrize("method", SOLVERS)
+def test_an_all_zero_h_is_a_gram_matrix(method, flush):
+    """A layer that saw no input on any view has H = 0: every solver accepts it (the loss is 0 whatever the mask),
+    alone and beside a regular problem in a batch, also with denormals flushed as a trace runs (was refused there:
+    its PSD tolerance underflowed to 0)."""
+    if flush:
+        with flush_denormals():
+            test_an_all_zero_h_is_a_gram_matrix(method, False)
+        return
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(4, 6, generator=g)
+    W_sparse, loss = solve(W, torch.zeros(6, 6), 0.5, method=method)
+    assert float(loss) == 0.0 and torch.isfinite(W_sparse).all()
+    assert int((W_sparse == 0).sum()) >= 12
+    X = torch.randn(6, 20, generator=g)
+    H = torch.stack([torch.zeros(6, 6), 2 / 20 * X @ X.T])
+    _, losses = solve(torch.randn(2, 4, 6, generator=g), H, 0.5, method=method)
+    assert float(losses[0]) == 0.0 and float(losses[1]) > 0.0
