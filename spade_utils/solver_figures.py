@@ -10,18 +10,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .plotting import _check_frame as _frame
+
 __all__ = ["optimum_ratio_boxplots", "solve_time_figure"]
-
-
-def _frame(frame, name: str, columns: Sequence[str]) -> pd.DataFrame:
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{name} lacks the columns {missing} (has {list(frame.columns)})")
-    if frame.empty:
-        raise ValueError(f"{name} is empty")
-    return frame
 
 
 def optimum_ratio_boxplots(tiny: pd.DataFrame, *, methods: Sequence[str], title: str) -> plt.Figure:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from .plotting import _check_frame as _frame
 from .plotting import to_display
 
 __all__ = ["VARIANT_COLORS", "trojan_auc_figure", "trojan_map_grid"]
@@ -31,15 +32,6 @@ _EXTRA = ("#7b3fa0", "#1b9e9e", "#a65628", "#e377c2")
 def _colors(variants: Sequence[str]) -> dict[str, str]:
     extra = iter(_EXTRA * (1 + len(variants) // len(_EXTRA)))
     return {v: VARIANT_COLORS.get(v) or next(extra) for v in variants}
-
-
-def _frame(frame, name: str, columns: Sequence[str]) -> pd.DataFrame:
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{name} lacks the columns {missing} (has {list(frame.columns)})")
-    return frame
 
 
 def _names(values, name: str, allowed: set) -> list[str]:
