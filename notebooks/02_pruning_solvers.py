@@ -174,7 +174,6 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 
 from spade_utils import layer_study as ls
@@ -191,6 +190,7 @@ from spade_utils.plotting import (
     set_style,
     trace_settings_figure,
 )
+from spade_utils.solver_figures import optimum_ratio_boxplots, solve_time_figure
 from spade_utils.spade import select_layers, spade_trace
 
 if NUM_THREADS or cfg.get("threads"):
@@ -347,25 +347,11 @@ print(
 tiny_summary.round(3)
 
 # %%
-fig, ax = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-for a, (kind, d) in zip(ax, tiny.groupby("inputs"), strict=True):
-    sns.boxplot(
-        data=d,
-        x="sparsity",
-        y="ratio",
-        hue="method",
-        hue_order=list(solvers.SOLVERS),
-        ax=a,
-        fliersize=2,
-        linewidth=0.8,
-    )
-    a.set_yscale("log")
-    a.axhline(1, color="k", lw=0.8, ls=":")
-    a.set_title(f"{kind} inputs")
-    a.set_ylabel("loss / brute-force optimum")
-    if a is not ax[0]:
-        a.get_legend().remove()
-fig.suptitle("Tiny layers (1-4 rows x 8 inputs): how far each solver is from the best mask", y=1.02)
+fig = optimum_ratio_boxplots(
+    tiny,
+    methods=list(solvers.SOLVERS),
+    title="Tiny layers (1-4 rows x 8 inputs): how far each solver is from the best mask",
+)
 save_figure(fig, "02_tiny_ratio_to_optimum", profile=PROFILE)
 plt.show()
 
@@ -616,24 +602,17 @@ print(
 )
 
 # %%
-fig, ax = plt.subplots(figsize=(5.8, 4))
-styles = {"sparsegpt": "s-", "obc": "o-", ls.STRAIGHTFORWARD_OBC: "o--"}
-names = {
-    "sparsegpt": "SparseGPT",
-    "obc": "exact OBC (fast)",
-    ls.STRAIGHTFORWARD_OBC: "exact OBC (straightforward)",
-}
-for m, d in timing.groupby("method"):
-    ax.loglog(d.cols, d.seconds, styles[m], label=names[m])
-dd = np.array(cfg["time_widths"], dtype=float)
-for label, power, anchor in (("O(d³)", 3, ls.STRAIGHTFORWARD_OBC), ("O(r·d²)", 2, "sparsegpt")):
-    ref = timing[timing.method == anchor].iloc[-1]
-    ax.loglog(dd, ref.seconds * (dd / ref.cols) ** power, ls=":", color="gray")
-    ax.annotate(label, (dd[-2], ref.seconds * (dd[-2] / ref.cols) ** power), color="gray", fontsize=9)
-ax.set_xlabel("input columns d")
-ax.set_ylabel("seconds per layer")
-ax.set_title(f"Solve time, {cfg['time_rows']} rows, sparsity 0.9")
-ax.legend()
+fig = solve_time_figure(
+    timing,
+    labels={
+        "sparsegpt": "SparseGPT",
+        "obc": "exact OBC (fast)",
+        ls.STRAIGHTFORWARD_OBC: "exact OBC (straightforward)",
+    },
+    styles={"sparsegpt": "s-", "obc": "o-", ls.STRAIGHTFORWARD_OBC: "o--"},
+    slopes=[("O(d³)", 3, ls.STRAIGHTFORWARD_OBC), ("O(r·d²)", 2, "sparsegpt")],
+    title=f"Solve time, {cfg['time_rows']} rows, sparsity 0.9",
+)
 save_figure(fig, "02_solve_time_vs_columns", profile=PROFILE)
 plt.show()
 
