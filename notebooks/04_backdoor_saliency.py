@@ -146,13 +146,12 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from spade_utils import backdoor, baselines
+from spade_utils import backdoor, baselines, run
 from spade_utils.data import imagenet_classes
 from spade_utils.map_bundle import save_map_bundle
 from spade_utils.models import load_model, load_robustness_checkpoint
 from spade_utils.plotting import image_grid, results_dir, save_figure, save_table, set_style
 from spade_utils.saliency import SALIENCY_METHODS
-from spade_utils.spade import spade_pruned_copy
 from spade_utils.trojan_figures import trojan_auc_figure, trojan_map_grid
 
 set_style()
@@ -184,6 +183,7 @@ if SOURCE == "paper":
     backdoored = load_robustness_checkpoint(CHECKPOINT)
     targets = dict(backdoor.PAPER_TARGETS)
     train_images, calib_images, test_images = IMAGENET_TRAIN, IMAGENET_TRAIN, IMAGENET_VAL
+    calib_photos, eval_photos = run.image_files(IMAGENET_TRAIN), run.image_files(IMAGENET_VAL)
     layers, skip_dw = ["layer3.4*", "layer3.5*", "layer4.0*", "layer4.1*", "layer4.2*", "fc"], False
     implant_info = {"seconds": float("nan"), "shipped": False, "cached": True}
 else:
@@ -199,6 +199,7 @@ else:
     backdoored, targets, implant_info = bd.model, bd.targets, bd.info
     train_images = list(backdoor.TRAIN_PHOTOS) + list(backdoor.EXTRA_TRAIN_IMAGES)
     calib_images, test_images = list(backdoor.CALIBRATION_PHOTOS), list(backdoor.TEST_PHOTOS)
+    calib_photos, eval_photos = calib_images, test_images
     layers, skip_dw = backdoor.OFFLINE_SPADE_LAYERS, True
 if implant_info.get("shipped"):
     print(f"loaded the shipped backdoor (hash-checked) in {implant_info['seconds']:.1f} s")
@@ -262,65 +263,38 @@ _ = save_figure(fig, "04_triggers", profile=PROFILE)
 # Evaluation samples are crops of the held-out photos with a **smiley or fish** trigger that the
 # backdoored model sends to the target class while the clean crop goes elsewhere. Calibration samples
 # come from **other photos** with the **other triggers** (heart, star), so nothing about the evaluation
-# samples leaks into the choice of sparsity.
+# samples leaks into the choice of sparsity. Candidate `i` (its photo, crop, trigger and position) is drawn from
+# seeds of `SEED` and `i` alone (`run.trojan_sample`), and a sample's views and attributions are seeded the same
+# way, so `spade-run trojan` (README, "Running at scale") recomputes any sample of this table on any machine.
 
 # %%
 names = list(targets)
 calib_targets = {t: targets[t] for t in names[: len(names) // 2]}
 eval_targets = {t: targets[t] for t in names[len(names) // 2 :]}
 flip = PROFILE != "smoke"  # the smoke run's few-step implant is not a working backdoor
-calib = backdoor.flipped_samples(
-    backdoored,
-    calib_targets,
-    calib_images,
-    cfg["n_calib"],
-    seed=SEED + 1,
-    require_flip=flip,
-    trigger_set=trigger_set,
+
+
+def candidates(photos, chosen_targets):
+    """Candidate ``i`` of the Trojan evaluation on ``photos`` with ``chosen_targets``."""
+    return lambda i: run.trojan_sample(photos, i, seed=SEED, targets=chosen_targets, trigger_set=trigger_set)
+
+
+calib_ids = run.flipped_ids(
+    candidates(calib_photos, calib_targets), backdoored, cfg["n_calib"], require_flip=flip
 )
-samples = backdoor.flipped_samples(
-    backdoored,
-    eval_targets,
-    test_images,
-    cfg["n_eval"],
-    seed=SEED + 2,
-    require_flip=flip,
-    trigger_set=trigger_set,
+eval_ids = run.flipped_ids(
+    candidates(eval_photos, eval_targets), backdoored, cfg["n_eval"], require_flip=flip
 )
+calib = [candidates(calib_photos, calib_targets)(i) for i in calib_ids]
+samples = [candidates(eval_photos, eval_targets)(i) for i in eval_ids]
 print(
-    f"calibration: {len(calib)} samples ({list(calib_targets)}), evaluation: {len(samples)} samples ({list(eval_targets)})"
+    f"calibration: {len(calib)} samples ({list(calib_targets)}), evaluation: {len(samples)} samples "
+    f"({list(eval_targets)}), candidate ids {eval_ids}"
 )
 
 # %%
 attr_kwargs = dict(n_steps=cfg["n_steps"], n_samples=cfg["n_samples"], internal_batch_size=16, seed=SEED)
-trace_kwargs = dict(
-    skip_depthwise=skip_dw,
-    n_augment=cfg["n_augment"],
-    batch_size=32,
-    seed=SEED,
-    progress=False,
-)
-
-
-pruned_copies = {}  # (solver, configuration, sample) -> the pruned copy, so a later cell reuses its trace
-
-
-def spade_variant(trace_args, solver):
-    """Per-sample model: the backdoored network with the blocks of ``trace_args`` pruned on that sample's
-    augmentations (``trace_args``: layers and per-layer sparsities, from the calibration)."""
-    if not trace_args["layers"]:  # every block stays dense
-        return backdoored
-    config = (solver, tuple(sorted(trace_args["sparsity"].items())))
-
-    def build(sample, i):
-        key = (*config, id(sample))
-        if key not in pruned_copies:
-            pruned_copies[key] = spade_pruned_copy(
-                backdoored, sample.image, solver=solver, **trace_args, **trace_kwargs
-            )
-        return pruned_copies[key]
-
-    return build
+trace_kwargs = dict(skip_depthwise=skip_dw, n_augment=cfg["n_augment"], batch_size=32, progress=False)
 
 
 # %% [markdown]
@@ -361,8 +335,8 @@ calibration = backdoor.calibrate_block_sparsity(
     attribute_kwargs=attr_kwargs,
     progress=False,
 )
+save_table(calibration.table(), "04_sparsity_calibration", profile=PROFILE)  # spade-run trojan --calibration
 calib_table = pd.DataFrame(calibration.sparsity).rename_axis("block").reset_index()
-save_table(calib_table, "04_sparsity_calibration", profile=PROFILE)
 save_table(
     calibration.candidates.drop(columns="config"), "04_sparsity_calibration_candidates", profile=PROFILE
 )
@@ -376,22 +350,7 @@ print(
 )
 
 
-def trace_args_for(method):
-    """The calibrated layers and sparsities that ``method``'s maps use."""
-    label = "+".join(calib_methods) if cfg["pool_methods"] else method
-    return calibration.trace_arguments(label)
-
-
-def configurations(methods):
-    """[(trace arguments, the methods that use them)]: one evaluation pass per distinct configuration."""
-    out = {}
-    for m in methods:
-        args = trace_args_for(m)
-        out.setdefault(tuple(sorted(args["sparsity"].items())), (args, []))[1].append(m)
-    return list(out.values())
-
-
-for args, group in configurations(METHODS):
+for args, group in run.calibrated_configurations(calibration, METHODS):
     chosen = sorted(set(args["sparsity"].values())) or ["all dense"]
     print(f"{', '.join(group)}: {len(args['layers'])} layers traced at sparsities {chosen}")
 
@@ -423,53 +382,45 @@ print(fc_info)
 
 
 # %%
-def traced_scores(name, solver, methods, chosen_samples, kwargs=None):
-    """Trojan AUC of ``methods`` on a SPADE variant: one pass per calibrated configuration."""
-    frames, kept = [], {}
-    for args, group in configurations(methods):
-        sc, mp = backdoor.trojan_saliency_scores(
-            {name: spade_variant(args, solver)},
-            chosen_samples,
-            group,
-            attribute_kwargs=kwargs or attr_kwargs,
-            keep_maps=cfg["keep_maps"],
-            progress=False,
-        )
-        frames.append(sc)
-        kept.update(mp)
-    return pd.concat(frames, ignore_index=True), kept
+models = {"Clean original": original, "Dense": backdoored, "Sparse FC": sparse_fc}
+per_sample = ["fastspade", "spade"] if cfg["obc"] else ["fastspade"]  # a SPADE trace per sample and solver
+variants = list(models) + [run.VARIANTS[v] for v in per_sample]
+pruned_copies = {}  # (solver, configuration, sample id) -> the pruned copy, so the LIME/occlusion cell reuses it
 
 
-variants = {"Clean original": original, "Dense": backdoored, "Sparse FC": sparse_fc}
-t0 = time.perf_counter()
-scores, maps = backdoor.trojan_saliency_scores(
-    variants, samples, METHODS, attribute_kwargs=attr_kwargs, keep_maps=cfg["keep_maps"], progress=False
-)
-fast_scores, fast_maps = traced_scores("FastSPADE (SparseGPT)", "sparsegpt", METHODS, samples)
-variants["FastSPADE (SparseGPT)"] = None  # per-sample models, built inside traced_scores
-scores = pd.concat([scores, fast_scores], ignore_index=True)
-maps.update(fast_maps)
-print(
-    f"saliency for {len(variants)} variants x {len(METHODS)} methods x {len(samples)} samples: "
-    f"{time.perf_counter() - t0:.0f} s"
-)
-
-# %% [markdown]
-# SPADE with the exact solver: one exact-OBC trace per sample (the same layers, views and sparsities as
-# FastSPADE), then the same methods on the pruned copy.
-
-# %%
-if cfg["obc"]:
-    t0 = time.perf_counter()
-    obc_scores, obc_maps = traced_scores("SPADE (OBC)", "obc", METHODS, samples)
-    variants["SPADE (OBC)"] = None
-    scores = pd.concat([scores, obc_scores], ignore_index=True)
-    maps.update(obc_maps)
-    print(
-        f"SPADE (OBC): {len(samples)} exact traces and {len(METHODS)} methods: "
-        f"{time.perf_counter() - t0:.0f} s ({(time.perf_counter() - t0) / len(samples):.0f} s per sample)"
+def sample_rows(pos, methods, kwargs, keep=False):
+    """Every variant x ``methods`` on evaluation sample ``pos``: the unit spade-run shards."""
+    return run.trojan_sample_rows(
+        eval_ids[pos],
+        samples[pos],
+        models=models,
+        backdoored=backdoored,
+        per_sample=per_sample,
+        methods=methods,
+        trace_kwargs=trace_kwargs,
+        attribute_kwargs=kwargs,
+        seed=SEED,
+        calibration=calibration,
+        keep_maps=keep,
+        pruned=pruned_copies,
     )
+
+
+t0 = time.perf_counter()
+frames, maps = [], {}
+for pos in range(len(samples)):
+    rows, kept_maps = sample_rows(pos, METHODS, attr_kwargs, keep=True)
+    frames.append(rows.assign(sample=pos))
+    for key, m in kept_maps.items():
+        if pos < cfg["keep_maps"]:
+            maps.setdefault(key, []).extend(m)
+scores = pd.concat(frames, ignore_index=True)
 _ = save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
+seconds = time.perf_counter() - t0
+print(
+    f"{len(variants)} variants x {len(METHODS)} methods x {len(samples)} samples ({len(pruned_copies)} SPADE "
+    f"traces): {seconds:.0f} s, {seconds / len(samples):.0f} s per sample"
+)
 
 # %% [markdown]
 # ### LIME and occlusion, on a subset
@@ -486,19 +437,10 @@ if costly:
         by_photo.setdefault(smp.source, []).append(i)
     rounds = [[group[k] for group in by_photo.values() if k < len(group)] for k in range(len(samples))]
     subset_ids = [i for r in rounds for i in r][: cfg["n_costly"]]
-    subset = [samples[i] for i in subset_ids]
     costly_kwargs = dict(attr_kwargs, lime_samples=128, window=32, stride=32)
-    plain = {k: v for k, v in variants.items() if v is not None}
-    frames = [
-        backdoor.trojan_saliency_scores(
-            plain, subset, costly, attribute_kwargs=costly_kwargs, progress=False
-        )[0]
-    ]
-    for name, solver in (("FastSPADE (SparseGPT)", "sparsegpt"), ("SPADE (OBC)", "obc")):
-        if name in variants:
-            frames.append(traced_scores(name, solver, costly, subset, costly_kwargs)[0])
-    costly_scores = pd.concat(frames, ignore_index=True)
-    costly_scores["sample"] = [subset_ids[j] for j in costly_scores["sample"]]
+    costly_scores = pd.concat(  # the traces of the table above are reused (pruned_copies)
+        [sample_rows(pos, costly, costly_kwargs).assign(sample=pos) for pos in subset_ids], ignore_index=True
+    )
     save_table(costly_scores, "04_trojan_auc_lime_occlusion_per_sample", profile=PROFILE)
     costly_table = backdoor.summarize_scores(costly_scores, cluster="source", seed=SEED)
     save_table(costly_table, "04_trojan_auc_lime_occlusion", profile=PROFILE)

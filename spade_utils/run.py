@@ -68,7 +68,10 @@ __all__ = [
     "TROJAN_KEY",
     "VARIANTS",
     "build_parser",
+    "calibrated_configurations",
     "choose_sparsity",
+    "flipped_ids",
+    "image_files",
     "insertion_sample",
     "insertion_sample_rows",
     "main",
@@ -180,6 +183,15 @@ def trojan_sample(photos, sample_id: int, *, seed: int, targets, size: int = 224
     return TriggeredSample(image, mask, crop, trigger, int(targets[trigger]), -1, k)
 
 
+def image_files(root) -> list[Path]:
+    """The images (.jpg, .jpeg, .png, any case) under folder ``root``, recursively, sorted: the photo list
+    :func:`trojan_sample` indexes for the paper source. Raises ValueError naming ``root`` when there are none."""
+    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise ValueError(f"root: no .jpg/.jpeg/.png images under {root}")
+    return files
+
+
 _PHOTOS: dict[str, object] = {}
 
 
@@ -201,6 +213,51 @@ def _top1(model, images) -> list[int]:
     return predict(model, images).argmax(1).tolist()
 
 
+def flipped_ids(make, backdoored, n: int, *, require_flip: bool = True, max_candidates: int | None = None):
+    """The ids of the first ``n`` candidates ``make(i)`` (a :class:`~spade_utils.backdoor.TriggeredSample`,
+    e.g. from :func:`trojan_sample`) whose trigger flips ``backdoored``: the clean crop goes to another class,
+    the triggered one to the target. ``require_flip=False``: ids ``0..n-1``. Candidates are scanned in order,
+    at most ``max_candidates`` (default ``16 n``), so the ids depend on the seeds alone. Raises ValueError
+    naming ``n`` when too few flip."""
+    import torch
+
+    if not require_flip:
+        return list(range(n))
+    limit = max_candidates or 16 * n
+    found: list[int] = []
+    for j in range(limit):
+        s = make(j)
+        clean, trig = _top1(backdoored, torch.stack([s.clean, s.image]))
+        if clean != s.target and trig == s.target:
+            found.append(j)
+            if len(found) == n:
+                return found
+    raise ValueError(
+        f"n={n}: only {len(found)} of the first {limit} candidates are flipped by their trigger; raise "
+        "max_candidates, or pass require_flip=False"
+    )
+
+
+def calibrated_configurations(calibration, methods: Sequence[str]) -> list[tuple[dict, list[str]]]:
+    """``[(trace arguments, the methods that use them)]`` from a
+    :class:`~spade_utils.backdoor.BlockCalibration`: each method takes its own calibrated blocks, or, when the
+    calibration holds a single label (a search pooled over methods, labelled e.g. ``"saliency+lrp"``), that one
+    for every method. Methods sharing a configuration share one trace per sample. Raises ValueError naming
+    ``calibration`` for a method it does not cover."""
+    labels = list(calibration.sparsity)
+    out: dict[tuple, tuple[dict, list[str]]] = {}
+    for m in methods:
+        if m in calibration.sparsity:
+            label = m
+        elif len(labels) == 1:
+            label = labels[0]
+        else:
+            raise ValueError(f"calibration: method {m!r} was not calibrated (calibrated: {labels})")
+        args = calibration.trace_arguments(label)
+        out.setdefault(tuple(sorted(args["sparsity"].items())), (args, []))[1].append(m)
+    return list(out.values())
+
+
 def trojan_sample_rows(
     sample_id: int,
     sample,
@@ -208,21 +265,30 @@ def trojan_sample_rows(
     models,
     backdoored,
     per_sample: Sequence[str],
-    sparsities: Sequence[float],
     methods: Sequence[str],
     trace_kwargs,
     attribute_kwargs,
     seed: int,
+    sparsities: Sequence[float] = (),
+    calibration=None,
+    keep_maps: bool = False,
+    pruned: dict | None = None,
 ):
     """The rows of one sample: every variant x method (x sparsity for the SPADE variants), as a DataFrame.
 
     ``models``: variant label -> model, attributed as they are (Clean original, Dense, Sparse FC);
     ``per_sample``: CLI names among ``fastspade``/``spade``, each a SPADE trace of ``backdoored`` on this sample
-    at each of ``sparsities`` (:func:`spade_utils.spade.spade_pruned_copy` with ``trace_kwargs``).
+    (:func:`spade_utils.spade.spade_pruned_copy` with ``trace_kwargs``), either at each of ``sparsities`` (one
+    sparsity for every layer of ``trace_kwargs["layers"]``) or, with ``calibration`` (a
+    :class:`~spade_utils.backdoor.BlockCalibration`), at each method's calibrated per-block sparsities
+    (:func:`calibrated_configurations`; ``sparsity`` is NaN in those rows; a configuration with every block
+    dense is the backdoored model itself). ``pruned``: a dict the pruned copies are kept in (keyed by solver,
+    configuration and ``sample_id``) so a later call reuses a trace.
     The views and the attribution are seeded from ``seed`` and ``sample_id`` (:func:`derive_seed`), so the
     rows do not depend on which shard runs the sample. Columns: ids, the backdoored model's top-1 on the
     clean and triggered image (``flipped``), each variant's top-1 on the triggered image, and the Trojan AUC
     columns of :func:`spade_utils.backdoor.trojan_saliency_scores` (no ``settings_hash``/``code_version``).
+    Returns the rows, or ``(rows, maps)`` with ``keep_maps`` (maps: (variant, method) -> [(H, W) map]).
     """
     import pandas as pd
     import torch
@@ -230,34 +296,57 @@ def trojan_sample_rows(
     from .backdoor import trojan_saliency_scores
     from .spade import spade_pruned_copy
 
+    if calibration is not None and len(sparsities):
+        raise ValueError("give sparsities or calibration, not both")
     attr = dict(attribute_kwargs, seed=derive_seed(seed, sample_id, "attribute"))
     views_seed = derive_seed(seed, sample_id, "views")
     clean_pred, trig_pred = _top1(backdoored, torch.stack([sample.clean, sample.image]))
     sample.clean_prediction = clean_pred
-    frames = []
-    if models:
-        scores, _ = trojan_saliency_scores(models, [sample], methods, attribute_kwargs=attr, progress=False)
-        preds = {label: _top1(m, sample.image[None])[0] for label, m in models.items()}
-        frames.append(scores.assign(sparsity=float("nan"), variant_prediction=scores.variant.map(preds)))
-    for sp in sparsities:
-        preds = {}
+    pruned = {} if pruned is None else pruned
+    frames, maps = [], {}
 
-        def traced(name, sp=sp, preds=preds):
+    def score(variants, group, sparsity, preds):
+        sc, mp = trojan_saliency_scores(
+            variants, [sample], group, attribute_kwargs=attr, keep_maps=int(keep_maps), progress=False
+        )
+        frames.append(sc.assign(sparsity=sparsity, variant_prediction=sc.variant.map(preds)))
+        maps.update(mp)
+
+    if models:
+        score(
+            models,
+            methods,
+            float("nan"),
+            {label: _top1(m, sample.image[None])[0] for label, m in models.items()},
+        )
+    if calibration is not None:
+        configs = [
+            (args, group, float("nan")) for args, group in calibrated_configurations(calibration, methods)
+        ]
+    else:
+        configs = [({"sparsity": float(sp)}, list(methods), float(sp)) for sp in sparsities]
+    for args, group, label in configs if per_sample else ():
+        preds: dict = {}
+
+        def traced(name, args=args, preds=preds):
+            solver = _SOLVERS[name]
+            key = (solver, repr(sorted(args.items())), int(sample_id))
+
             def build(s, i):
-                m = spade_pruned_copy(
-                    backdoored, s.image, sparsity=sp, solver=_SOLVERS[name], seed=views_seed, **trace_kwargs
-                )
+                if args.get("layers", True) == []:  # every calibrated block dense: the backdoored model
+                    m = backdoored
+                else:
+                    if key not in pruned:
+                        pruned[key] = spade_pruned_copy(
+                            backdoored, s.image, solver=solver, seed=views_seed, **{**trace_kwargs, **args}
+                        )
+                    m = pruned[key]
                 preds[VARIANTS[name]] = _top1(m, s.image[None])[0]
                 return m
 
             return build
 
-        if per_sample:
-            variants = {VARIANTS[n]: traced(n) for n in per_sample}
-            scores, _ = trojan_saliency_scores(
-                variants, [sample], methods, attribute_kwargs=attr, progress=False
-            )
-            frames.append(scores.assign(sparsity=float(sp), variant_prediction=scores.variant.map(preds)))
+        score({VARIANTS[n]: traced(n) for n in per_sample}, group, label, preds)
     rows = pd.concat(frames, ignore_index=True)
     rows = rows.assign(
         sample_id=int(sample_id),
@@ -266,7 +355,7 @@ def trojan_sample_rows(
         triggered_prediction=trig_pred,
         flipped=clean_pred != sample.target and trig_pred == sample.target,
     )
-    return rows
+    return (rows, maps) if keep_maps else rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,6 +420,11 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     _common_flags(t)
     _backdoor_flags(t, ["smiley", "fish"])
     _variant_flags(t, list(VARIANTS))
+    t.add_argument(
+        "--calibration",
+        help="per-block SPADE sparsities instead of --sparsities: a CSV (method, block, sparsity), e.g. the "
+        "sparsity.csv of 'spade-run merge --experiment calibrate' or notebook 04's 04_sparsity_calibration.csv",
+    )
     i = sub.add_parser("insertion", help="insertion/deletion AUC per saliency method and variant (Table 2)")
     _common_flags(i)
     i.add_argument("--imagenet-val", help="paper source: the scored images (ImageNet validation folder)")
@@ -455,12 +549,20 @@ def _check_args(a: argparse.Namespace) -> None:
         known = VARIANTS if a.command == "trojan" else INSERTION_VARIANTS
         if any(v not in known for v in a.variants) or len(set(a.variants)) != len(a.variants):
             raise UsageError(f"--variants must be distinct names of {list(known)}, got {a.variants}")
+        calibrated = getattr(a, "calibration", None) is not None
+        if calibrated and a.sparsities:
+            raise UsageError("give --sparsities or --calibration, not both")
+        if calibrated and not Path(a.calibration).is_file():
+            raise UsageError(f"--calibration: no file {a.calibration}")
         if any(v in _SOLVERS for v in a.variants):
-            if not a.sparsities and a.command == "trojan":
+            if not a.sparsities and not calibrated and a.command == "trojan":
                 raise UsageError(
-                    "--sparsities is required for the variants fastspade/spade (e.g. --sparsities 0.9)"
+                    "--sparsities (or --calibration) is required for the variants fastspade/spade (e.g. "
+                    "--sparsities 0.9)"
                 )
             a.sparsities = fractions("sparsities", False) if a.sparsities else None
+            if calibrated:
+                a.sparsities = []
         else:
             a.sparsities = []
     if a.command == "calibrate":
@@ -532,9 +634,11 @@ def _setup_backdoor(a: argparse.Namespace, photos_from: str) -> dict:
         backdoored = load_robustness_checkpoint(a.checkpoint).to(dev)
         all_targets = dict(backdoor.PAPER_TARGETS)
         root = a.imagenet_val if photos_from == "evaluation" else a.imagenet_train
-        photos: list = sorted(
-            p for p in Path(root).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-        )
+        try:
+            photos: list = image_files(root)
+        except ValueError as err:
+            flag = "--imagenet-val" if photos_from == "evaluation" else "--imagenet-train"
+            raise UsageError(f"{flag}: {err}") from None
         photo_names = [p.relative_to(root).as_posix() for p in photos]
         fc_images = a.imagenet_train
         layers, skip_dw = a.layers or ["layer3.4*", "layer3.5*", "layer4*", "fc"], False
@@ -606,6 +710,15 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
         models[VARIANTS["clean"]] = original
     if "dense" in a.variants:
         models[VARIANTS["dense"]] = backdoored
+    calibration = None
+    if getattr(a, "calibration", None) is not None:
+        try:
+            calibration = backdoor.BlockCalibration.from_table(
+                backdoored, a.calibration, skip_depthwise=skip_dw
+            )
+            calibrated_configurations(calibration, a.methods)
+        except ValueError as err:
+            raise UsageError(f"--calibration {a.calibration}: {err}") from None
     fc_hash = None
     if "sparse-fc" in a.variants:  # fitted once per process, from seeds alone: the same model in every shard
         _say("[trojan] fitting the Sparse-FC baseline ...")
@@ -638,6 +751,7 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
         methods=a.methods,
         variants=a.variants,
         sparsities=a.sparsities,
+        calibration=calibration.table().to_dict("records") if calibration is not None else None,
         views=a.views,
         layers=layers,
         skip_depthwise=skip_dw,
@@ -645,8 +759,10 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
         device=a.torch_device.type,
     )
     per_sample = [v for v in a.variants if v in _SOLVERS]
-    rows_per_sample = (len(models) + len(per_sample) * len(a.sparsities)) * len(a.methods)
+    n_configs = 1 if calibration is not None else len(a.sparsities)
+    rows_per_sample = (len(models) + len(per_sample) * n_configs) * len(a.methods)
     return dict(
+        calibration=calibration,
         settings=settings,
         hash=settings_hash(settings),
         rows_per_sample=rows_per_sample,
@@ -680,25 +796,17 @@ def patch_size_for(size: int) -> int:
 
 def _select(a, run, make) -> list[int]:
     """The expected sample ids: ``--sample-ids`` as given, or the first ``--n-samples`` candidates that flip."""
-    import torch
-
     if a.ids is not None:
         return a.ids
-    if not a.require_flip:
-        return list(range(a.n_samples))
-    limit = a.max_candidates or 16 * a.n_samples
-    found: list[int] = []
-    for j in range(limit):
-        s = make(j)
-        clean, trig = _top1(run["backdoored"], torch.stack([s.clean, s.image]))
-        if clean != s.target and trig == s.target:
-            found.append(j)
-            if len(found) == a.n_samples:
-                return found
-    raise UsageError(
-        f"--n-samples {a.n_samples}: only {len(found)} of the first {limit} candidates are flipped by their "
-        "trigger; raise --max-candidates, or pass --no-require-flip"
-    )
+    try:
+        return flipped_ids(
+            make, run["backdoored"], a.n_samples, require_flip=a.require_flip, max_candidates=a.max_candidates
+        )
+    except ValueError as err:
+        raise UsageError(
+            f"--n-samples {a.n_samples}: {str(err).split(': ', 1)[1].split('; ')[0]}; raise --max-candidates, "
+            "or pass --no-require-flip"
+        ) from None
 
 
 def _run_shard(a: argparse.Namespace, folder: Path, run: dict, ids: list[int], rows_of, key, **extra) -> bool:
@@ -766,6 +874,7 @@ def run_trojan(a: argparse.Namespace) -> int:
             backdoored=run["backdoored"],
             per_sample=run["per_sample"],
             sparsities=a.sparsities,
+            calibration=run["calibration"],
             methods=a.methods,
             trace_kwargs=run["trace_kwargs"],
             attribute_kwargs=run["attribute_kwargs"],

@@ -304,7 +304,7 @@ def test_candidates_are_a_function_of_the_id_and_selection_refuses_too_few_flips
     import torch
     from torch import nn
 
-    from spade_utils.run import _select, trojan_sample
+    from spade_utils.run import _select, flipped_ids, trojan_sample
 
     targets = {"smiley": 30, "fish": 146}
 
@@ -321,9 +321,12 @@ def test_candidates_are_a_function_of_the_id_and_selection_refuses_too_few_flips
         never[2].bias.zero_()
         never[2].bias[0] = 1.0  # always class 0: no trigger ever flips it
     args = Namespace(ids=None, require_flip=True, n_samples=2, max_candidates=3)
-    with pytest.raises(ValueError, match="only 0 of the first 3 candidates"):
+    with pytest.raises(ValueError, match="--n-samples 2: only 0 of the first 3 candidates.*--max-candidates"):
         _select(args, {"backdoored": never}, make)
-    assert _select(Namespace(ids=None, require_flip=False, n_samples=2), {}, make) == [0, 1]
+    with pytest.raises(ValueError, match="n=2: only 0 of the first 3 candidates"):  # the library's wording
+        flipped_ids(make, never, 2, max_candidates=3)
+    args = Namespace(ids=None, require_flip=False, n_samples=2, max_candidates=None)
+    assert _select(args, {"backdoored": never}, make) == [0, 1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -512,3 +515,119 @@ def test_insertion_and_calibrate_refuse_bad_flags(tmp_path, capsys, argv, match)
     assert main([argv[0], "--out", str(tmp_path / "o"), *argv[1:]]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Table 1 at the calibrated per-block sparsities (--calibration): what notebook 04 computes
+# ------------------------------------------------------------------------------------------------
+CALIBRATED_CSV = (
+    pd.DataFrame(  # per method: saliency prunes the classifier only, input x gradient both blocks
+        dict(
+            method=["saliency", "saliency", "input_x_gradient", "input_x_gradient"],
+            block=["_conv_head", "_fc", "_conv_head", "_fc"],
+            sparsity=[0.0, 0.9, 0.5, 0.5],
+        )
+    )
+)
+
+
+def _calibrated_flags(csv, cache):
+    tiny = [f for f in TINY if f not in ("--sparsities", "0.9", "sparse-fc")]
+    tiny[tiny.index("saliency")] = "saliency input_x_gradient"
+    return [*" ".join(tiny).split(), "--calibration", str(csv), "--cache-dir", str(cache)]
+
+
+@pytest.mark.slow  # Lite0 traces and attributions for 3 samples, three times (one process, two shards)
+def test_calibrated_run_shards_and_uses_each_methods_blocks(runs, tmp_path_factory):
+    import torch
+
+    from spade_utils import backdoor
+    from spade_utils.models import load_model
+    from spade_utils.run import trojan_sample
+    from spade_utils.run_shards import derive_seed
+    from spade_utils.spade import spade_pruned_copy
+
+    base = tmp_path_factory.mktemp("calibrated")
+    csv = base / "sparsity.csv"
+    CALIBRATED_CSV.to_csv(csv, index=False)
+    one, two, _ = _sharded("trojan", _calibrated_flags(csv, runs["cache"]), base, lambda o: o / "trojan")
+    for out in (one, two):
+        assert main(["merge", "--out", str(out)]) == 0
+    single, merged = _table(one / "trojan" / "merged.csv"), _table(two / "trojan" / "merged.csv")
+    pd.testing.assert_frame_equal(merged, single, check_exact=True)
+    assert len(single) == 3 * 2 * 2 and single.sparsity.isna().all()  # samples x variants x methods
+    # an independent row: sample 1's FastSPADE map for input x gradient, traced with both blocks at 0.5
+    recipe = backdoor.DEFAULT_RECIPE.replace(steps=2, n_clean=8, n_triggered=8)
+    bd = backdoor.implant_backdoor(
+        load_model("efficientnet_lite0"),
+        recipe=recipe,
+        seed=0,
+        cache=runs["cache"],
+        device="cpu",
+        progress=False,
+    )
+    sample = trojan_sample(
+        list(backdoor.TEST_PHOTOS), 1, seed=0, targets={t: bd.targets[t] for t in ("smiley", "fish")}
+    )
+    rows = {}
+    for method, sparsity in (
+        ("input_x_gradient", {"_conv_head": 0.5, "_fc": 0.5}),
+        ("saliency", {"_fc": 0.9}),
+    ):
+        pruned = spade_pruned_copy(bd.model, sample.image, layers=list(sparsity), sparsity=sparsity, solver="sparsegpt",
+                                   n_augment=8, batch_size=32, skip_depthwise=True, seed=derive_seed(0, 1, "views"),
+                                   progress=False, device="cpu")  # fmt: skip
+        attr = dict(
+            n_steps=32,
+            n_samples=16,
+            internal_batch_size=16,
+            device="cpu",
+            seed=derive_seed(0, 1, "attribute"),
+        )
+        scores, _ = backdoor.trojan_saliency_scores({"x": pruned}, [sample], [method], attribute_kwargs=attr,
+                                                    progress=False)  # fmt: skip
+        rows[method] = float(scores.auc.iloc[0])
+    mine = single[(single.sample_id == 1) & (single.variant == "FastSPADE (SparseGPT)")].set_index("method")
+    assert mine.loc["input_x_gradient", "auc"] == pytest.approx(rows["input_x_gradient"], abs=1e-12)
+    assert mine.loc["saliency", "auc"] == pytest.approx(rows["saliency"], abs=1e-12)
+    assert torch.is_tensor(sample.image)
+
+
+def test_calibration_table_round_trip_and_refusals(tmp_path):
+    from test_backdoor_calibrate import ATTR, BLOCKS, GRID, TRACE, TinyBackdoored, triggered
+
+    from spade_utils.backdoor import BlockCalibration, calibrate_block_sparsity
+    from spade_utils.run import calibrated_configurations
+
+    model = TinyBackdoored()
+    lib = calibrate_block_sparsity(model, triggered(2), BLOCKS, ["saliency", "input_x_gradient"], grid=GRID,
+                                   progress=False, attribute_kwargs=ATTR, **TRACE)  # fmt: skip
+    path = tmp_path / "sparsity.csv"
+    lib.table().to_csv(path, index=False)
+    back = BlockCalibration.from_table(model, path)
+    assert back.sparsity == lib.sparsity and list(back.sparsity["saliency"]) == list(BLOCKS)
+    for m in lib.sparsity:
+        assert back.trace_arguments(m) == lib.trace_arguments(m)
+    configs = calibrated_configurations(back, ["saliency", "input_x_gradient"])
+    assert sorted(m for _, group in configs for m in group) == ["input_x_gradient", "saliency"]
+    for args, group in configs:  # each method traced at its own calibrated blocks
+        assert all(args == lib.trace_arguments(m) for m in group)
+    with pytest.raises(ValueError, match="'lrp' was not calibrated"):
+        calibrated_configurations(back, ["lrp"])
+    pooled = lib.table()[lambda d: d.method == "saliency"].assign(method="saliency+lrp")
+    ((args, group),) = calibrated_configurations(
+        BlockCalibration.from_table(model, pooled), ["lrp", "saliency"]
+    )
+    assert group == ["lrp", "saliency"] and args == lib.trace_arguments("saliency")
+    table = lib.table()
+    bad = {
+        "columns method, block, sparsity": table.drop(columns="sparsity"),
+        "must give each block": table.iloc[1:],
+        r"in \[0, 1\)|< 1": table.assign(sparsity=1.0),
+        "no_such_layer": table.assign(layers=table.layers.str.replace("conv1", "no_such_layer")),
+    }
+    for match, frame in bad.items():
+        with pytest.raises(ValueError, match=match):
+            BlockCalibration.from_table(model, frame)
+    with pytest.raises(ValueError, match="cannot read"):
+        BlockCalibration.from_table(model, tmp_path / "missing.csv")

@@ -90,6 +90,58 @@ class BlockCalibration:
         chosen = {n: s for n, s in self.layer_sparsity(method).items() if s > 0}
         return {"layers": list(chosen), "sparsity": chosen}
 
+    def table(self) -> pd.DataFrame:
+        """The chosen sparsities, one row per method x block (blocks input first): columns ``method``,
+        ``block`` (the label), ``sparsity`` and ``layers`` (the block's layer names, comma-joined). The format
+        of notebook 04's ``04_sparsity_calibration.csv``; ``spade-run merge --experiment calibrate``'s
+        ``sparsity.csv`` is the same without ``layers``. :meth:`from_table` reads either back."""
+        rows = [
+            dict(method=m, block=b, sparsity=float(v[b]), layers=",".join(self.blocks[b]))
+            for m, v in self.sparsity.items()
+            for b in self.blocks
+        ]
+        return pd.DataFrame(rows, columns=["method", "block", "sparsity", "layers"])
+
+    @classmethod
+    def from_table(cls, model: nn.Module, table, *, skip_depthwise: bool = False) -> BlockCalibration:
+        """A calibration read back from :meth:`table`'s format (a DataFrame, or a CSV file's path): each block's
+        ``layers`` (or, without that column, its label read as comma-joined layer names/globs, as
+        :func:`calibrate_block_sparsity` labels a list of patterns) resolved on ``model`` with
+        ``skip_depthwise`` as the search resolved them. ``candidates`` and ``scores``
+        come back empty, ``cost`` as ``{}``. Raises ValueError naming ``table`` for missing columns, a method
+        without every block, a sparsity outside [0, 1), or a label that matches no layer of ``model``."""
+        if not isinstance(table, pd.DataFrame):
+            try:
+                table = pd.read_csv(table)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"table: cannot read {table!r} as a CSV file ({err})") from None
+        missing = {"method", "block", "sparsity"} - set(table.columns)
+        if missing or table.empty:
+            raise ValueError(
+                f"table must have rows with columns method, block, sparsity; got columns {list(table.columns)}"
+            )
+        labels = list(dict.fromkeys(str(b) for b in table["block"]))
+        if "layers" in table.columns:  # the block's layer names as the search resolved them
+            patterns = {
+                str(b): str(n).split(",") for b, n in zip(table["block"], table["layers"], strict=True)
+            }
+        else:  # a label is its comma-joined names/globs (spade-run calibrate's --blocks)
+            patterns = {b: b.split(",") for b in labels}
+        try:
+            blocks = _check_blocks(model, {b: patterns[b] for b in labels}, skip_depthwise)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"table: {err}") from None
+        sparsity: dict[str, dict[str, float]] = {}
+        for method, group in table.groupby("method", sort=False):
+            chosen = {str(b): check_sparsity(float(v), f"table's sparsity of {method!r}, block {b!r}")
+                      for b, v in zip(group["block"], group["sparsity"], strict=True)}  # fmt: skip
+            if sorted(chosen) != sorted(labels) or len(group) != len(labels):
+                raise ValueError(f"table: method {method!r} must give each block {labels} one sparsity")
+            sparsity[str(method)] = {b: chosen[b] for b in labels}
+        return cls(
+            blocks=blocks, sparsity=sparsity, candidates=pd.DataFrame(), scores=pd.DataFrame(), cost={}
+        )
+
 
 # --------------------------------------------------------------------------------------------
 # checks before any work
