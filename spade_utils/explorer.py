@@ -45,6 +45,7 @@ LAYER_PRESETS: dict[str, list[str]] = {
 SOLVERS = ("magnitude", "sparsegpt", "obc")
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "grad_cam", "lrp")
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+MAX_SIDE = 2048  # uploads are shrunk to this many pixels on their longer side
 BUNDLE_NAME = "04_saliency_maps.npz"  # notebook 04 writes <results>/maps/04_saliency_maps.npz
 MISSING_BUNDLE = "No precomputed maps yet: run notebook 04 first (make figures NB=04), then reload this page."
 
@@ -139,6 +140,8 @@ class Explorer:
 
     def add_photo(self, name: str, image) -> str:
         """Register ``image`` (PIL image, array, tensor, or the bytes of an image file) under ``name``; returns ``name``.
+        Uploaded files larger than ``MAX_SIDE`` px on a side are shrunk to it (aspect kept), so a 12000-px scan
+        does not hold gigabytes.
 
         Raises TypeError for a non-string or empty name, ValueError (from the image reader) for unreadable bytes.
         """
@@ -147,9 +150,13 @@ class Explorer:
         if isinstance(image, (bytes, bytearray, memoryview)):
             try:
                 image = Image.open(io.BytesIO(bytes(image)))
+                image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # a JPEG decodes at a reduced scale directly
                 image.load()
             except Exception as err:  # PIL raises several kinds for a file that is not an image
                 raise ValueError(f"image {name!r} is not a readable image file ({err})") from err
+            if max(image.size) > MAX_SIDE:  # a phone photo or a scan: every view is a 224-px crop anyway
+                image = image.copy()
+                image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
         self.photos[name] = to_pil(image_to_tensor(image, argname="image"))
         for cache in (self._dense, self._spade):
             for key in [k for k in cache if k[0] == name]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,9 +162,9 @@ def _check_inputs(images, masks, maps, aucs, sample_names, size):
     return auc_arrays, size
 
 
-def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Area-average ``[N, C, H, W]`` to ``[N, C, size, size]`` in float32 (each output pixel the mean it covers)."""
-    x = x.detach().to("cpu", torch.float32)
+def _shrink(x: torch.Tensor, size: int, dtype=torch.float32) -> torch.Tensor:
+    """Area-average ``[N, C, H, W]`` to ``[N, C, size, size]`` in ``dtype`` (each output pixel the mean it covers)."""
+    x = x.detach().to("cpu", dtype)
     if x.shape[-2:] == (size, size):
         return x
     return F.adaptive_avg_pool2d(x, (size, size))
@@ -194,8 +195,14 @@ def save_map_bundle(path, *, images, masks, maps, aucs, sample_names, size: int 
     }
     entries = []
     for i, ((variant, method), value) in enumerate(maps.items()):
-        small = _shrink(value[:, None], size)[:, 0]
+        small = _shrink(value[:, None], size, torch.float64)[:, 0]
         scale = small.abs().amax(dim=(1, 2))
+        f32 = torch.finfo(torch.float32)
+        if ((scale > f32.max) | ((scale > 0) & (scale < f32.tiny))).any():  # loaded maps are float32
+            raise ValueError(
+                f"maps[{(variant, method)!r}] reaches |value| {scale.max().item():.3g} (smallest sample "
+                f"{scale.min().item():.3g}): outside float32's range [{f32.tiny:.3g}, {f32.max:.3g}]; rescale the maps"
+            )
         unit = small / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None, None]
         arrays[f"map_{i}"] = unit.numpy().astype(np.float16)
         arrays[f"scale_{i}"] = scale.numpy().astype(np.float32)
@@ -232,37 +239,69 @@ def load_map_bundle(path) -> MapBundle:
     path = _check_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no map bundle at {path}")
-    with np.load(path, allow_pickle=False) as data:
-        if "header" not in data.files:
-            raise ValueError(f"path {path} is not a map bundle (no header)")
-        try:
-            header = json.loads(bytes(data["header"]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"path {path}: unreadable header ({err})") from err
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            bundle = _read_bundle(data, path)
+    except (
+        ValueError,
+        *_DAMAGED,
+    ) as err:  # a damaged or foreign file: named, whatever numpy or zipfile raised
+        if isinstance(err, ValueError) and str(path) in str(err):
+            raise
+        raise ValueError(f"path {path} is not a readable map bundle ({type(err).__name__}: {err})") from err
+    return bundle
+
+
+_DAMAGED = (zipfile.BadZipFile, EOFError, OSError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def _read_bundle(data, path: Path) -> MapBundle:
+    """The bundle in an open ``.npz``: the header and every array checked as :func:`save_map_bundle` wrote them."""
+    if "header" not in data.files:
+        raise ValueError(f"path {path} is not a map bundle (no header)")
+    try:
+        header = json.loads(bytes(data["header"]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"path {path}: unreadable header ({err})") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"path {path}: the header is not a mapping")
+    version = header.get("version")
+    if header.get("format") != FORMAT or type(version) is not int or version != VERSION:
+        raise ValueError(
+            f"path {path} holds format {header.get('format')!r} version {version!r}, "
+            f"expected {FORMAT!r} version {VERSION}"
+        )
+    names = tuple(header["sample_names"])
+    size = header["size"]
+    if not all(isinstance(s, str) for s in names) or len(set(names)) != len(names) or type(size) is not int:
+        raise ValueError(f"path {path}: the header's sample names must be unique strings and size an int")
+    n = len(names)
+    images = data["images"].astype(np.float32)
+    masks = data["masks"]
+    if images.shape != (n, 3, size, size) or masks.shape != (n, size, size) or masks.dtype != bool:
+        raise ValueError(f"path {path}: images {images.shape} / masks {masks.shape} disagree with the header")
+    if not np.isfinite(images).all() or images.min(initial=0) < 0 or images.max(initial=0) > 1:
+        raise ValueError(f"path {path}: images must hold finite values in [0, 1]")
+    maps, aucs = {}, {}
+    for entry in header["entries"]:
+        key = (entry["variant"], entry["method"])
+        if key in maps:
+            raise ValueError(f"path {path}: {key} appears twice")
+        missing = [entry[k] for k in ("map", "scale", "auc") if entry[k] not in data.files]
+        if missing:
+            raise ValueError(f"path {path}: arrays {missing} of {key} are missing")
+        unit, scale = data[entry["map"]].astype(np.float32), data[entry["scale"]].astype(np.float64)
+        auc = data[entry["auc"]].astype(np.float64)
+        if unit.shape != (n, size, size) or scale.shape != (n,) or auc.shape != (n,):
+            raise ValueError(f"path {path}: the arrays of {key} disagree with the header")
+        if not np.isfinite(unit).all() or np.abs(unit).max(initial=0) > 1 or not np.isfinite(scale).all():
             raise ValueError(
-                f"path {path} holds format {header.get('format')!r} version {header.get('version')!r}, "
-                f"expected {FORMAT!r} version {VERSION}"
+                f"path {path}: the map of {key} holds values a bundle never stores (NaN, inf, |unit| > 1)"
             )
-        names = tuple(header["sample_names"])
-        size = int(header["size"])
-        n = len(names)
-        images = data["images"].astype(np.float32)
-        masks = data["masks"].astype(bool)
-        if images.shape != (n, 3, size, size) or masks.shape != (n, size, size):
+        if (scale < 0).any() or np.isinf(auc).any() or ((auc < 0) | (auc > 1)).any():
             raise ValueError(
-                f"path {path}: images {images.shape} / masks {masks.shape} disagree with the header"
+                f"path {path}: the scale or AUC of {key} is out of range (scale >= 0, AUC in [0, 1])"
             )
-        maps, aucs = {}, {}
-        for entry in header["entries"]:
-            key = (entry["variant"], entry["method"])
-            missing = [entry[k] for k in ("map", "scale", "auc") if entry[k] not in data.files]
-            if missing:
-                raise ValueError(f"path {path}: arrays {missing} of {key} are missing")
-            unit, scale = data[entry["map"]].astype(np.float32), data[entry["scale"]].astype(np.float32)
-            auc = data[entry["auc"]].astype(np.float64)
-            if unit.shape != (n, size, size) or scale.shape != (n,) or auc.shape != (n,):
-                raise ValueError(f"path {path}: the arrays of {key} disagree with the header")
-            maps[key] = unit * scale[:, None, None]
-            aucs[key] = auc
+        maps[key] = (unit * scale[:, None, None]).astype(np.float32)
+        aucs[key] = auc
     return MapBundle(images=images, masks=masks, maps=maps, aucs=aucs, sample_names=names, size=size)

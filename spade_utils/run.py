@@ -131,6 +131,9 @@ def _say(msg: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # the library part: one sample, its rows
 # --------------------------------------------------------------------------------------------------
+_MAX_IDS = 10_000_000  # more ids than any dataset here (ImageNet validation: 50,000)
+
+
 def parse_ids(text) -> list[int]:
     """Sample ids from ``"0-9,15,20"`` (ranges inclusive), a list of ints, or one int: sorted, unique.
     Raises ValueError naming ``--sample-ids`` for anything else or a negative id."""
@@ -149,11 +152,15 @@ def parse_ids(text) -> list[int]:
                 lo, hi = (int(v) for v in p.split("-", 1))
                 if lo > hi:
                     raise ValueError
+                if hi - lo >= _MAX_IDS:
+                    raise UsageError(f"--sample-ids: the range {p!r} holds more than {_MAX_IDS:,} ids")
                 ids.update(range(lo, hi + 1))
-            elif isinstance(p, bool):
+            elif isinstance(p, bool) or (isinstance(p, float) and not p.is_integer()):
                 raise ValueError
             else:
                 ids.add(int(p))
+        except UsageError:
+            raise
         except (TypeError, ValueError):
             raise UsageError(f"--sample-ids: cannot read {p!r} (ids like '0-9,15')") from None
     if not ids or min(ids) < 0:
@@ -172,7 +179,15 @@ def trojan_sample(photos, sample_id: int, *, seed: int, targets, size: int = 224
     index in ``photos`` (the bootstrap cluster).
     """
     from .backdoor import TriggeredSample, paste_trigger, random_crops
+    from .backdoor.poison import check_targets
+    from .validation import check_int, check_nonempty, check_seed
 
+    sample_id = check_int(sample_id, "sample_id", minimum=0)
+    seed = check_seed(seed)
+    targets = check_targets(targets, trigger_set)
+    if isinstance(photos, (str, bytes, Path)):
+        raise TypeError(f"photos must be a list of photo names or paths, got one {type(photos).__name__}")
+    check_nonempty(photos, "photos")
     names = list(targets)
     k = derive_seed(seed, sample_id, "photo") % len(photos)
     crop = random_crops([_load_photo(photos[k])], 1, size=size, seed=derive_seed(seed, sample_id, "crop"))[0]
@@ -221,9 +236,12 @@ def flipped_ids(make, backdoored, n: int, *, require_flip: bool = True, max_cand
     naming ``n`` when too few flip."""
     import torch
 
+    from .validation import check_positive_int
+
+    n = check_positive_int(n, "n")
+    limit = 16 * n if max_candidates is None else check_positive_int(max_candidates, "max_candidates")
     if not require_flip:
         return list(range(n))
-    limit = max_candidates or 16 * n
     found: list[int] = []
     for j in range(limit):
         s = make(j)
@@ -240,19 +258,28 @@ def flipped_ids(make, backdoored, n: int, *, require_flip: bool = True, max_cand
 
 def calibrated_configurations(calibration, methods: Sequence[str]) -> list[tuple[dict, list[str]]]:
     """``[(trace arguments, the methods that use them)]`` from a
-    :class:`~spade_utils.backdoor.BlockCalibration`: each method takes its own calibrated blocks, or, when the
-    calibration holds a single label (a search pooled over methods, labelled e.g. ``"saliency+lrp"``), that one
-    for every method. Methods sharing a configuration share one trace per sample. Raises ValueError naming
-    ``calibration`` for a method it does not cover."""
+    :class:`~spade_utils.backdoor.BlockCalibration`: each method takes its own calibrated blocks; a calibration
+    whose only label is a search pooled over several methods (labelled ``"saliency+lrp"``, as
+    :func:`~spade_utils.backdoor.calibrate_block_sparsity` labels a pooled search) serves every method, as
+    notebook 04's quick profile uses it. Methods sharing a configuration share one trace per sample. Raises
+    TypeError for a calibration that is not a BlockCalibration or ``methods`` given as one string, ValueError
+    naming ``calibration`` for a method it does not cover (one method's calibration is never lent to another)."""
+    from .backdoor import BlockCalibration
+
+    if not isinstance(calibration, BlockCalibration):
+        raise TypeError(f"calibration must be a BlockCalibration, got {type(calibration).__name__}")
+    if isinstance(methods, str) or not all(isinstance(m, str) for m in methods):
+        raise TypeError(f"methods must be a list of method names, got {methods!r}")
     labels = list(calibration.sparsity)
+    pooled = labels[0] if len(labels) == 1 and "+" in labels[0] else None
     out: dict[tuple, tuple[dict, list[str]]] = {}
     for m in methods:
-        if m in calibration.sparsity:
-            label = m
-        elif len(labels) == 1:
-            label = labels[0]
-        else:
-            raise ValueError(f"calibration: method {m!r} was not calibrated (calibrated: {labels})")
+        label = m if m in calibration.sparsity else pooled
+        if label is None:
+            raise ValueError(
+                f"calibration: method {m!r} was not calibrated (calibrated: {labels}; only a single search "
+                "pooled over methods, labelled like 'saliency+lrp', serves every method)"
+            )
         args = calibration.trace_arguments(label)
         out.setdefault(tuple(sorted(args["sparsity"].items())), (args, []))[1].append(m)
     return list(out.values())
@@ -468,15 +495,45 @@ def _apply_config(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser,
             raise UsageError(f"--config {path}: not valid JSON ({err})") from None
     if not isinstance(config, dict):
         raise UsageError(f"--config {path} must hold a mapping of flag names to values")
-    known = {a.dest for a in sub._actions} - {"help", "config"}
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
     values = {}
     for key, value in config.items():
         dest = str(key).lstrip("-").replace("-", "_")
-        if dest not in known:
+        if dest not in actions:
             raise UsageError(f"--config {path}: unknown setting {key!r} (not a flag of this command)")
-        values[dest] = value
+        values[dest] = _config_value(actions[dest], value, f"--config {path}: {key!r}")
     sub.set_defaults(**values)
     return parser.parse_args(argv)
+
+
+def _config_value(action: argparse.Action, value, where: str):
+    """A config file's value for ``action``, held to what the flag accepts on the command line: a bool for a
+    switch, the flag's type (a list of it for a multi-value flag), one of its choices."""
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):  # a switch
+        if not isinstance(value, bool):
+            raise UsageError(f"{where} must be true or false, got {value!r}")
+        return value
+    if action.dest == "sample_ids":  # '0-9,15', an id or a list of ids: parse_ids checks each
+        return value
+    kind = action.type or str
+    items = value if action.nargs in ("+", "*") else [value]
+    if action.nargs in ("+", "*") and (not isinstance(value, list) or not value):
+        raise UsageError(f"{where} must be a non-empty list, got {value!r}")
+    for v in items:
+        ok = (
+            isinstance(v, str)
+            if kind is str
+            else isinstance(v, int) and not isinstance(v, bool)
+            if kind is int
+            else isinstance(v, (int, float)) and not isinstance(v, bool)
+            if kind is float
+            else True
+        )
+        if not ok:
+            raise UsageError(f"{where} must be {kind.__name__} values, got {v!r}")
+        if action.choices is not None and v not in action.choices:
+            raise UsageError(f"{where} must be one of {list(action.choices)}, got {v!r}")
+    return value
 
 
 def _flag(dest: str) -> str:
@@ -606,6 +663,30 @@ def _check_args(a: argparse.Namespace) -> None:
         a.torch_device = resolve_device(a.device)
     except (TypeError, ValueError) as err:
         raise UsageError(str(err)) from None
+    if a.torch_device.type == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (a.torch_device.index or 0) >= count:
+            raise UsageError(f"--device {a.device}: this machine has {count} CUDA device(s)")
+    if getattr(a, "calibration", None) is not None:  # the file's form, before any model loads
+        from .backdoor.calibrate import read_calibration_table
+
+        try:
+            read_calibration_table(a.calibration)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"--calibration {a.calibration}: {err}") from None
+
+
+def _check_layers(model, layers, skip_depthwise: bool) -> None:
+    """Refuse ``--layers`` that select nothing prunable in ``model`` before a shard writes its manifest (a typo
+    would otherwise fail inside the first sample and leave a folder that refuses the corrected run)."""
+    from .layer_select import choose_layers
+
+    try:
+        choose_layers(model, layers, skip_depthwise=skip_depthwise)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--layers {layers}: {err}") from None
 
 
 def _model_hash(model) -> str:
@@ -759,6 +840,8 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
         device=a.torch_device.type,
     )
     per_sample = [v for v in a.variants if v in _SOLVERS]
+    if per_sample and calibration is None:
+        _check_layers(backdoored, layers, skip_dw)
     n_configs = 1 if calibration is not None else len(a.sparsities)
     rows_per_sample = (len(models) + len(per_sample) * n_configs) * len(a.methods)
     return dict(
@@ -1049,6 +1132,8 @@ def _setup_insertion(a: argparse.Namespace) -> dict:
         models[INSERTION_VARIANTS["sparse-fc"]] = sparse_fc
         fc_hash = _model_hash(sparse_fc)
     per_sample = [v for v in a.variants if v in _SOLVERS]
+    if per_sample:
+        _check_layers(dense, layers, a.source == "offline")
     settings = dict(
         experiment="insertion",
         source=a.source,

@@ -376,8 +376,9 @@ def merge_shards(folder: str | os.PathLike, key: Sequence[str]) -> MergeResult:
     one key and other values are an error. A sample is complete when it has the manifest's
     ``rows_per_sample`` rows; ``missing`` lists the expected ids that are not.
 
-    Raises FileNotFoundError without a manifest, ValueError naming the file for rows of another settings
-    hash, ids outside the expected set, or conflicting rows.
+    Raises FileNotFoundError without a manifest, ValueError naming the file for a file that is not a shard
+    file (unreadable, or without the key columns), rows of another settings hash, ids outside the expected
+    set, or conflicting rows.
     """
     import pandas as pd
 
@@ -389,7 +390,13 @@ def merge_shards(folder: str | os.PathLike, key: Sequence[str]) -> MergeResult:
     for path in files:
         if path.stat().st_size == 0:
             continue
-        df = pd.read_csv(path, keep_default_na=True)
+        try:
+            df = pd.read_csv(path, keep_default_na=True)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not a readable shard file ({err})") from None
+        lacking = [c for c in ["sample_id", "settings_hash", *key] if c not in df.columns]
+        if lacking:
+            raise ValueError(f"{path} is not a shard file of this run: it has no column(s) {lacking}")
         bad = set(df["settings_hash"].astype(str)) - {manifest["settings_hash"]}
         if bad:
             raise ValueError(

@@ -102,6 +102,11 @@ def test_an_uploaded_file_becomes_a_photo(model):
     assert np.asarray(e.photos[name])[0, 0].tolist() == [200, 10, 10]
     with pytest.raises(ValueError, match="readable image"):
         e.add_photo("upload: junk", b"not an image")
+    for fmt in ("PNG", "JPEG"):  # found by trying: a 12000-px scan was kept whole (5 GB peak)
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((300, ex.MAX_SIDE * 3, 3), 90, np.uint8)).save(buffer, format=fmt)
+        name = e.add_photo(f"upload: wide.{fmt}", buffer.getvalue())
+        assert e.photos[name].size == (ex.MAX_SIDE, 100)  # the longer side shrunk, the aspect kept
 
 
 def test_comparison_figure_draws_the_maps(explorer):

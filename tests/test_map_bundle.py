@@ -116,3 +116,69 @@ def test_paths_and_foreign_files(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="not a map bundle"):
         load_map_bundle(tmp_path / "other.npz")
+
+
+def test_maps_beyond_float32_are_refused_not_stored_as_nan_or_zero(tmp_path):
+    """Found by trying: float64 maps near 1e300 were stored as all NaN, near 1e-300 as all zero."""
+    base = torch.randn(S, H, H, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for factor in (1e300, 1e-300):
+        inputs = _inputs()
+        inputs["maps"] = {("dense", "Saliency"): base * factor}
+        inputs["aucs"] = {("dense", "Saliency"): [0.5] * S}
+        with pytest.raises(ValueError, match="outside float32's range"):
+            save_map_bundle(tmp_path / "m.npz", size=H, **inputs)
+        assert not (tmp_path / "m.npz").exists()
+
+
+def _edited(tmp_path, edit):
+    """A saved bundle, its header and arrays changed by ``edit(header, arrays)``, written back."""
+    path = save_map_bundle(tmp_path / "m.npz", size=4, **_inputs())
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(bytes(arrays["header"]).decode())
+    edit(header, arrays)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    out = tmp_path / "edited.npz"
+    np.savez(out, **arrays)
+    return out
+
+
+def _set(name, value):
+    def edit(header, arrays):
+        arrays[name] = np.full_like(arrays[name], value) if np.isscalar(value) else value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit,word",
+    [
+        (_set("map_0", np.nan), "NaN"),
+        (_set("scale_1", -1.0), "scale or AUC"),
+        (_set("scale_1", np.inf), "NaN, inf"),
+        (_set("auc_0", 7.0), "scale or AUC"),
+        (_set("images", 5.0), "images must hold"),
+        (lambda h, a: a.update(masks=a["masks"].astype(np.float32)), "disagree"),
+        (lambda h, a: h.update(sample_names=["a", "a", "b"]), "unique"),
+        (lambda h, a: h.update(version=True), "version True"),
+        (lambda h, a: h["entries"].append(dict(h["entries"][0])), "appears twice"),
+        (lambda h, a: h.pop("sample_names"), "not a readable map bundle"),
+        (lambda h, a: a.pop("images"), "not a readable map bundle"),
+    ],
+)
+def test_an_edited_bundle_is_refused_on_load(tmp_path, edit, word):
+    with pytest.raises(ValueError, match=word):
+        load_map_bundle(_edited(tmp_path, edit))
+
+
+def test_damaged_files_are_refused_naming_the_path(tmp_path):
+    good = save_map_bundle(tmp_path / "m.npz", size=4, **_inputs()).read_bytes()
+    for name, content in [("truncated", good[: len(good) // 2]), ("empty", b""), ("text", b"not a bundle\n")]:
+        path = tmp_path / f"{name}.npz"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=str(path)):
+            load_map_bundle(path)
+    np.save(tmp_path / "arr.npy", np.zeros(3))
+    (tmp_path / "arr.npy").rename(tmp_path / "renamed.npz")
+    with pytest.raises(ValueError, match="renamed.npz"):
+        load_map_bundle(tmp_path / "renamed.npz")

@@ -228,6 +228,13 @@ def test_manifest_refuses_other_settings(tmp_path):
     ShardFile(tmp_path / "shard-0-of-1.csv", "h1", 2).append(_rows(5))
     with pytest.raises(ValueError, match="does not expect"):
         merge_shards(tmp_path, ["sample_id", "variant"])
+    # found by trying: a foreign CSV under a shard's name gave a KeyError traceback
+    (tmp_path / "shard-0-of-1.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a shard file of this run.*settings_hash"):
+        merge_shards(tmp_path, ["sample_id", "variant"])
+    (tmp_path / "shard-0-of-1.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="shard-0-of-1.csv"):
+        merge_shards(tmp_path, ["sample_id", "variant"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -631,3 +638,115 @@ def test_calibration_table_round_trip_and_refusals(tmp_path):
             BlockCalibration.from_table(model, frame)
     with pytest.raises(ValueError, match="cannot read"):
         BlockCalibration.from_table(model, tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize(
+    "setting,match",
+    [
+        ({"source": "Paper"}, "must be one of \\['offline', 'paper'\\]"),
+        ({"require_flip": "false"}, "must be true or false"),
+        ({"no_cache": "false"}, "must be true or false"),
+        ({"views": 8.5}, "must be int values"),
+        ({"sparsities": 0.9}, "must be a non-empty list"),
+        ({"methods": ["saliency", 3]}, "must be str values"),
+        ({"calibration": 5}, "must be str values"),
+    ],
+)
+def test_config_values_are_held_to_the_flags_types_and_choices(tmp_path, capsys, setting, match):
+    """A config file's value passes the checks its flag gets on the command line (found by trying: 'Paper'
+    ran the offline source, the string 'false' kept flip selection on)."""
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps(setting))
+    assert main(["trojan", "--out", str(tmp_path / "o"), "--n-samples", "1", "--config", str(cfg)]) == 2
+    assert match.replace("\\", "") in capsys.readouterr().err or pytest.fail(match)
+
+
+def test_sample_selection_refuses_bad_values():
+    """Found by trying: float ids truncated, a 10^11-id range exhausted memory, bad ids/targets/photos ran."""
+    from spade_utils.run import flipped_ids, trojan_sample
+
+    with pytest.raises(ValueError, match="cannot read 1.9"):
+        parse_ids([1.9])
+    assert parse_ids([2.0, 3]) == [2, 3]
+    with pytest.raises(ValueError, match="more than 10,000,000 ids"):
+        parse_ids("0-99999999999")
+    targets = {"smiley": 30, "fish": 146}
+    for bad, err in [
+        (dict(sample_id=-1), ValueError),
+        (dict(sample_id=True), TypeError),
+        (dict(sample_id=1.0), TypeError),
+        (dict(seed=1.5), TypeError),
+        (dict(targets={"smiley": -1}), ValueError),
+        (dict(targets={"smiley": 1.5}), ValueError),
+        (dict(targets={}), ValueError),
+        (dict(photos=[]), ValueError),
+        (dict(photos="chelsea"), TypeError),
+    ]:
+        kwargs = dict(photos=["chelsea"], sample_id=0, seed=0, targets=targets) | bad
+        with pytest.raises(err):
+            trojan_sample(kwargs.pop("photos"), kwargs.pop("sample_id"), size=64, **kwargs)
+    for n, cap in [(0, None), (-2, None), (2, 0), (2, -5)]:
+        with pytest.raises(ValueError, match="must be >= 1"):
+            flipped_ids(lambda j: None, None, n, require_flip=False, max_candidates=cap)
+
+
+def test_calibration_tables_that_would_prune_the_wrong_layers_are_refused():
+    """Found by trying: a stray comma (an empty name selects every layer), a block whose layers differ between
+    rows (the last row won), one method's calibration lent to another."""
+    from test_backdoor_calibrate import TinyBackdoored
+
+    from spade_utils.backdoor import BlockCalibration
+    from spade_utils.run import calibrated_configurations
+
+    model = TinyBackdoored()
+
+    def frame(**cols):
+        return pd.DataFrame(cols)
+
+    for table, match in [
+        (frame(method=["saliency"], block=["head"], sparsity=[0.9], layers=["fc,"]), "empty layer"),
+        (frame(method=["saliency"], block=["fc,"], sparsity=[0.9]), "empty layer"),
+        (
+            frame(method=["saliency", "lrp"], block=["b", "b"], sparsity=[0.9, 0.5], layers=["conv2", "fc"]),
+            "different layers",
+        ),
+        (frame(method=["saliency"], block=["fc"], sparsity=["90%"]), "must be a number"),
+        (frame(method=[None], block=["fc"], sparsity=[0.9]), "'method' is blank"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            BlockCalibration.from_table(model, table)
+    one = BlockCalibration.from_table(model, frame(method=["saliency"], block=["fc"], sparsity=[0.9]))
+    assert calibrated_configurations(one, ["saliency"])[0][0] == {"layers": ["fc"], "sparsity": {"fc": 0.9}}
+    with pytest.raises(ValueError, match="'lrp' was not calibrated"):
+        calibrated_configurations(one, ["saliency", "lrp"])
+    with pytest.raises(TypeError, match="list of method names"):
+        calibrated_configurations(one, "saliency")
+    with pytest.raises(TypeError, match="BlockCalibration"):
+        calibrated_configurations(None, ["saliency"])
+
+
+def test_bad_calibration_file_and_gpu_are_refused_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import spade_utils.run as run
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr(run, "_setup_backdoor", loaded)
+    csv = tmp_path / "sparsity.csv"
+    csv.write_text("method,block\nsaliency,_fc\n")
+    flags = [f for f in TINY if f not in ("--sparsities", "0.9")]
+    assert main(["trojan", "--out", str(tmp_path / "o"), *flags, "--calibration", str(csv)]) == 2
+    assert "--calibration" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["trojan", "--out", str(tmp_path / "o"), *TINY, "--device", "cuda:7"]) == 2
+        assert "this machine has 0 CUDA device(s)" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # loads the tiny implant from the trojan runs' cache
+def test_a_layer_typo_is_refused_before_the_manifest(runs, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(_trojan(out, runs["cache"], "--layers", "nosuchlayer*")) == 2
+    assert "--layers ['nosuchlayer*']" in capsys.readouterr().err
+    assert not (out / "trojan" / "manifest.json").exists()  # the corrected run can use the folder

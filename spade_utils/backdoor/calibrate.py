@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,13 @@ from ..validation import check_sparsity
 from ..widgets import progress_bar as tqdm
 from .evaluate import TriggeredSample, normalize, trojan_saliency_scores
 
-__all__ = ["PAPER_GRID", "BlockCalibration", "calibrate_block_sparsity", "calibration_sample_scores"]
+__all__ = [
+    "PAPER_GRID",
+    "BlockCalibration",
+    "calibrate_block_sparsity",
+    "calibration_sample_scores",
+    "read_calibration_table",
+]
 
 PAPER_GRID = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 """The sparsity grid of the SPADE paper's calibration (fractions of zero weights)."""
@@ -110,37 +117,63 @@ class BlockCalibration:
         ``skip_depthwise`` as the search resolved them. ``candidates`` and ``scores``
         come back empty, ``cost`` as ``{}``. Raises ValueError naming ``table`` for missing columns, a method
         without every block, a sparsity outside [0, 1), or a label that matches no layer of ``model``."""
-        if not isinstance(table, pd.DataFrame):
-            try:
-                table = pd.read_csv(table)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"table: cannot read {table!r} as a CSV file ({err})") from None
-        missing = {"method", "block", "sparsity"} - set(table.columns)
-        if missing or table.empty:
-            raise ValueError(
-                f"table must have rows with columns method, block, sparsity; got columns {list(table.columns)}"
-            )
-        labels = list(dict.fromkeys(str(b) for b in table["block"]))
-        if "layers" in table.columns:  # the block's layer names as the search resolved them
-            patterns = {
-                str(b): str(n).split(",") for b, n in zip(table["block"], table["layers"], strict=True)
-            }
-        else:  # a label is its comma-joined names/globs (spade-run calibrate's --blocks)
-            patterns = {b: b.split(",") for b in labels}
+        if not isinstance(skip_depthwise, bool):
+            raise TypeError(f"skip_depthwise must be a bool, got {type(skip_depthwise).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        patterns, sparsity = read_calibration_table(table)
         try:
-            blocks = _check_blocks(model, {b: patterns[b] for b in labels}, skip_depthwise)
+            blocks = _check_blocks(model, patterns, skip_depthwise)
         except (TypeError, ValueError) as err:
             raise ValueError(f"table: {err}") from None
-        sparsity: dict[str, dict[str, float]] = {}
-        for method, group in table.groupby("method", sort=False):
-            chosen = {str(b): check_sparsity(float(v), f"table's sparsity of {method!r}, block {b!r}")
-                      for b, v in zip(group["block"], group["sparsity"], strict=True)}  # fmt: skip
-            if sorted(chosen) != sorted(labels) or len(group) != len(labels):
-                raise ValueError(f"table: method {method!r} must give each block {labels} one sparsity")
-            sparsity[str(method)] = {b: chosen[b] for b in labels}
         return cls(
             blocks=blocks, sparsity=sparsity, candidates=pd.DataFrame(), scores=pd.DataFrame(), cost={}
         )
+
+
+def read_calibration_table(table) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
+    """``(block label -> layer names/globs, method -> block label -> sparsity)`` from a calibration table
+    (:meth:`BlockCalibration.table`'s format: a DataFrame or a CSV path with columns ``method``, ``block``,
+    ``sparsity`` and optionally ``layers``), checked without a model so a run can refuse a bad file before any
+    work. Blocks come in the table's order. Raises ValueError naming ``table`` for an unreadable file, missing
+    columns, a blank method or block, an empty layer name (``"fc,"``: an empty name would select every layer),
+    a block whose ``layers`` differ between rows, a sparsity that is not a number in [0, 1), or a method that
+    does not give every block exactly one sparsity."""
+    if not isinstance(table, pd.DataFrame):
+        if not isinstance(table, (str, os.PathLike)) and not hasattr(table, "read"):
+            raise TypeError(f"table must be a DataFrame or a CSV file's path, got {type(table).__name__}")
+        try:
+            table = pd.read_csv(table)
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"table: cannot read {table!r} as a CSV file ({err})") from None
+    missing = {"method", "block", "sparsity"} - set(table.columns)
+    if missing or table.empty:
+        raise ValueError(
+            f"table must have rows with columns method, block, sparsity; got columns {list(table.columns)}"
+        )
+    for col in ["method", "block"] + (["layers"] if "layers" in table.columns else []):
+        blank = [i for i, v in enumerate(table[col]) if not isinstance(v, str) or not v.strip()]
+        if blank:
+            raise ValueError(f"table: column {col!r} is blank or not text in row(s) {blank}")
+    patterns: dict[str, list[str]] = {}
+    for i, row in enumerate(table.itertuples(index=False)):
+        names = [p.strip() for p in str(getattr(row, "layers", row.block)).split(",")]
+        if not all(names):
+            raise ValueError(f"table: row {i} names an empty layer in {names} (a stray comma?)")
+        if patterns.setdefault(str(row.block), names) != names:
+            raise ValueError(f"table: block {row.block!r} has different layers in different rows")
+    values = pd.to_numeric(table["sparsity"], errors="coerce")
+    sparsity: dict[str, dict[str, float]] = {}
+    for method, group in table.assign(_value=values).groupby("method", sort=False):
+        chosen: dict[str, float] = {}
+        for b, raw, v in zip(group["block"], group["sparsity"], group["_value"], strict=True):
+            if isinstance(raw, bool) or v != v:
+                raise ValueError(f"table: sparsity of {method!r}, block {b!r} must be a number, got {raw!r}")
+            chosen[str(b)] = check_sparsity(float(v), f"table's sparsity of {method!r}, block {b!r}")
+        if sorted(chosen) != sorted(patterns) or len(group) != len(patterns):
+            raise ValueError(f"table: method {method!r} must give each block {list(patterns)} one sparsity")
+        sparsity[str(method)] = {b: chosen[b] for b in patterns}
+    return patterns, sparsity
 
 
 # --------------------------------------------------------------------------------------------

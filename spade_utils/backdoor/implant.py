@@ -226,12 +226,15 @@ def _key(settings: Mapping, model_hash: str) -> str:
     return hashlib.sha1((json.dumps(settings, sort_keys=True) + model_hash).encode()).hexdigest()[:12]
 
 
-def cache_paths(model: nn.Module, settings: Mapping, folder: str | os.PathLike) -> tuple[Path, Path]:
+def cache_paths(
+    model: nn.Module, settings: Mapping, folder: str | os.PathLike, model_hash: str | None = None
+) -> tuple[Path, Path]:
     """``(backdoor file, feature file)`` in ``folder`` for ``settings`` (:func:`implant_settings`) and
     ``model``'s weights: ``backdoor_<Model>_<key>.pt`` with key = the first 12 hex digits of
     sha1(JSON of the settings, keys sorted + sha1 of the weights); the features' key uses only the
-    settings that decide the data (``_DATA_KEYS``), so a new training schedule reuses them."""
-    model_name, model_hash = type(model).__name__, _state_hash(model)
+    settings that decide the data (``_DATA_KEYS``), so a new training schedule reuses them. ``model_hash``:
+    the weights' hash when the caller has it already (it reads every weight)."""
+    model_name, model_hash = type(model).__name__, model_hash or _state_hash(model)
     data_settings = {k: settings[k] for k in _DATA_KEYS}
     if "trigger_images" in settings:
         data_settings["trigger_images"] = settings["trigger_images"]
@@ -345,29 +348,31 @@ def implant_backdoor(
     device = resolve_device(device)
     # the model's class name, with the weights' hash in the cache key: the same file whichever way it is passed
     settings = implant_settings(recipe, type(model).__name__, targets, images, seed, trigger_set)
+    weights = _state_hash(model) if shipped or cache else None  # read once: it hashes every weight
+
+    def restored(state_dict, info):
+        student = copy.deepcopy(model).cpu()
+        student.load_state_dict(state_dict)
+        return Backdoor(student.eval().to(device), targets, info)
+
     if shipped:
         t0 = time.perf_counter()
         folder = SHIPPED_DIR if shipped is True else Path(shipped)
-        bundle = bundle_path(folder, cache_paths(model, settings, folder)[0])
+        bundle = bundle_path(folder, cache_paths(model, settings, folder, weights)[0])
         loaded = load_shipped_backdoor(model, bundle)
         if loaded is not None:
             state_dict, saved_info = loaded
-            student = copy.deepcopy(model).cpu()
-            student.load_state_dict(state_dict)
             info = dict(settings=saved_info.get("settings"), trained=saved_info, cached=True, shipped=True)
-            info.update(path=str(bundle), seconds=time.perf_counter() - t0)
-            return Backdoor(student.eval().to(device), targets, info)
+            return restored(state_dict, dict(info, path=str(bundle), seconds=time.perf_counter() - t0))
     path = feature_path = None
     if cache:
         from ..paths import cache_dir
 
-        path, feature_path = cache_paths(model, settings, cache_dir() if cache is True else Path(cache))
+        folder = cache_dir() if cache is True else Path(cache)
+        path, feature_path = cache_paths(model, settings, folder, weights)
         if path.exists():
             state_dict, saved_info = _load_backdoor_cache(path)
-            student = copy.deepcopy(model).cpu()
-            student.load_state_dict(state_dict)
-            info = dict(saved_info, cached=True, shipped=False, path=str(path))
-            return Backdoor(student.eval().to(device), targets, info)
+            return restored(state_dict, dict(saved_info, cached=True, shipped=False, path=str(path)))
 
     t0 = time.perf_counter()
     # the global RNG is left as found; training works under a caller's no_grad() or inference_mode() too
