@@ -530,7 +530,7 @@ def _config_value(action: argparse.Action, value, where: str):
             else True
         )
         if not ok:
-            raise UsageError(f"{where} must be {kind.__name__} values, got {v!r}")
+            raise UsageError(f"{where} must be {getattr(kind, '__name__', kind)} values, got {v!r}")
         if action.choices is not None and v not in action.choices:
             raise UsageError(f"{where} must be one of {list(action.choices)}, got {v!r}")
     return value
