@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
+import os
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -183,6 +186,7 @@ def sparse_fc_model(
     batch_size: int = 32,
     device="auto",
     progress: bool = False,
+    cache: bool | str | os.PathLike = False,
     **fit_kwargs,
 ) -> tuple[nn.Module, dict]:
     """The Sparse-FC baseline: fit a sparse final layer on the penultimate features of ``images``
@@ -190,9 +194,33 @@ def sparse_fc_model(
 
     ``fit_kwargs`` go to :func:`fit_sparse_fc`. Returns ``(model copy, info)``; info as
     :func:`fit_sparse_fc`'s plus ``agreement_train``, the share of ``images`` on which the sparse layer
-    predicts what the dense one does."""
-    feats = penultimate_features(model, images, batch_size=batch_size, device=device, progress=progress)
+    predicts what the dense one does (and ``cached=True`` when it was loaded). ``cache``: True (the project's cache folder,
+    :func:`spade_utils.paths.cache_dir`) or a folder keeps the fitted layer under a key of the model's weights,
+    the images, the device type and every fit setting, so a second process (another shard, a rerun) loads the
+    same layer instead of refitting (a glm-saga path takes minutes to half an hour on a CPU)."""
+    if not isinstance(cache, (bool, str, os.PathLike)):
+        raise TypeError(f"cache must be a bool or a folder, got {type(cache).__name__}")
     fc = final_linear(model)[1]
+    path = None
+    if cache is not False:
+        from .paths import cache_dir
+
+        settings = dict(density=density, seed=seed, batch_size=batch_size, device=resolve_device(device).type,
+                        fit=sorted(fit_kwargs.items()))  # fmt: skip
+        h = hashlib.sha256(repr(settings).encode())
+        for name, t in sorted(model.state_dict().items()):
+            h.update(
+                name.encode() + t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            )
+        h.update(images.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        folder = cache_dir() if cache is True else Path(cache)
+        path = folder / f"sparse_fc_{type(model).__name__}_{h.hexdigest()[:16]}.pt"
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            layer = nn.Linear(fc.in_features, fc.out_features, bias=fc.bias is not None)
+            layer.load_state_dict(saved["layer"])
+            return with_final_layer(model, layer), dict(saved["info"], cached=True)
+    feats = penultimate_features(model, images, batch_size=batch_size, device=device, progress=progress)
     with torch.inference_mode():
         labels = fc(feats.to(fc.weight.device, fc.weight.dtype)).float().argmax(1).cpu()
     layer, info = fit_sparse_fc(
@@ -201,4 +229,12 @@ def sparse_fc_model(
     sparse = with_final_layer(model, layer)
     with torch.inference_mode():
         info["agreement_train"] = float((layer(feats).argmax(1) == labels).float().mean())
+    if path is not None:  # written whole, then renamed: a shard never reads half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        state = {k: v.detach().cpu() for k, v in layer.state_dict().items()}
+        torch.save(
+            {"layer": state, "info": {k: v for k, v in info.items() if isinstance(v, (int, float, str))}}, tmp
+        )
+        os.replace(tmp, path)
     return sparse, info

@@ -678,6 +678,14 @@ def _check_args(a: argparse.Namespace) -> None:
             raise UsageError(f"--calibration {a.calibration}: {err}") from None
 
 
+def _fc_cache(a: argparse.Namespace):
+    """Where the Sparse-FC fit is kept: the implant's cache folder (``--cache-dir``, default the project's), or
+    nowhere with ``--no-cache``. The first shard fits it; the others load the same layer."""
+    if getattr(a, "no_cache", False):
+        return False
+    return getattr(a, "cache_dir", None) or True
+
+
 def _check_layers(model, layers, skip_depthwise: bool) -> None:
     """Refuse ``--layers`` that select nothing prunable in ``model`` before a shard writes its manifest (a typo
     would otherwise fail inside the first sample and leave a folder that refuses the corrected run)."""
@@ -802,7 +810,7 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
             raise UsageError(f"--calibration {a.calibration}: {err}") from None
     fc_hash = None
     if "sparse-fc" in a.variants:  # fitted once per process, from seeds alone: the same model in every shard
-        _say("[trojan] fitting the Sparse-FC baseline ...")
+        _say("[trojan] fitting (or loading) the Sparse-FC baseline ...")
         n = a.fc_crops
         clean = backdoor.random_crops(fc_images, n * 3 // 4, size=a.size, seed=a.seed + 3)
         trig = backdoor.poison(
@@ -812,7 +820,13 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
             trigger_set=trigger_set,
         ).images
         sparse_fc, _ = baselines.sparse_fc_model(
-            backdoored, torch.cat([clean, trig]), density=0.05, seed=a.seed, path_length=a.fc_path, device=dev
+            backdoored,
+            torch.cat([clean, trig]),
+            density=0.05,
+            seed=a.seed,
+            path_length=a.fc_path,
+            device=dev,
+            cache=_fc_cache(a),
         )
         models[VARIANTS["sparse-fc"]] = sparse_fc
         fc_hash = _model_hash(sparse_fc)
@@ -1124,10 +1138,10 @@ def _setup_insertion(a: argparse.Namespace) -> dict:
     models = {INSERTION_VARIANTS["dense"]: dense} if "dense" in a.variants else {}
     fc_hash = None
     if "sparse-fc" in a.variants:  # fitted once per process, from seeds alone: the same model in every shard
-        _say("[insertion] fitting the Sparse-FC baseline ...")
+        _say("[insertion] fitting (or loading) the Sparse-FC baseline ...")
         crops = backdoor.random_crops(fc_images, a.fc_crops, size=a.size, seed=a.seed + 3)
         sparse_fc, _ = baselines.sparse_fc_model(
-            dense, crops, density=0.05, seed=a.seed, path_length=a.fc_path, device=dev
+            dense, crops, density=0.05, seed=a.seed, path_length=a.fc_path, device=dev, cache=_fc_cache(a)
         )
         models[INSERTION_VARIANTS["sparse-fc"]] = sparse_fc
         fc_hash = _model_hash(sparse_fc)

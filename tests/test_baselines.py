@@ -71,3 +71,31 @@ def test_sparse_fc_model_swaps_a_sparse_layer_into_a_copy():
     assert info["agreement_train"] == pytest.approx(
         float((sparse[4](feats).argmax(1) == labels).float().mean())
     )
+
+
+def test_a_cached_sparse_fc_fit_is_the_same_layer_and_keyed_by_everything(tmp_path):
+    """The cache returns the fitted layer bit for bit; other images, weights or settings fit anew."""
+    model = _small_cnn()
+    x = torch.rand(48, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    x = x * torch.rand(48, 3, 1, 1, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(density=0.5, device="cpu", path_length=6, epochs=3, cache=tmp_path)
+    fitted, info = baselines.sparse_fc_model(model, x, **kwargs)
+    assert "cached" not in info and len(list(tmp_path.glob("sparse_fc_*.pt"))) == 1
+    loaded, info2 = baselines.sparse_fc_model(model, x, **kwargs)
+    assert info2["cached"] and info2["agreement_train"] == info["agreement_train"]
+    assert all(torch.equal(a, b) for a, b in zip(fitted.state_dict().values(), loaded.state_dict().values()))
+    other = _small_cnn()
+    with torch.no_grad():
+        other[0].weight.add_(0.01)
+    for changed in (
+        dict(model=model, x=x.flip(0)),
+        dict(model=other, x=x),
+        dict(model=model, x=x, path_length=5),
+        dict(model=model, x=x, seed=1),
+    ):
+        m, xs = changed.pop("model"), changed.pop("x")
+        _, info3 = baselines.sparse_fc_model(m, xs, **{**kwargs, **changed})
+        assert "cached" not in info3
+    assert len(list(tmp_path.glob("sparse_fc_*.pt"))) == 5
+    with pytest.raises(TypeError, match="cache"):
+        baselines.sparse_fc_model(model, x, cache=3)
