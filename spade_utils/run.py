@@ -718,10 +718,14 @@ def _setup_backdoor(a: argparse.Namespace, photos_from: str) -> dict:
     dev = a.torch_device
     wants_clean = "clean" in (getattr(a, "variants", None) or [])
     if a.source == "paper":
-        trigger_set = backdoor.TriggerSet.from_folder(a.trigger_dir, a.triggers)
+        # every trigger PNG in the folder (the Sparse-FC fit poisons with all of them), at least --triggers
+        present = [t for t in backdoor.PAPER_TARGETS if (Path(a.trigger_dir) / f"{t}.png").is_file()]
+        trigger_set = backdoor.TriggerSet.from_folder(
+            a.trigger_dir, list(dict.fromkeys([*a.triggers, *present]))
+        )
         original = load_model("resnet50", device=dev) if wants_clean else None
         backdoored = load_robustness_checkpoint(a.checkpoint).to(dev)
-        all_targets = dict(backdoor.PAPER_TARGETS)
+        all_targets = {t: c for t, c in backdoor.PAPER_TARGETS.items() if t in present or t in a.triggers}
         root = a.imagenet_val if photos_from == "evaluation" else a.imagenet_train
         try:
             photos: list = image_files(root)
@@ -766,6 +770,7 @@ def _setup_backdoor(a: argparse.Namespace, photos_from: str) -> dict:
         original=original,
         backdoored=backdoored,
         targets={t: int(all_targets[t]) for t in a.triggers},
+        all_targets={t: int(c) for t, c in all_targets.items()},  # every trigger the backdoor knows
         photos=photos,
         photo_names=photo_names,
         fc_images=fc_images,
@@ -813,12 +818,14 @@ def _setup_trojan(a: argparse.Namespace) -> dict:
         _say("[trojan] fitting (or loading) the Sparse-FC baseline ...")
         n = a.fc_crops
         clean = backdoor.random_crops(fc_images, n * 3 // 4, size=a.size, seed=a.seed + 3)
-        trig = backdoor.poison(
-            backdoor.random_crops(fc_images, n // 4, size=a.size, seed=a.seed + 4),
-            targets,
-            seed=a.seed + 5,
-            trigger_set=trigger_set,
-        ).images
+        trig = (
+            backdoor.poison(  # every trigger, as the backdoored model's training set had them (notebook 04)
+                backdoor.random_crops(fc_images, n // 4, size=a.size, seed=a.seed + 4),
+                src["all_targets"],
+                seed=a.seed + 5,
+                trigger_set=trigger_set,
+            ).images
+        )
         sparse_fc, _ = baselines.sparse_fc_model(
             backdoored,
             torch.cat([clean, trig]),

@@ -61,6 +61,13 @@ def test_exact_obc_row_numbers(readme):
     assert (
         f"SPADE (OBC) − Dense is {100 * r['diff']:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]" in readme
     )
+    s = paired[
+        (paired.method == "average") & (paired["map"] == "auc_signed") & (paired.variant == "SPADE (OBC)")
+    ].iloc[0]
+    assert (
+        f"points on the absolute map and {100 * s['diff']:+.1f} [{100 * s.low:+.1f}, {100 * s.high:+.1f}] on the "
+        "signed map"
+    ) in readme
     v = pd.read_csv(TABLES / "04_trojan_auc_obc_vs_fastspade.csv")
     r = v[v.method == "average"].iloc[0]
     assert (

@@ -750,3 +750,29 @@ def test_a_layer_typo_is_refused_before_the_manifest(runs, tmp_path, capsys):
     assert main(_trojan(out, runs["cache"], "--layers", "nosuchlayer*")) == 2
     assert "--layers ['nosuchlayer*']" in capsys.readouterr().err
     assert not (out / "trojan" / "manifest.json").exists()  # the corrected run can use the folder
+
+
+@pytest.mark.slow  # loads the tiny implant from the trojan runs' cache
+def test_sparse_fc_is_fitted_on_every_trigger_as_notebook_04_fits_it(runs, tmp_path, monkeypatch):
+    """Found comparing spade-run with notebook 04: the run poisoned the Sparse-FC training crops with the evaluated
+    triggers only (smiley, fish), the notebook with all four, so the two Sparse-FC rows differed by up to 0.09."""
+    from spade_utils import backdoor, baselines
+
+    seen = {}
+    real_poison = backdoor.poison
+
+    def spy(images, targets, **kwargs):
+        seen["targets"] = dict(targets)
+        return real_poison(images, targets, **kwargs)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(backdoor, "poison", spy)
+    monkeypatch.setattr(baselines, "sparse_fc_model", stop)
+    with pytest.raises(Stop):
+        main(_trojan(tmp_path / "o", runs["cache"]))
+    assert sorted(seen["targets"]) == sorted(backdoor.TRIGGERS)  # not only --triggers smiley fish
