@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .runtime import resolve_device
+from .runtime import resolve_device, state_hash
 
 __all__ = ["final_linear", "fit_sparse_fc", "penultimate_features", "sparse_fc_model", "with_final_layer"]
 
@@ -207,11 +207,7 @@ def sparse_fc_model(
 
         settings = dict(density=density, seed=seed, batch_size=batch_size, device=resolve_device(device).type,
                         fit=sorted(fit_kwargs.items()))  # fmt: skip
-        h = hashlib.sha256(repr(settings).encode())
-        for name, t in sorted(model.state_dict().items()):
-            h.update(
-                name.encode() + t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-            )
+        h = hashlib.sha256(repr(settings).encode() + state_hash(model).encode())
         h.update(images.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         folder = cache_dir() if cache is True else Path(cache)
         path = folder / f"sparse_fc_{type(model).__name__}_{h.hexdigest()[:16]}.pt"

@@ -250,10 +250,19 @@ def flipped_ids(make, backdoored, n: int, *, require_flip: bool = True, max_cand
             found.append(j)
             if len(found) == n:
                 return found
-    raise ValueError(
-        f"n={n}: only {len(found)} of the first {limit} candidates are flipped by their trigger; raise "
-        "max_candidates, or pass require_flip=False"
-    )
+    raise TooFewFlips(n, len(found), limit)
+
+
+class TooFewFlips(ValueError):
+    """:func:`flipped_ids` found ``found`` < ``n`` flipped candidates among the first ``limit``."""
+
+    def __init__(self, n: int, found: int, limit: int):
+        self.n, self.found, self.limit = n, found, limit
+        super().__init__(f"n={n}: {self.shortfall}; raise max_candidates, or pass require_flip=False")
+
+    @property
+    def shortfall(self) -> str:
+        return f"only {self.found} of the first {self.limit} candidates are flipped by their trigger"
 
 
 def calibrated_configurations(calibration, methods: Sequence[str]) -> list[tuple[dict, list[str]]]:
@@ -698,14 +707,9 @@ def _check_layers(model, layers, skip_depthwise: bool) -> None:
 
 
 def _model_hash(model) -> str:
-    import torch
+    from .runtime import state_hash
 
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    return state_hash(model)
 
 
 def _setup_backdoor(a: argparse.Namespace, photos_from: str) -> dict:
@@ -906,10 +910,9 @@ def _select(a, run, make) -> list[int]:
         return flipped_ids(
             make, run["backdoored"], a.n_samples, require_flip=a.require_flip, max_candidates=a.max_candidates
         )
-    except ValueError as err:
+    except TooFewFlips as err:
         raise UsageError(
-            f"--n-samples {a.n_samples}: {str(err).split(': ', 1)[1].split('; ')[0]}; raise --max-candidates, "
-            "or pass --no-require-flip"
+            f"--n-samples {a.n_samples}: {err.shortfall}; raise --max-candidates, or pass --no-require-flip"
         ) from None
 
 

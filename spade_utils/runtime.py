@@ -9,6 +9,7 @@ an exception.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
 from torch import nn
@@ -27,6 +28,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device: {err}") from err
+
+
+def state_hash(model: nn.Module) -> str:
+    """16 hex digits of sha256 over every state-dict entry's name, dtype, shape and bytes (sorted by name): equal
+    for equal weights whatever device they sit on; the key of spade-run's settings and of cached fits."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def model_device(model: nn.Module) -> torch.device:
