@@ -73,10 +73,14 @@ from spade_utils.plotting import (
     sweep_figure,
     toy_panels,
 )
-from spade_utils.toy_figures import logit_maps, unit_lines
+from spade_utils.toy_figures import logit_maps, training_points, unit_lines
 from spade_utils.trace_steps import record_statistics, solve_layers, swapped_weights
 from spade_utils.widgets import interact_or_draw
 
+# %% [markdown]
+# The profile's sizes, and the recipe every seed runs (printed: each field is a setting of the toy).
+
+# %%
 CONFIGS = {
     "smoke": dict(
         seeds=SEEDS[:1],
@@ -126,11 +130,7 @@ RECIPE
 
 # %%
 X, y = toy.make_dataset(RECIPE.n_uniform, RECIPE.n_small, seed=CFG["seeds"][0])
-fig, ax = plt.subplots(figsize=(4.2, 4.2))
-ax.scatter(*X[y == 0].T, s=1, c="0.75", label="negative")
-ax.scatter(*X[y == 1].T, s=1, c="tab:blue", label="positive")
-ax.set(xlim=toy.BOX, ylim=toy.BOX, aspect="equal", title="training points")
-ax.legend(loc="upper right", markerscale=8)
+fig = training_points(X, y, box=toy.BOX, regions=toy.REGIONS)
 plt.show()
 
 # %% [markdown]

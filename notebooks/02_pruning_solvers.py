@@ -190,9 +190,15 @@ from spade_utils.plotting import (
     set_style,
     trace_settings_figure,
 )
-from spade_utils.solver_figures import optimum_ratio_boxplots, solve_time_figure
+from spade_utils.solver_figures import (
+    optimum_ratio_boxplots,
+    sensitivity_figure,
+    solve_time_figure,
+    stage_times_figure,
+)
 from spade_utils.spade import select_layers, spade_trace
 
+# %%
 if NUM_THREADS or cfg.get("threads"):
     torch.set_num_threads(NUM_THREADS or cfg["threads"])
 set_style()
@@ -392,6 +398,10 @@ print(
     )
 )
 
+# %% [markdown]
+# The statistics $H$ of the studied layers and of the traced ones, at each checkpoint of the views.
+
+# %%
 named = dict(model.named_modules())
 real = {label: name for label, name in cfg["real_layers"].items()}
 t0 = time.perf_counter()
@@ -494,7 +504,10 @@ for variant in ("sparsegpt, one block", "sparsegpt, block 16"):
     print(f"\n{variant} / OBC")
     print(ls.ratio_table(real_errors, variant, "obc").round(2).to_string(index=False))
 
-# `uneven`: the (layer, target) pairs of the figure's shaded bands
+# %% [markdown]
+# The (layer, target) pairs left empty above (the figure's shaded bands), and the counts the reading below uses.
+
+# %%
 print(f"\n(layer, target) pairs where SparseGPT and OBC reach different sparsity: {len(uneven)}")
 print(uneven.round(4).to_string())
 errs = real_errors.pivot_table(index=["layer", "sparsity"], columns="method", values="rel_error")
@@ -511,6 +524,8 @@ for variant in ("sparsegpt, one block", "sparsegpt, block 16"):
         f"{variant} is better than blocks of 128 in {int(((v < base) & both).sum().sum())} of "
         f"{int(both.sum().sum())} pairs where all reach the same sparsity"
     )
+
+# %%
 worse_than_magnitude = real_errors.pivot_table(
     index=["layer", "sparsity"], columns="method", values="rel_error"
 )
@@ -654,15 +669,9 @@ print(
 )
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 1.6))
-left = 0.0
-for _, row in timings.iterrows():
-    ax.barh(0, row.seconds, left=left, label=f"{row.stage} ({row.seconds:.1f} s)")
-    left += row.seconds
-ax.set_yticks([])
-ax.set_xlabel("seconds")
-ax.set_title(f"One SPADE trace: {len(trace.layers)} layers, {N_TRACE} views, SparseGPT")
-ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, frameon=False)
+fig = stage_times_figure(
+    timings, title=f"One SPADE trace: {len(trace.layers)} layers, {N_TRACE} views, SparseGPT"
+)
 save_figure(fig, "02_trace_stage_times", profile=PROFILE)
 plt.show()
 
@@ -827,19 +836,13 @@ sens_summary[
 ].round(4)
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-for m, d in sens_summary.groupby("solver"):
-    axes[0].plot(d.global_sparsity, d.agreement, "o-", label=m)
-    axes[1].plot(d.global_sparsity, d.logit, "o-", label=m)
-axes[1].axhline(dense_summary["logit"], color="k", ls=":", lw=0.8, label="dense")
-axes[0].set_ylim(-0.05, 1.05)
-axes[0].set_ylabel(f"top-1 agreement ({len(eval_views)} views)")
-axes[1].set_ylabel(f"logit of '{CLASSES[REF]}' (centre crop)")
-for a in axes:
-    a.set_xlabel("global sparsity of the traced layers")
-    a.legend(fontsize=8)
-fig.suptitle(f"Sensitivity of the trace on '{IMAGE}' to the sparsity target ({N_TRACE} views)", y=1.03)
-fig.tight_layout()
+fig = sensitivity_figure(
+    sens_summary,
+    dense_logit=dense_summary["logit"],
+    n_views=len(eval_views),
+    class_name=CLASSES[REF],
+    title=f"Sensitivity of the trace on '{IMAGE}' to the sparsity target ({N_TRACE} views)",
+)
 save_figure(fig, "02_sensitivity", profile=PROFILE)
 plt.show()
 

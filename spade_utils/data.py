@@ -27,6 +27,7 @@ __all__ = [
     "denormalize",
     "imagenet_classes",
     "imagenet_folder_sample",
+    "imagenet_scored_and_calibration",
     "load_rgb",
     "read_image",
 ]
@@ -475,6 +476,30 @@ def imagenet_folder_sample(root: str | os.PathLike, n: int, *, seed: int = 0) ->
         raise ValueError(f"n: asked for {n} images, {root} holds {len(files)}")
     pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
     return sorted(files[int(i)] for i in pick)
+
+
+def imagenet_scored_and_calibration(
+    root: str | os.PathLike, n_scored: int, n_calibration: int, *, seed: int = 0
+) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    """Two disjoint labelled draws from an ImageNet split in synset layout: images to score and images to
+    calibrate on (e.g. FastSPADE*'s sparsity), never the same file.
+
+    ``n_scored + n_calibration`` images are drawn by :func:`imagenet_folder_sample` (``seed``) and shuffled by a
+    second generator seeded with ``seed``; the first ``n_scored`` are scored, the rest calibrate. Returns
+    ``((images, labels), (calibration_images, calibration_labels))``, each a dict keyed by file stem, sorted by
+    path: RGB PIL images and class indices. Raises what :func:`imagenet_folder_sample` raises; ValueError for
+    ``n_calibration < 0`` or two drawn files with the same stem (keys would collide)."""
+    n_scored = check_int(n_scored, "n_scored", minimum=1)
+    n_calibration = check_int(n_calibration, "n_calibration", minimum=0)
+    drawn = imagenet_folder_sample(root, n_scored + n_calibration, seed=seed)
+    if len({path.stem for path, _ in drawn}) != len(drawn):
+        raise ValueError(f"root: two drawn images of {root} share a file name; keys would collide")
+    order = torch.randperm(len(drawn), generator=torch.Generator().manual_seed(seed)).tolist()
+    parts = (sorted(drawn[i] for i in order[:n_scored]), sorted(drawn[i] for i in order[n_scored:]))
+    return tuple(
+        ({path.stem: load_rgb(path) for path, _ in part}, {path.stem: label for path, label in part})
+        for part in parts
+    )
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:

@@ -31,9 +31,18 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .augment import augment_image
+from .data import preprocess
+from .intervals import paired_bootstrap_diff
 from .layer_select import choose_layers
-from .metrics import curve_auc, insertion_deletion_auc, insertion_deletion_curves, pixel_counts
-from .runtime import resolve_device
+from .metrics import (
+    MIN_CLEAN_PROB,
+    curve_auc,
+    insertion_deletion_auc,
+    insertion_deletion_curves,
+    pixel_counts,
+)
+from .runtime import model_device, resolve_device
 from .saliency import SALIENCY_METHODS, attribute
 from .solvers import SOLVERS
 from .trace_steps import record_statistics, resolve_augment, solve_layers, swapped_weights
@@ -45,6 +54,8 @@ __all__ = [
     "InsertionSample",
     "InsertionTuning",
     "auc_scorer",
+    "beside_paper_table2",
+    "explained_inputs",
     "score_with_tuned_sparsity",
     "tune_sparsity_on_insertion",
 ]
@@ -104,6 +115,105 @@ class InsertionTuning:
     candidates: pd.DataFrame
     scores: pd.DataFrame
     calibration: tuple[str, ...]
+
+
+def explained_inputs(
+    model: nn.Module,
+    images: Mapping[str, Any],
+    *,
+    labels: Mapping[str, int] | None = None,
+    crops_per_image: int = 1,
+    seed: int = 0,
+) -> tuple[list[InsertionSample], list[str]]:
+    """The inputs an insertion/deletion table explains, one :class:`InsertionSample` per image (name -> image).
+
+    With ``labels`` (name -> true class; the paper's protocol for ImageNet validation images): each image itself,
+    :func:`~spade_utils.data.preprocess`-ed (resize 256, centre crop 224), explained for its true class; an image
+    whose true class the dense ``model`` gives a probability below
+    :data:`~spade_utils.metrics.MIN_CLEAN_PROB` is set aside (insertion and deletion are relative to that
+    probability) and its name returned. Without: ``crops_per_image`` held-out crops of each image
+    (:func:`~spade_utils.augment.augment_image` with ``seed``: use another seed than the trace's views), each
+    explained for the dense top-1 class on it. Input ids are ``"name/k"``, k counting the explained inputs over
+    all images in order. Returns ``(samples, set_aside)``. Raises TypeError/ValueError naming the argument for an
+    empty ``images``, labels that do not cover them, or every image set aside."""
+    if not isinstance(images, Mapping) or not images:
+        raise TypeError("images must be a non-empty mapping name -> image")
+    crops_per_image = check_positive_int(crops_per_image, "crops_per_image")
+    seed = check_seed(seed)
+    if labels is not None:
+        if not isinstance(labels, Mapping) or set(labels) != set(images):
+            raise ValueError("labels must map exactly the names of images to classes")
+        groups = {n: preprocess(img) for n, img in images.items()}
+    else:
+        groups = {n: augment_image(img, crops_per_image, seed=seed) for n, img in images.items()}
+    device, samples, set_aside, k = model_device(model), [], [], 0
+    with torch.no_grad():
+        for name, inputs in groups.items():
+            probs = model(inputs.to(device)).softmax(1).cpu()
+            if labels is not None:
+                targets = torch.tensor([check_class_index(labels[name], f"labels[{name!r}]")])
+                if float(probs[0, targets[0]]) < MIN_CLEAN_PROB:
+                    set_aside.append(name)
+                    continue
+            else:
+                targets = probs.argmax(1)
+            ids = [f"{name}/{k + j}" for j in range(len(inputs))]
+            samples.append(InsertionSample(name, images[name], inputs, targets, ids=ids))
+            k += len(inputs)
+    if not samples:
+        raise ValueError(
+            f"images: the dense model gives every true class a probability below {MIN_CLEAN_PROB}; nothing to score"
+        )
+    return samples, set_aside
+
+
+def beside_paper_table2(
+    per_input: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    baseline: str = "dense",
+    paper_names: Mapping[str, str] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Our insertion/deletion averages beside :data:`PAPER_TABLE2`'s, one row per column of ``columns``.
+
+    ``per_input``: one row per explained input, method and explainer (columns ``image``, ``photo``,
+    ``explainer``, ``insertion``, ``deletion``; AUCs in [0, 1]). Per column: the mean over inputs of the
+    per-input average over methods, in percent; with two or more photos, the paired difference to ``baseline``
+    on the same inputs and its 95% interval (:func:`~spade_utils.intervals.paired_bootstrap_diff`, photos
+    then inputs resampled, ``seed``), as text; the paper's value and its difference to the paper's Dense
+    (``paper_names`` maps our labels to the paper's where they differ; NaN/"" where the paper has no such
+    column). Raises ValueError naming the argument for missing columns or explainers."""
+    need = {"image", "photo", "explainer", "insertion", "deletion"}
+    if not isinstance(per_input, pd.DataFrame) or need - set(per_input.columns):
+        raise ValueError(f"per_input must be a DataFrame with columns {sorted(need)}")
+    missing = [c for c in [baseline, *columns] if c not in set(per_input["explainer"])]
+    if missing:
+        raise ValueError(f"columns: no rows for {missing} in per_input")
+    names = {baseline: "Dense", **(paper_names or {})}
+    per = per_input.pivot_table(
+        index=["image", "photo"], columns="explainer", values=["insertion", "deletion"]
+    )
+    photos = per.index.get_level_values("photo").to_numpy()
+    rows = []
+    for col in columns:
+        paper = PAPER_TABLE2.get(names.get(col, col), {})
+        row = {"column": col}
+        for metric in ("insertion", "deletion"):
+            row[f"{metric} (ours)"] = 100 * per[metric][col].mean()
+            row[f"{metric} (paper)"] = paper.get(metric, float("nan"))
+            row[f"{metric} − dense (ours)"] = ""
+            if col != baseline and len(set(photos)) >= 2:
+                d, lo, hi = paired_bootstrap_diff(
+                    per[metric][col].to_numpy(), per[metric][baseline].to_numpy(), photos, seed=seed
+                )
+                row[f"{metric} − dense (ours)"] = f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            dense = PAPER_TABLE2["Dense"][metric]
+            row[f"{metric} − dense (paper)"] = (
+                f"{paper[metric] - dense:+.2f}" if paper and col != baseline else ""
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def auc_scorer(

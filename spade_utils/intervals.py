@@ -219,3 +219,24 @@ def _cluster_interval(v, clusters, n_boot, level, seed, method, within, fn):
     means = _cluster_boot_means(v, codes, n_boot, np.random.default_rng(seed), within=bool(within))
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return _interval(v.mean(), lo, hi, method, fn)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading an interval
+# --------------------------------------------------------------------------------------------------
+def interval_text(estimate, low, high, *, scale: float = 100.0, signed: bool = False, digits: int = 1) -> str:
+    """``"12.3 [10.1, 14.2]"``: an estimate and its interval times ``scale`` (default 100: fractions as
+    percent or points), with ``digits`` decimals and, with ``signed``, an explicit sign (for differences).
+    NaN bounds print as ``nan``. Raises TypeError for a non-number."""
+    for name, v in (("estimate", estimate), ("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    fmt = f"{{:{'+' if signed else ''}.{int(digits)}f}}"
+    e, lo, hi = (fmt.format(scale * float(v)) for v in (estimate, low, high))
+    return f"{e} [{lo}, {hi}]"
+
+
+def excludes_zero(low, high) -> bool:
+    """Whether the interval ``[low, high]`` lies wholly on one side of 0: a difference resolved at its level.
+    False when a bound is NaN (too few values to resample)."""
+    return bool(low > 0 or high < 0)

@@ -695,3 +695,40 @@ def saliency_grid(
         bar.set_ticks([-scale[m], 0, scale[m]], labels=[f"{-scale[m]:.2g}", "0", f"{scale[m]:.2g}"])
         bar.ax.tick_params(labelsize=6)
     return fig
+
+
+def auc_interval_figure(auc_table, *, columns: Sequence[str], methods: Sequence[str]) -> plt.Figure:
+    """Insertion and deletion AUC with their intervals, one panel each: per saliency method (x, in the order of
+    ``methods``) one point per explainer column (in the order of ``columns``, side by side), its error bar
+    from ``<metric>_lo`` to ``<metric>_hi``. ``auc_table``: one row per (explainer, method), as
+    :func:`spade_utils.metrics.summarize_aucs` returns. Raises TypeError/ValueError naming the argument for a
+    table without those columns or a (column, method) pair it lacks."""
+    metrics = ("insertion", "deletion")
+    _check_frame(
+        auc_table,
+        "auc_table",
+        ["explainer", "method", *[f"{m}{s}" for m in metrics for s in ("", "_lo", "_hi")]],
+    )
+    columns, methods = list(columns), list(methods)
+    have = set(zip(auc_table["explainer"], auc_table["method"]))
+    missing = [(c, m) for c in columns for m in methods if (c, m) not in have]
+    if not columns or not methods or missing:
+        raise ValueError(f"columns/methods: auc_table has no row for {missing[:4] or 'an empty selection'}")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.7 / len(columns)
+    for ax, metric in zip(axes, metrics):
+        for k, explainer in enumerate(columns):
+            sub = auc_table[auc_table["explainer"] == explainer].set_index("method").loc[methods]
+            ax.errorbar(
+                np.arange(len(methods)) + (k - (len(columns) - 1) / 2) * width,
+                sub[metric],
+                yerr=[sub[metric] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[metric]],
+                fmt="o",
+                capsize=3,
+                label=explainer,
+            )
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+        ax.set_title(f"{metric} AUC ({'higher' if metric == 'insertion' else 'lower'} is better)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

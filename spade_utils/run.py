@@ -45,6 +45,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from itertools import zip_longest
 from pathlib import Path
 
 from .run_shards import (
@@ -76,6 +77,7 @@ __all__ = [
     "insertion_sample_rows",
     "main",
     "parse_ids",
+    "round_robin",
     "trojan_sample",
     "trojan_sample_rows",
 ]
@@ -263,6 +265,19 @@ class TooFewFlips(ValueError):
     @property
     def shortfall(self) -> str:
         return f"only {self.found} of the first {self.limit} candidates are flipped by their trigger"
+
+
+def round_robin(sources: Sequence, n: int) -> list[int]:
+    """The first ``n`` positions of ``sources`` (e.g. each sample's photo) taken one per source in turn, in order
+    of first appearance: a subset spread over the photos. Raises TypeError/ValueError naming the argument."""
+    from .validation import check_int
+
+    n = check_int(n, "n", minimum=0)
+    by_source: dict = {}
+    for i, src in enumerate(sources):
+        by_source.setdefault(src, []).append(i)
+    rounds = zip_longest(*by_source.values())
+    return [i for r in rounds for i in r if i is not None][:n]
 
 
 def calibrated_configurations(calibration, methods: Sequence[str]) -> list[tuple[dict, list[str]]]:

@@ -1,5 +1,6 @@
-"""Notebook 02's solver figures: how far each solver lands from the brute-force optimum on tiny layers, and how
-a layer's solve time grows with its width, beside the slopes the algorithms predict."""
+"""Notebook 02's solver figures: how far each solver lands from the brute-force optimum on tiny layers, how
+a layer's solve time grows with its width, beside the slopes the algorithms predict, where a trace's time goes,
+and how a trace's prediction follows its sparsity target."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import seaborn as sns
 
 from .plotting import _check_frame as _frame
 
-__all__ = ["optimum_ratio_boxplots", "solve_time_figure"]
+__all__ = ["optimum_ratio_boxplots", "sensitivity_figure", "solve_time_figure", "stage_times_figure"]
 
 
 def optimum_ratio_boxplots(tiny: pd.DataFrame, *, methods: Sequence[str], title: str) -> plt.Figure:
@@ -82,4 +83,46 @@ def solve_time_figure(
     ax.set_ylabel("seconds per layer")
     ax.set_title(title)
     ax.legend()
+    return fig
+
+
+def stage_times_figure(timings: pd.DataFrame, *, title: str = "") -> plt.Figure:
+    """One horizontal bar of a trace's wall time, split into its stages in the order of ``timings`` (columns
+    stage, seconds; e.g. ``SpadeTrace.timings`` as rows), each segment labelled with its seconds. Raises
+    TypeError/ValueError naming the argument for a table without those columns or a negative time."""
+    _frame(timings, "timings", ["stage", "seconds"])
+    if (timings.seconds < 0).any():
+        raise ValueError("timings: seconds must be >= 0")
+    fig, ax = plt.subplots(figsize=(6, 1.6))
+    left = np.concatenate([[0.0], np.cumsum(timings.seconds.to_numpy(float))[:-1]])
+    for start, (_, row) in zip(left, timings.iterrows()):
+        ax.barh(0, row.seconds, left=start, label=f"{row.stage} ({row.seconds:.1f} s)")
+    ax.set_yticks([])
+    ax.set(xlabel="seconds", title=title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, frameon=False)
+    return fig
+
+
+def sensitivity_figure(
+    summary: pd.DataFrame, *, dense_logit: float, n_views: int, class_name: str, title: str = ""
+) -> plt.Figure:
+    """Two panels against the traced layers' global sparsity, one line per ``solver`` of ``summary`` (columns
+    solver, global_sparsity, agreement, logit): the top-1 agreement with the dense network over ``n_views``
+    views (0-1), and the centre crop's logit of ``class_name`` beside the dense network's (``dense_logit``,
+    dotted). Raises TypeError/ValueError naming the argument for a table without those columns."""
+    _frame(summary, "summary", ["solver", "global_sparsity", "agreement", "logit"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for m, d in summary.groupby("solver", sort=False):
+        d = d.sort_values("global_sparsity")
+        axes[0].plot(d.global_sparsity, d.agreement, "o-", label=m)
+        axes[1].plot(d.global_sparsity, d.logit, "o-", label=m)
+    axes[1].axhline(dense_logit, color="k", ls=":", lw=0.8, label="dense")
+    axes[0].set_ylim(-0.05, 1.05)
+    axes[0].set_ylabel(f"top-1 agreement ({n_views} views)")
+    axes[1].set_ylabel(f"logit of '{class_name}' (centre crop)")
+    for ax in axes:
+        ax.set_xlabel("global sparsity of the traced layers")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, y=1.03)
+    fig.tight_layout()
     return fig

@@ -14,12 +14,32 @@ from matplotlib.colors import SymLogNorm
 
 from .plotting import _check_box, draw_discs
 
-__all__ = ["logit_maps", "unit_lines"]
+__all__ = ["logit_maps", "training_points", "unit_lines"]
 
 
 def _panels(n: int, width: float, height: float):
     fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
     return fig, axes[0]
+
+
+def training_points(points, labels, *, box, regions, size: float = 4.2) -> plt.Figure:
+    """The training set: ``points`` (n, 2) coloured by ``labels`` (n, 0/1 or bool; negatives grey, positives
+    blue), the concept discs of ``regions`` outlined, axes limited to ``box``. Raises ValueError naming the
+    argument for mismatched shapes."""
+    points, labels = np.asarray(points, float), np.asarray(labels).astype(bool)
+    if points.ndim != 2 or points.shape[1] != 2 or labels.shape != (len(points),):
+        raise ValueError(
+            f"points must be (n, 2) and labels (n,), got points {points.shape} and labels {labels.shape}"
+        )
+    lo, hi = _check_box(box)
+    fig, (ax,) = _panels(1, size, size)
+    ax.scatter(*points[~labels].T, s=1, c="0.75", label=f"negative ({int((~labels).sum())})")
+    ax.scatter(*points[labels].T, s=1, c="tab:blue", label=f"positive ({int(labels.sum())})")
+    draw_discs(ax, regions)
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", title="training points", xlabel="x₁", ylabel="x₂")
+    ax.legend(loc="upper right", markerscale=8)
+    fig.tight_layout()
+    return fig
 
 
 def logit_maps(

@@ -52,6 +52,7 @@ LAYERS = {
         "run_shards",
         "explorer",
         "human_study",
+        "study_figures",
     },
 }
 RANK = {module: rank for rank, members in enumerate(LAYERS.values()) for module in members}

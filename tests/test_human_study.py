@@ -239,3 +239,29 @@ def test_table3_refuses_what_it_cannot_score():
     one = pd.DataFrame({"participant": ["a"], "condition": ["dense"], "outcome": ["agree"]})
     with pytest.raises(ValueError, match="at least 2"):
         hs.table3(one)
+
+
+def test_trials_figure_shows_each_trial_and_outlines_the_favoured_patch():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spade_utils.study_figures import trials_figure
+
+    trials, photos, refs = _synthetic_trials(2)
+    names = [f"class {i}" for i in range(10)]
+    fig = trials_figure(trials, photos, refs, names)
+    assert len(fig.axes) == 4 * len(trials)
+    for k, t in enumerate(trials):
+        vis_ax, left_ax, right_ax, photo_ax = fig.axes[4 * k : 4 * k + 4]
+        assert (vis_ax.images[0].get_array() == t.visualization).all()
+        assert (left_ax.images[0].get_array() == t.left).all()
+        assert vis_ax.get_title() == f"{t.condition}: class 3"
+        assert photo_ax.get_title() == f"{t.photo}: favoured = {t.correct}"
+        (top, left, h, w), _ = hs.patch_pair(refs[t.photo])  # the oracle: the favoured box
+        box = photo_ax.patches[0]
+        assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (left, top, w, h)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="photos"):
+        trials_figure(trials, {}, refs, names)

@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from spade_utils.data import imagenet_folder_sample, load_rgb
+from spade_utils.data import imagenet_folder_sample, imagenet_scored_and_calibration, load_rgb
 
 
 def _folder(root, n_synsets=1000, images=None, extra=()):
@@ -77,3 +77,19 @@ def test_hidden_and_empty_entries_are_not_images(tmp_path):
         load_rgb(folder / "empty.jpg")
     with pytest.raises(FileNotFoundError):
         read_image(folder / "missing.png")
+
+
+def test_scored_and_calibration_draws_are_disjoint_labelled_and_reproducible(tmp_path):
+    wnids = _folder(tmp_path, images={k: [f"im{k}_{j}.png" for j in range(2)] for k in (1, 40, 700)})
+    order = sorted(wnids)
+    (imgs, labels), (cal_imgs, cal_labels) = imagenet_scored_and_calibration(tmp_path, 4, 2, seed=3)
+    assert len(imgs) == 4 and len(cal_imgs) == 2 and not set(imgs) & set(cal_imgs)
+    drawn = {p.stem: label for p, label in imagenet_folder_sample(tmp_path, 6, seed=3)}
+    assert {**labels, **cal_labels} == drawn  # the same draw, split in two
+    for name, label in {**labels, **cal_labels}.items():
+        assert (tmp_path / order[label] / f"{name}.png").exists()
+    assert all(im.mode == "RGB" for im in imgs.values())
+    again = imagenet_scored_and_calibration(tmp_path, 4, 2, seed=3)
+    assert again[0][1] == labels and again[1][1] == cal_labels
+    with pytest.raises(ValueError, match="n_calibration"):
+        imagenet_scored_and_calibration(tmp_path, 1, -1)

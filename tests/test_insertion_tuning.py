@@ -3,19 +3,26 @@
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+from spade_utils.augment import augment_image
+from spade_utils.data import preprocess
 from spade_utils.hessian import weight_matrix
 from spade_utils.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from spade_utils.insertion_tuning import (
+    PAPER_TABLE2,
     InsertionSample,
     InsertionTuning,
     auc_scorer,
+    beside_paper_table2,
+    explained_inputs,
     score_with_tuned_sparsity,
     tune_sparsity_on_insertion,
 )
+from spade_utils.intervals import paired_bootstrap_diff
 from spade_utils.metrics import insertion_deletion_auc
 from spade_utils.runtime import one_cpu_thread
 from spade_utils.saliency import attribute
@@ -247,3 +254,79 @@ def test_score_refuses_a_tuning_of_another_kind():
     with pytest.raises(TypeError, match="tuning"):
         score_with_tuned_sparsity(TinyNet(), [_sample()], {"saliency": 0.5}, **TRACE)
     assert InsertionTuning  # the result type is public
+
+
+def test_explained_inputs_are_held_out_crops_for_the_dense_top1():
+    model = TinyNet().eval()
+    g = torch.Generator().manual_seed(3)
+    images = {"a": torch.rand(3, 40, 40, generator=g), "b": torch.rand(3, 30, 50, generator=g)}
+    samples, aside = explained_inputs(model, images, crops_per_image=3, seed=5)
+    assert aside == [] and [s.name for s in samples] == ["a", "b"]
+    for s, img in zip(samples, images.values()):
+        oracle = augment_image(img, 3, seed=5)  # the same views, drawn independently
+        assert torch.equal(s.inputs, oracle)
+        with torch.no_grad():
+            assert torch.equal(torch.as_tensor(s.targets), model(oracle).argmax(1))
+    assert samples[0].input_ids() == ["a/0", "a/1", "a/2"] and samples[1].input_ids() == ["b/3", "b/4", "b/5"]
+
+
+class _Certain(nn.Module):
+    """Class 1 with probability ~1 and class 0 with ~2e-9, whatever the input."""
+
+    def forward(self, x):
+        return torch.tensor([0.0, 20.0, 0.0, 0.0]).expand(len(x), 4)
+
+
+def test_explained_inputs_with_true_labels_set_aside_ruled_out_classes():
+    g = torch.Generator().manual_seed(0)
+    images = {n: torch.rand(3, 300, 280, generator=g) for n in ("a", "b", "c")}
+    samples, aside = explained_inputs(_Certain(), images, labels={"a": 1, "b": 0, "c": 1})
+    assert aside == ["b"]  # its true class has probability ~2e-9
+    assert [s.name for s in samples] == ["a", "c"]
+    assert torch.equal(samples[1].inputs, preprocess(images["c"]))  # the image itself, centre-cropped
+    assert [int(t) for t in samples[1].targets] == [1]
+    assert samples[1].input_ids() == ["c/1"]  # k counts the kept inputs
+    with pytest.raises(ValueError, match="images"):
+        explained_inputs(_Certain(), images, labels={"a": 0, "b": 0, "c": 0})
+    with pytest.raises(ValueError, match="labels"):
+        explained_inputs(_Certain(), images, labels={"a": 1})
+    with pytest.raises(TypeError, match="images"):
+        explained_inputs(_Certain(), {})
+
+
+def test_beside_paper_table2_averages_methods_per_input_and_pairs_with_dense():
+    rng = np.random.default_rng(0)
+    rows = [
+        dict(
+            image=f"{p}/{k}", photo=p, explainer=e, method=m, insertion=rng.uniform(), deletion=rng.uniform()
+        )
+        for p in ("x", "y", "z")
+        for k in range(2)
+        for e in ("dense", "FastSPADE", "mine")
+        for m in ("saliency", "lrp")
+    ]
+    per_input = pd.DataFrame(rows)
+    table = beside_paper_table2(per_input, ["dense", "FastSPADE", "mine"], seed=4).set_index("column")
+    avg = per_input.groupby(["explainer", "image"])[["insertion", "deletion"]].mean()  # the oracle: a groupby
+    for col in ("dense", "FastSPADE", "mine"):
+        assert table.loc[col, "insertion (ours)"] == pytest.approx(100 * avg.loc[col]["insertion"].mean())
+    d, lo, hi = paired_bootstrap_diff(
+        avg.loc["mine"]["deletion"].to_numpy(),
+        avg.loc["dense"]["deletion"].to_numpy(),
+        [i.split("/")[0] for i in avg.loc["mine"].index],
+        seed=4,
+    )
+    assert (
+        table.loc["mine", "deletion − dense (ours)"] == f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    )
+    assert table.loc["FastSPADE", "insertion (paper)"] == PAPER_TABLE2["FastSPADE"]["insertion"]
+    paper_gap = PAPER_TABLE2["FastSPADE"]["insertion"] - PAPER_TABLE2["Dense"]["insertion"]
+    assert table.loc["FastSPADE", "insertion − dense (paper)"] == f"{paper_gap:+.2f}"
+    assert table.loc["dense", "insertion (paper)"] == PAPER_TABLE2["Dense"]["insertion"]
+    assert (
+        np.isnan(table.loc["mine", "insertion (paper)"])
+        and table.loc["mine", "insertion − dense (paper)"] == ""
+    )
+    assert table.loc["dense", "insertion − dense (ours)"] == ""
+    with pytest.raises(ValueError, match="columns"):
+        beside_paper_table2(per_input, ["dense", "absent"])

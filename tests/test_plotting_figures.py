@@ -277,3 +277,28 @@ def test_saliency_grid_shares_one_colour_scale_per_method():
         plotting.saliency_grid(maps, photos, methods=methods, explainers=explainers, quantile=0)
     with pytest.raises(TypeError, match="mappings"):
         plotting.saliency_grid(list(maps), photos, methods=methods, explainers=explainers)
+
+
+def test_auc_interval_figure_draws_each_column_and_method_with_its_interval():
+    rows = []
+    for i, e in enumerate(("dense", "FastSPADE")):
+        for j, m in enumerate(("saliency", "lrp")):
+            row = dict(explainer=e, method=m)
+            for metric, v in (("insertion", 0.4 + 0.1 * i + 0.01 * j), ("deletion", 0.1 + 0.02 * j)):
+                row.update({metric: v, f"{metric}_lo": v - 0.05, f"{metric}_hi": v + 0.02})
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    fig = plotting.auc_interval_figure(table, columns=["dense", "FastSPADE"], methods=["lrp", "saliency"])
+    ins = fig.axes[0]
+    points = [c for c in ins.containers]
+    assert len(points) == 2  # one error-bar series per column
+    for container, explainer in zip(points, ("dense", "FastSPADE")):
+        y = container.lines[0].get_ydata()
+        sub = table[table.explainer == explainer].set_index("method").loc[["lrp", "saliency"]]
+        assert np.allclose(y, sub["insertion"])  # methods in the order asked
+        segs = container.lines[2][0].get_segments()
+        assert np.allclose([s[:, 1] for s in segs], sub[["insertion_lo", "insertion_hi"]].to_numpy())
+    assert [t.get_text() for t in ins.get_xticklabels()] == ["lrp", "saliency"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no row"):
+        plotting.auc_interval_figure(table, columns=["dense", "SPADE"], methods=["lrp"])

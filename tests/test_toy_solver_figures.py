@@ -11,8 +11,13 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from spade_utils.solver_figures import optimum_ratio_boxplots, solve_time_figure
-from spade_utils.toy_figures import logit_maps, unit_lines
+from spade_utils.solver_figures import (
+    optimum_ratio_boxplots,
+    sensitivity_figure,
+    solve_time_figure,
+    stage_times_figure,
+)
+from spade_utils.toy_figures import logit_maps, training_points, unit_lines
 
 BOX = (-2.0, 10.0)
 REGIONS = {"large": ((2.0, 2.0), 2.0), "small": ((7.0, 7.0), 1.0)}
@@ -36,6 +41,23 @@ def test_logit_maps_show_the_grids_the_discs_and_the_boundary_on_request():
         logit_maps({"x": np.zeros((3, 4))}, box=BOX, regions=REGIONS)
     with pytest.raises(TypeError, match="maps"):
         logit_maps({}, box=BOX, regions=REGIONS)
+
+
+def test_training_points_draw_each_class_in_its_colour_with_the_discs():
+    pts = np.array([[0.0, 0.0], [1.0, 2.0], [7.0, 7.0], [3.0, 3.0]])
+    labels = np.array([0, 1, 1, 0])
+    fig = training_points(pts, labels, box=BOX, regions=REGIONS)
+    ax = fig.axes[0]
+    neg, pos = ax.collections[:2]
+    assert np.array_equal(neg.get_offsets(), pts[[0, 3]])
+    assert np.array_equal(pos.get_offsets(), pts[[1, 2]])
+    assert to_hex(pos.get_facecolor()[0]) == to_hex("tab:blue")
+    assert sorted(p.get_gid() for p in ax.patches) == ["disc:large", "disc:small"]
+    assert ax.get_xlim() == BOX and ax.get_ylim() == BOX
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["negative (2)", "positive (2)"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="labels"):
+        training_points(pts, labels[:3], box=BOX, regions=REGIONS)
 
 
 def test_unit_lines_draw_every_unit_and_grey_out_the_pruned_ones():
@@ -102,3 +124,40 @@ def test_optimum_ratio_boxplots_one_panel_per_input_kind_on_a_log_scale():
     plt.close(fig)
     with pytest.raises(ValueError, match="ratio"):
         optimum_ratio_boxplots(tiny.drop(columns="ratio"), methods=["obc"], title="t")
+
+
+def test_stage_times_figure_stacks_the_stages_in_order():
+    timings = pd.DataFrame({"stage": ["augment", "statistics", "solve"], "seconds": [1.5, 4.0, 2.5]})
+    fig = stage_times_figure(timings, title="t")
+    bars = fig.axes[0].patches
+    assert [b.get_x() for b in bars] == [0.0, 1.5, 5.5]
+    assert [b.get_width() for b in bars] == [1.5, 4.0, 2.5]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "augment (1.5 s)",
+        "statistics (4.0 s)",
+        "solve (2.5 s)",
+    ]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="timings"):
+        stage_times_figure(timings.assign(seconds=[1.0, -1.0, 2.0]))
+
+
+def test_sensitivity_figure_draws_each_solver_sorted_and_the_dense_logit():
+    summary = pd.DataFrame(
+        {
+            "solver": ["obc", "obc", "sparsegpt", "sparsegpt"],
+            "global_sparsity": [0.9, 0.5, 0.5, 0.9],
+            "agreement": [0.4, 1.0, 0.9, 0.3],
+            "logit": [5.0, 9.0, 8.5, 4.0],
+        }
+    )
+    fig = sensitivity_figure(summary, dense_logit=10.0, n_views=16, class_name="tabby")
+    left, right = fig.axes
+    obc = [ln for ln in left.get_lines() if ln.get_label() == "obc"][0]
+    assert list(obc.get_xdata()) == [0.5, 0.9] and list(obc.get_ydata()) == [1.0, 0.4]
+    dense = [ln for ln in right.get_lines() if ln.get_label() == "dense"][0]
+    assert list(dense.get_ydata()) == [10.0, 10.0]
+    assert left.get_ylabel() == "top-1 agreement (16 views)"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="summary"):
+        sensitivity_figure(summary.drop(columns="logit"), dense_logit=1.0, n_views=1, class_name="x")

@@ -17,11 +17,12 @@ Imports flow triggers <- poison <- evaluate <- implant. Splitting a network into
 and a trained back lives in :mod:`spade_utils.archs`; the Sparse-FC baseline in :mod:`spade_utils.baselines`.
 """
 
-from .calibrate import PAPER_GRID, BlockCalibration, calibrate_block_sparsity
+from .calibrate import PAPER_GRID, BlockCalibration, block_groups, calibrate_block_sparsity
 from .evaluate import (
     TriggeredSample,
     evaluate_backdoor,
     flipped_samples,
+    interval_cells,
     paired_differences,
     patch_attack_rate,
     predict,
@@ -74,6 +75,7 @@ __all__ = [
     "PoisonedBatch",
     "TriggerSet",
     "TriggeredSample",
+    "block_groups",
     "build_poisoned_set",
     "calibrate_block_sparsity",
     "crop_sources",
@@ -82,6 +84,7 @@ __all__ = [
     "fibre_textures",
     "flipped_samples",
     "implant_backdoor",
+    "interval_cells",
     "load_image",
     "normalize",
     "paired_differences",

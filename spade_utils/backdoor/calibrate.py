@@ -45,6 +45,7 @@ from .evaluate import TriggeredSample, normalize, trojan_saliency_scores
 __all__ = [
     "PAPER_GRID",
     "BlockCalibration",
+    "block_groups",
     "calibrate_block_sparsity",
     "calibration_sample_scores",
     "read_calibration_table",
@@ -524,6 +525,23 @@ class _Search:
             scores=scores,
             cost=cost,
         )
+
+
+def block_groups(patterns: Sequence[str], n: int | None) -> list[list[str]]:
+    """Layer patterns grouped into ``n`` calibration blocks of consecutive patterns, the last pattern (the
+    classifier) alone in the last block; ``None`` or ``n >= len(patterns)``: one block per pattern. The other
+    ``n - 1`` blocks split the rest as evenly as rounding allows. Raises TypeError/ValueError naming the argument
+    for a pattern list that is empty or not strings, or ``n < 2`` with more than one pattern."""
+    if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"patterns must be a non-empty list of layer patterns, got {patterns!r}")
+    patterns = list(patterns)
+    if n is None or n >= len(patterns):
+        return [[p] for p in patterns]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be None or an int >= 2 (the classifier gets a block of its own), got {n!r}")
+    body = patterns[:-1]
+    cuts = [round(k * len(body) / (n - 1)) for k in range(n)]
+    return [body[a:b] for a, b in zip(cuts, cuts[1:])] + [patterns[-1:]]
 
 
 def calibrate_block_sparsity(

@@ -28,6 +28,7 @@ __all__ = [
     "TriggeredSample",
     "evaluate_backdoor",
     "flipped_samples",
+    "interval_cells",
     "paired_differences",
     "patch_attack_rate",
     "predict",
@@ -533,3 +534,26 @@ def paired_differences(
                 )
             )
     return pd.DataFrame(rows)
+
+
+def interval_cells(table, *, index: str, columns: str, order=None, column_order=None):
+    """A readable pivot of :func:`summarize_scores` or :func:`paired_differences`: one cell per (``index``,
+    ``columns``) pair reading ``"mean [low, high]"`` in percent (``"+diff [low, high]"`` points for a table with a
+    ``diff`` column, as :func:`paired_differences` returns), rows in ``order`` and columns in ``column_order``
+    when given. Raises ValueError naming the argument for a table without the needed columns."""
+    from ..intervals import interval_text
+
+    value = "diff" if "diff" in table.columns else "mean"
+    need = {index, columns, value, "low", "high"}
+    if need - set(table.columns):
+        raise ValueError(f"table lacks the columns {sorted(need - set(table.columns))}")
+    cells = table.assign(
+        cell=[
+            interval_text(m, lo, hi, signed=value == "diff")
+            for m, lo, hi in zip(table[value], table["low"], table["high"])
+        ]
+    ).pivot(index=index, columns=columns, values="cell")
+    return cells.loc[
+        list(order) if order is not None else cells.index,
+        list(column_order) if column_order is not None else cells.columns,
+    ]
