@@ -186,42 +186,52 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from spade_utils.augment import augment_image
-from spade_utils.backdoor import random_crops
-from spade_utils.baselines import sparse_fc_model
-from spade_utils.data import imagenet_classes, imagenet_folder_sample, load_rgb, preprocess, sample_image
-from spade_utils.featvis import image_distance, visualize
-from spade_utils.insertion_tuning import (
-    PAPER_TABLE2,
-    InsertionSample,
-    score_with_tuned_sparsity,
-    tune_sparsity_on_insertion,
-)
-from spade_utils.intervals import paired_bootstrap_diff
-from spade_utils.metrics import MIN_CLEAN_PROB, summarize_aucs
+from spade_utils.data import imagenet_classes, imagenet_scored_and_calibration, preprocess, sample_image
 from spade_utils.models import load_model
-from spade_utils.plotting import labelled_image_grid, saliency_grid, save_figure, save_table, set_style
-from spade_utils.saliency import attribute, attribution_aucs
-from spade_utils.spade import spade_trace
+from spade_utils.plotting import (
+    auc_interval_figure,
+    labelled_image_grid,
+    saliency_grid,
+    save_figure,
+    save_table,
+    set_style,
+)
 
 set_style()
 T0 = time.perf_counter()
 CLASSES = imagenet_classes()
 model = load_model(cfg["model"])
-if SOURCE == "paper":  # validation images, each with its true class (the synset folder it lies in)
-    drawn = imagenet_folder_sample(IMAGENET_VAL, cfg["n_val"] + cfg["n_calib"], seed=SEED)
-    order = torch.randperm(len(drawn), generator=torch.Generator().manual_seed(SEED)).tolist()
-    picked = sorted(drawn[i] for i in order[: cfg["n_val"]])  # scored in section 5
-    calib_picked = sorted(drawn[i] for i in order[cfg["n_val"] :])  # FastSPADE*'s calibration only
-    photos = {path.stem: load_rgb(path) for path, _ in picked}
-    true_class = {path.stem: label for path, label in picked}
-    calib_photos = {path.stem: load_rgb(path) for path, _ in calib_picked}
-    calib_class = {path.stem: label for path, label in calib_picked}
+
+# %% [markdown]
+# The methods this notebook compares: traces, feature visualization, saliency, the Sparse-FC baseline and FastSPADE*.
+
+# %%
+from spade_utils.backdoor import random_crops
+from spade_utils.baselines import sparse_fc_model
+from spade_utils.featvis import image_distance, visualize
+from spade_utils.insertion_tuning import (
+    beside_paper_table2,
+    explained_inputs,
+    score_with_tuned_sparsity,
+    tune_sparsity_on_insertion,
+)
+from spade_utils.metrics import summarize_aucs
+from spade_utils.saliency import attribute, attribution_aucs
+from spade_utils.spade import spade_trace
+
+# %% [markdown]
+# The photos: the offline source's named photos, or (`SOURCE = "paper"`) validation images drawn from
+# `IMAGENET_VAL`, each with its true class (the synset folder it lies in); FastSPADE*'s calibration images are a
+# separate draw, never scored.
+
+# %%
+if SOURCE == "paper":
+    (photos, true_class), (calib_photos, calib_class) = imagenet_scored_and_calibration(
+        IMAGENET_VAL, cfg["n_val"], cfg["n_calib"], seed=SEED
+    )
 else:
-    photos = {name: sample_image(name) for name in cfg["photos"]}
-    true_class = None
-    calib_photos = {name: sample_image(name) for name in cfg["calib_photos"]}
-    calib_class = None
+    photos, calib_photos = ({name: sample_image(name) for name in cfg[k]} for k in ("photos", "calib_photos"))
+    true_class = calib_class = None
 if set(calib_photos) & set(photos):
     raise ValueError(f"calibration photos {sorted(set(calib_photos) & set(photos))} are also scored")
 SHOW = list(photos)[: cfg["n_show"]]  # the photos in the figures of sections 3 and 4
@@ -289,6 +299,10 @@ for solver in SOLVERS:
         else:
             traces[name, solver] = trace
 
+# %% [markdown]
+# Each trace's layers, its errors and time, and its own prediction on the photo.
+
+# %%
 records = pd.concat(
     [
         t.records.assign(
@@ -446,6 +460,7 @@ for name in SHOW:
         for label, copies in sparse.items():
             maps[name, method, label] = attribute(copies[name], x[i : i + 1], target, method, **OPTS)[0]
 
+# %%
 EXPLAINERS = ["dense", *sparse]  # dense, then each trace's label (FastSPADE, SPADE (OBC))
 inputs = {name: x[index[name]] for name in SHOW}  # the centre crops the maps explain
 fig = saliency_grid(maps, inputs, methods=cfg["methods"], explainers=EXPLAINERS, size=1.6)
@@ -475,26 +490,16 @@ plt.show()
 # for insertion), Sparse FC; and one more, SPADE (OBC), the exact solver, which the paper's Table 2 does not have.
 
 # %%
-if true_class is not None:  # the paper's protocol: each validation image itself, for its true class
-    labels = torch.tensor([true_class[n] for n in photos])
-    with torch.no_grad():
-        p_true = model(x).softmax(1)[torch.arange(len(x)), labels]
-    scorable = p_true >= MIN_CLEAN_PROB  # a score relative to a near-zero clean probability is meaningless
+# the paper's protocol (true_class given): each validation image itself, for its true class; otherwise held-out
+# crops of each photo (seed 1000 + SEED, not the trace's views), each for the dense top-1 on it
+held_out, set_aside = explained_inputs(
+    model, photos, labels=true_class, crops_per_image=cfg["crops_per_photo"], seed=1000 + SEED
+)
+crop_target = torch.cat([s.targets for s in held_out])  # the explained class of every scored input
+if true_class is not None:
     print(
-        f"{int((~scorable).sum())} of {len(x)} validation images set aside: the dense network gives their true "
-        f"class a probability below {MIN_CLEAN_PROB}"
+        f"{len(set_aside)} of {len(photos)} validation images set aside: their true class is all but ruled out"
     )
-    if not bool(scorable.any()):
-        raise RuntimeError("no validation image left to score: is IMAGENET_VAL the ImageNet validation set?")
-    crops, crop_target = x[scorable], labels[scorable]
-    crop_photo = [n for n, keep in zip(photos, scorable.tolist(), strict=True) if keep]
-else:
-    crops = torch.cat(
-        [augment_image(img, cfg["crops_per_photo"], seed=1000 + SEED) for img in photos.values()]
-    )
-    crop_photo = [name for name in photos for _ in range(cfg["crops_per_photo"])]
-    with torch.no_grad():
-        crop_target = model(crops).argmax(1)
 
 # %% [markdown]
 # ### The Sparse-FC baseline
@@ -545,34 +550,10 @@ print(
 # disjoint from the scored ones, each explained for its true class.
 
 # %%
-if calib_class is not None:  # paper source: each calibration image itself, for its true class
-    calib_x = torch.cat([preprocess(img) for img in calib_photos.values()])
-    calib_labels = torch.tensor([calib_class[n] for n in calib_photos])
-    with torch.no_grad():
-        calib_p = model(calib_x).softmax(1)[torch.arange(len(calib_x)), calib_labels]
-    calibration = [
-        InsertionSample(n, calib_photos[n], calib_x[i : i + 1], calib_labels[i : i + 1])
-        for i, n in enumerate(calib_photos)
-        if calib_p[i] >= MIN_CLEAN_PROB
-    ]
-    if not calibration:
-        raise RuntimeError("no calibration image left: the dense network rules out every true class")
-else:  # held-out crops of each calibration photo, for the dense top-1 class, as for the scored photos
-    calibration = []
-    for n, img in calib_photos.items():
-        inputs = augment_image(img, cfg["crops_per_photo"], seed=1000 + SEED)
-        with torch.no_grad():
-            calibration.append(InsertionSample(n, img, inputs, model(inputs).argmax(1)))
-held_out = [
-    InsertionSample(
-        name,
-        photos[name],
-        crops[[k for k, p in enumerate(crop_photo) if p == name]],
-        crop_target[[k for k, p in enumerate(crop_photo) if p == name]],
-        ids=[f"{name}/{k}" for k, p in enumerate(crop_photo) if p == name],
-    )
-    for name in dict.fromkeys(crop_photo)
-]
+# the calibration inputs are chosen as the scored ones are (section 5's first cell), from the calibration images
+calibration, _ = explained_inputs(
+    model, calib_photos, labels=calib_class, crops_per_image=cfg["crops_per_photo"], seed=1000 + SEED
+)
 STAR = dict(
     {k: TRACE[k] for k in ("layers", "n_augment", "solver", "batch_size", "seed", "skip_depthwise")},
     auc_steps=cfg["auc_steps"],
@@ -599,41 +580,46 @@ tuning.candidates.pivot(index="method", columns="sparsity", values="insertion").
 # same held-out crops.
 
 # %%
-tables = []
-for name in dict.fromkeys(crop_photo):  # the photos with something to score, in order
-    idx = [k for k, p in enumerate(crop_photo) if p == name]
-    tables.append(
-        attribution_aucs(
-            model,
-            crops[idx],
-            crop_target[idx],
-            cfg["methods"],
-            {
-                "dense": model,
-                **{label: copies[name] for label, copies in sparse.items()},
-                "Sparse FC": sparse_fc,
-            },
-            auc_steps=cfg["auc_steps"],
-            image_ids=[f"{name}/{k}" for k in idx],
-            progress=True,
-            **OPTS,
-        )
+tables = [  # each photo's scored inputs, explained by every column (a trace: the photo's own)
+    attribution_aucs(
+        model,
+        s.inputs,
+        s.targets,
+        cfg["methods"],
+        {
+            "dense": model,
+            **{label: copies[s.name] for label, copies in sparse.items()},
+            "Sparse FC": sparse_fc,
+        },
+        auc_steps=cfg["auc_steps"],
+        image_ids=s.input_ids(),
+        progress=True,
+        **OPTS,
     )
+    for s in held_out
+]
+
+# %% [markdown]
+# One table: the columns in the paper's order, each input's photo and class, and the summary with intervals.
+
+# %%
 COLUMNS = ["dense", LABEL[cfg["solver"]], "FastSPADE*", *list(sparse)[1:], "Sparse FC"]  # the table's order
 auc_raw = pd.concat([*tables, star_raw.drop(columns="sparsity")], ignore_index=True)
 auc_raw["explainer"] = pd.Categorical(auc_raw["explainer"], COLUMNS, ordered=True)
 auc_raw = auc_raw.sort_values(["explainer"], kind="stable").reset_index(drop=True)
 auc_raw["explainer"] = auc_raw["explainer"].astype(str)
 auc_raw["photo"] = auc_raw["image"].str.split("/").str[0]
-auc_raw["class"] = auc_raw["image"].map({f"{p}/{k}": int(crop_target[k]) for k, p in enumerate(crop_photo)})
+auc_raw["class"] = auc_raw["image"].map(
+    {i: int(t) for s in held_out for i, t in zip(s.input_ids(), s.targets)}
+)
 auc_table = summarize_aucs(auc_raw, baseline="dense", cluster="photo", seed=SEED)
 auc_table = auc_table.set_index("method").loc[cfg["methods"]].reset_index()  # methods in the profile's order
 save_table(auc_raw, "03_insertion_deletion_per_image", profile=PROFILE)
 save_table(auc_table, "03_insertion_deletion", profile=PROFILE)
 scored = (
-    f"{len(crops)} validation images, each for its true class"
+    f"{len(crop_target)} validation images, each for its true class"
     if true_class is not None
-    else f"{len(crops)} held-out crops ({cfg['crops_per_photo']} per photo, {len(photos)} photos)"
+    else f"{len(crop_target)} held-out crops ({cfg['crops_per_photo']} per photo, {len(photos)} photos)"
 )
 print(
     f"{scored}, {cfg['auc_steps']} insertion/deletion steps, 95% bootstrap intervals over photos, then crops"
@@ -677,54 +663,13 @@ for _, r in auc_table[auc_table["explainer"] != "dense"].iterrows():
 # the *directions* of the differences, not the numbers.
 
 # %%
-PAPER_NAME = {"dense": "Dense"}  # our column label -> the paper's (the others are spelled alike)
-per_crop = auc_raw.pivot_table(
-    index=["image", "photo"], columns="explainer", values=["insertion", "deletion"]
-)
-rows = []
-for e in COLUMNS:
-    paper = PAPER_TABLE2.get(PAPER_NAME.get(e, e), {})
-    row = {"column": e}
-    for metric in ("insertion", "deletion"):
-        row[f"{metric} (ours)"] = 100 * per_crop[metric][e].mean()
-        row[f"{metric} (paper)"] = paper.get(metric, float("nan"))
-        if e != "dense" and per_crop[metric].index.get_level_values("photo").nunique() >= 2:
-            d, lo, hi = paired_bootstrap_diff(
-                per_crop[metric][e].to_numpy(),
-                per_crop[metric]["dense"].to_numpy(),
-                per_crop.index.get_level_values("photo").to_numpy(),
-                seed=SEED,
-            )
-            row[f"{metric} − dense (ours)"] = f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        else:
-            row[f"{metric} − dense (ours)"] = ""
-        base = PAPER_TABLE2["Dense"][metric]
-        row[f"{metric} − dense (paper)"] = f"{paper[metric] - base:+.2f}" if paper and e != "dense" else ""
-    rows.append(row)
-beside_paper = pd.DataFrame(rows)
+beside_paper = beside_paper_table2(auc_raw, COLUMNS, baseline="dense", seed=SEED)
 save_table(beside_paper, "03_insertion_deletion_vs_paper", profile=PROFILE)
 print(f"averages over {len(cfg['methods'])} methods ({', '.join(cfg['methods'])}), in percent")
 beside_paper.round(2)
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
-for ax, metric in zip(axes, ("insertion", "deletion"), strict=True):
-    width = 0.7 / len(COLUMNS)
-    for k, explainer in enumerate(COLUMNS):
-        sub = auc_table[auc_table["explainer"] == explainer].set_index("method").loc[cfg["methods"]]
-        pos = range(len(sub))
-        ax.errorbar(
-            [p + (k - (len(COLUMNS) - 1) / 2) * width for p in pos],
-            sub[metric],
-            yerr=[sub[metric] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[metric]],
-            fmt="o",
-            capsize=3,
-            label=explainer,
-        )
-    ax.set_xticks(list(range(len(cfg["methods"]))), cfg["methods"], rotation=45, ha="right")
-    ax.set_title(f"{metric} AUC ({'higher' if metric == 'insertion' else 'lower'} is better)")
-axes[0].legend(fontsize=8)
-fig.tight_layout()
+fig = auc_interval_figure(auc_table, columns=COLUMNS, methods=cfg["methods"])
 save_figure(fig, "03_insertion_deletion", profile=PROFILE)
 plt.show()
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec  # one definition of the ImageNet statistics
-from .validation import check_int
+from .validation import check_int, check_seed
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -491,9 +491,12 @@ def imagenet_scored_and_calibration(
     ``n_calibration < 0`` or two drawn files with the same stem (keys would collide)."""
     n_scored = check_int(n_scored, "n_scored", minimum=1)
     n_calibration = check_int(n_calibration, "n_calibration", minimum=0)
+    seed = check_seed(seed)
     drawn = imagenet_folder_sample(root, n_scored + n_calibration, seed=seed)
-    if len({path.stem for path, _ in drawn}) != len(drawn):
-        raise ValueError(f"root: two drawn images of {root} share a file name; keys would collide")
+    stems = [path.stem for path, _ in drawn]
+    if len(set(stems)) != len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise ValueError(f"root: drawn images of {root} share the file names {twice}; keys would collide")
     order = torch.randperm(len(drawn), generator=torch.Generator().manual_seed(seed)).tolist()
     parts = (sorted(drawn[i] for i in order[:n_scored]), sorted(drawn[i] for i in order[n_scored:]))
     return tuple(

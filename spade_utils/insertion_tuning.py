@@ -42,7 +42,7 @@ from .metrics import (
     insertion_deletion_curves,
     pixel_counts,
 )
-from .runtime import model_device, resolve_device
+from .runtime import eval_mode, model_device, resolve_device
 from .saliency import SALIENCY_METHODS, attribute
 from .solvers import SOLVERS
 from .trace_steps import record_statistics, resolve_augment, solve_layers, swapped_weights
@@ -136,6 +136,8 @@ def explained_inputs(
     explained for the dense top-1 class on it. Input ids are ``"name/k"``, k counting the explained inputs over
     all images in order. Returns ``(samples, set_aside)``. Raises TypeError/ValueError naming the argument for an
     empty ``images``, labels that do not cover them, or every image set aside."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(images, Mapping) or not images:
         raise TypeError("images must be a non-empty mapping name -> image")
     crops_per_image = check_positive_int(crops_per_image, "crops_per_image")
@@ -143,15 +145,20 @@ def explained_inputs(
     if labels is not None:
         if not isinstance(labels, Mapping) or set(labels) != set(images):
             raise ValueError("labels must map exactly the names of images to classes")
+        labels = {n: check_class_index(labels[n], f"labels[{n!r}]") for n in images}
         groups = {n: preprocess(img) for n, img in images.items()}
     else:
         groups = {n: augment_image(img, crops_per_image, seed=seed) for n, img in images.items()}
     device, samples, set_aside, k = model_device(model), [], [], 0
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):  # BatchNorm statistics are read, never updated
         for name, inputs in groups.items():
             probs = model(inputs.to(device)).softmax(1).cpu()
             if labels is not None:
-                targets = torch.tensor([check_class_index(labels[name], f"labels[{name!r}]")])
+                if labels[name] >= probs.shape[1]:
+                    raise ValueError(
+                        f"labels[{name!r}]: class {labels[name]} of a model with {probs.shape[1]}"
+                    )
+                targets = torch.tensor([labels[name]])
                 if float(probs[0, targets[0]]) < MIN_CLEAN_PROB:
                     set_aside.append(name)
                     continue
@@ -184,12 +191,31 @@ def beside_paper_table2(
     then inputs resampled, ``seed``), as text; the paper's value and its difference to the paper's Dense
     (``paper_names`` maps our labels to the paper's where they differ; NaN/"" where the paper has no such
     column). Raises ValueError naming the argument for missing columns or explainers."""
-    need = {"image", "photo", "explainer", "insertion", "deletion"}
+    need = {"image", "photo", "explainer", "method", "insertion", "deletion"}
     if not isinstance(per_input, pd.DataFrame) or need - set(per_input.columns):
         raise ValueError(f"per_input must be a DataFrame with columns {sorted(need)}")
+    if (
+        isinstance(columns, str)
+        or not all(isinstance(c, str) for c in columns)
+        or len(set(columns)) != len(columns)
+    ):
+        raise TypeError(f"columns must be a list of explainer labels, each once, got {columns!r}")
+    seed = check_seed(seed)
     missing = [c for c in [baseline, *columns] if c not in set(per_input["explainer"])]
     if missing:
         raise ValueError(f"columns: no rows for {missing} in per_input")
+    aucs = per_input[["insertion", "deletion"]].to_numpy(dtype=float, na_value=np.nan)
+    if per_input[["image", "photo", "explainer", "method"]].isna().any().any() or not (
+        np.isfinite(aucs).all() and (aucs >= 0).all() and (aucs <= 1).all()
+    ):
+        raise ValueError("per_input: AUCs must be fractions in [0, 1] and no key may be missing")
+    if per_input.duplicated(["image", "explainer", "method"]).any():
+        raise ValueError("per_input has more than one row for some (image, explainer, method)")
+    if per_input.groupby("image")["photo"].nunique().gt(1).any():
+        raise ValueError("per_input gives one image two photos")
+    per_method = per_input.groupby(["explainer", "image"])["method"].nunique()
+    if per_method.nunique() != 1 or per_input.groupby("explainer")["image"].nunique().nunique() != 1:
+        raise ValueError("per_input: every explainer must score the same inputs with the same methods")
     names = {baseline: "Dense", **(paper_names or {})}
     per = per_input.pivot_table(
         index=["image", "photo"], columns="explainer", values=["insertion", "deletion"]

@@ -224,19 +224,39 @@ def _cluster_interval(v, clusters, n_boot, level, seed, method, within, fn):
 # --------------------------------------------------------------------------------------------------
 # Reading an interval
 # --------------------------------------------------------------------------------------------------
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 def interval_text(estimate, low, high, *, scale: float = 100.0, signed: bool = False, digits: int = 1) -> str:
     """``"12.3 [10.1, 14.2]"``: an estimate and its interval times ``scale`` (default 100: fractions as
     percent or points), with ``digits`` decimals and, with ``signed``, an explicit sign (for differences).
-    NaN bounds print as ``nan``. Raises TypeError for a non-number."""
-    for name, v in (("estimate", estimate), ("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-            raise TypeError(f"{name} must be a number, got {type(v).__name__}")
-    fmt = f"{{:{'+' if signed else ''}.{int(digits)}f}}"
-    e, lo, hi = (fmt.format(scale * float(v)) for v in (estimate, low, high))
-    return f"{e} [{lo}, {hi}]"
+    NaN bounds (too few values to resample) print as ``nan``. Raises TypeError for a non-number or a non-bool
+    ``signed``, ValueError for ``low > high``, a NaN estimate or ``digits`` outside 0..6."""
+    estimate, low, high = (_number(v, n) for v, n in ((estimate, "estimate"), (low, "low"), (high, "high")))
+    scale = check_float(scale, "scale")
+    digits = check_int(digits, "digits", minimum=0, maximum=6)
+    if not isinstance(signed, (bool, np.bool_)):
+        raise TypeError(f"signed must be a bool, got {type(signed).__name__}")
+    if math.isnan(estimate):
+        raise ValueError("estimate is NaN")
+    if low > high:
+        raise ValueError(f"low ({low}) is above high ({high})")
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return "{} [{}, {}]".format(
+        *(v if math.isnan(v) else fmt.format(scale * v) for v in (estimate, low, high))
+    )
 
 
 def excludes_zero(low, high) -> bool:
     """Whether the interval ``[low, high]`` lies wholly on one side of 0: a difference resolved at its level.
-    False when a bound is NaN (too few values to resample)."""
-    return bool(low > 0 or high < 0)
+    False when a bound is NaN (too few values to resample). Raises TypeError for a non-number, ValueError for
+    ``low > high``."""
+    low, high = _number(low, "low"), _number(high, "high")
+    if math.isnan(low) or math.isnan(high):
+        return False
+    if low > high:
+        raise ValueError(f"low ({low}) is above high ({high})")
+    return low > 0 or high < 0

@@ -268,14 +268,20 @@ class TooFewFlips(ValueError):
 
 
 def round_robin(sources: Sequence, n: int) -> list[int]:
-    """The first ``n`` positions of ``sources`` (e.g. each sample's photo) taken one per source in turn, in order
-    of first appearance: a subset spread over the photos. Raises TypeError/ValueError naming the argument."""
+    """The first ``n`` positions of ``sources`` (e.g. each sample's photo name) taken one per source in turn, in
+    order of first appearance: a subset spread over the photos (all positions when ``n >= len(sources)``).
+    Sources are compared as strings or ints. Raises TypeError naming ``sources`` for anything but a list/tuple
+    of str/int (a float such as NaN has no reliable identity), ValueError naming ``n`` for a negative count."""
+    if not isinstance(sources, (list, tuple)) or not all(
+        isinstance(s, (str, int)) and not isinstance(s, bool) for s in sources
+    ):
+        raise TypeError("sources must be a list of source names (str) or ids (int)")
     from .validation import check_int
 
     n = check_int(n, "n", minimum=0)
     by_source: dict = {}
     for i, src in enumerate(sources):
-        by_source.setdefault(src, []).append(i)
+        by_source.setdefault((type(src).__name__, src), []).append(i)
     rounds = zip_longest(*by_source.values())
     return [i for r in rounds for i in r if i is not None][:n]
 

@@ -91,12 +91,13 @@ def stage_times_figure(timings: pd.DataFrame, *, title: str = "") -> plt.Figure:
     stage, seconds; e.g. ``SpadeTrace.timings`` as rows), each segment labelled with its seconds. Raises
     TypeError/ValueError naming the argument for a table without those columns or a negative time."""
     _frame(timings, "timings", ["stage", "seconds"])
-    if (timings.seconds < 0).any():
-        raise ValueError("timings: seconds must be >= 0")
+    seconds = pd.to_numeric(timings.seconds, errors="coerce").to_numpy(float)
+    if not (np.isfinite(seconds).all() and (seconds >= 0).all()):
+        raise ValueError("timings: seconds must be finite numbers >= 0")
     fig, ax = plt.subplots(figsize=(6, 1.6))
-    left = np.concatenate([[0.0], np.cumsum(timings.seconds.to_numpy(float))[:-1]])
-    for start, (_, row) in zip(left, timings.iterrows()):
-        ax.barh(0, row.seconds, left=start, label=f"{row.stage} ({row.seconds:.1f} s)")
+    left = np.concatenate([[0.0], np.cumsum(seconds)[:-1]])
+    for start, stage, sec in zip(left, timings.stage, seconds):
+        ax.barh(0, sec, left=start, label=f"{stage} ({sec:.1f} s)")
     ax.set_yticks([])
     ax.set(xlabel="seconds", title=title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=3, frameon=False)
@@ -111,6 +112,15 @@ def sensitivity_figure(
     views (0-1), and the centre crop's logit of ``class_name`` beside the dense network's (``dense_logit``,
     dotted). Raises TypeError/ValueError naming the argument for a table without those columns."""
     _frame(summary, "summary", ["solver", "global_sparsity", "agreement", "logit"])
+    if isinstance(dense_logit, bool) or not isinstance(dense_logit, (int, float, np.number)):
+        raise TypeError(f"dense_logit must be a number, got {type(dense_logit).__name__}")
+    if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or n_views < 1:
+        raise ValueError(f"n_views must be an int >= 1, got {n_views!r}")
+    values = summary[["global_sparsity", "agreement"]].to_numpy(dtype=float, na_value=np.nan)
+    if summary.solver.isna().any() or not ((values >= 0) & (values <= 1)).all():
+        raise ValueError(
+            "summary: every row needs a solver, and sparsity and agreement are fractions in [0, 1]"
+        )
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for m, d in summary.groupby("solver", sort=False):
         d = d.sort_values("global_sparsity")

@@ -25,8 +25,11 @@ def _panels(n: int, width: float, height: float):
 def training_points(points, labels, *, box, regions, size: float = 4.2) -> plt.Figure:
     """The training set: ``points`` (n, 2) coloured by ``labels`` (n, 0/1 or bool; negatives grey, positives
     blue), the concept discs of ``regions`` outlined, axes limited to ``box``. Raises ValueError naming the
-    argument for mismatched shapes."""
-    points, labels = np.asarray(points, float), np.asarray(labels).astype(bool)
+    argument for mismatched shapes or labels other than 0/1."""
+    points, raw = np.asarray(points, float), np.asarray(labels)
+    if raw.dtype != bool and not (raw.dtype.kind in "iuf" and np.isin(raw, (0, 1)).all()):
+        raise ValueError("labels must be 0/1 or bool")
+    labels = raw.astype(bool)
     if points.ndim != 2 or points.shape[1] != 2 or labels.shape != (len(points),):
         raise ValueError(
             f"points must be (n, 2) and labels (n,), got points {points.shape} and labels {labels.shape}"

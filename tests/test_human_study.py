@@ -265,3 +265,12 @@ def test_trials_figure_shows_each_trial_and_outlines_the_favoured_patch():
     plt.close(fig)
     with pytest.raises(ValueError, match="photos"):
         trials_figure(trials, {}, refs, names)
+    with pytest.raises(
+        ValueError, match="class_names"
+    ):  # target 3 of two names; a str would title one letter
+        trials_figure(trials, photos, refs, names[:2])
+    with pytest.raises(ValueError, match="class_names"):
+        trials_figure(trials, photos, refs, "abcdefghij")
+    small = {n: r[:9, :9] for n, r in refs.items()}
+    with pytest.raises(ValueError, match="references"):  # would be drawn misaligned with its photo
+        trials_figure(trials, photos, small, names)

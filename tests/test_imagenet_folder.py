@@ -93,3 +93,5 @@ def test_scored_and_calibration_draws_are_disjoint_labelled_and_reproducible(tmp
     assert again[0][1] == labels and again[1][1] == cal_labels
     with pytest.raises(ValueError, match="n_calibration"):
         imagenet_scored_and_calibration(tmp_path, 1, -1)
+    with pytest.raises(ValueError, match="seed"):
+        imagenet_scored_and_calibration(tmp_path, 1, 1, seed=-1)

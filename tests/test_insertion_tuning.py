@@ -292,6 +292,24 @@ def test_explained_inputs_with_true_labels_set_aside_ruled_out_classes():
         explained_inputs(_Certain(), images, labels={"a": 1})
     with pytest.raises(TypeError, match="images"):
         explained_inputs(_Certain(), {})
+    with pytest.raises(ValueError, match="labels"):  # class 7 of a 4-class model
+        explained_inputs(_Certain(), images, labels={"a": 1, "b": 7, "c": 1})
+    with pytest.raises(ValueError, match="labels"):  # checked before any forward pass
+        explained_inputs(_Certain(), images, labels={"a": 1, "b": -1, "c": 1})
+
+
+def test_explained_inputs_leave_a_training_model_as_found():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)
+    )
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    images = {"a": torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(1))}
+    samples, _ = explained_inputs(model, images, crops_per_image=4, seed=0)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        oracle = model.eval()(samples[0].inputs).argmax(1)  # the dense top-1 of the model in eval mode
+    assert torch.equal(torch.as_tensor(samples[0].targets), oracle)
 
 
 def test_beside_paper_table2_averages_methods_per_input_and_pairs_with_dense():
@@ -330,3 +348,13 @@ def test_beside_paper_table2_averages_methods_per_input_and_pairs_with_dense():
     assert table.loc["dense", "insertion − dense (ours)"] == ""
     with pytest.raises(ValueError, match="columns"):
         beside_paper_table2(per_input, ["dense", "absent"])
+    with pytest.raises(TypeError, match="columns"):
+        beside_paper_table2(per_input, "dense")
+    with pytest.raises(ValueError, match="fractions"):  # percent instead of fractions
+        beside_paper_table2(per_input.assign(insertion=100 * per_input.insertion), ["dense", "mine"])
+    with pytest.raises(ValueError, match="more than one row"):
+        beside_paper_table2(pd.concat([per_input, per_input.iloc[:1]]), ["dense", "mine"])
+    with pytest.raises(ValueError, match="missing"):
+        beside_paper_table2(per_input.assign(photo=[None] + list(per_input.photo[1:])), ["dense", "mine"])
+    with pytest.raises(ValueError, match="same inputs"):
+        beside_paper_table2(per_input.iloc[1:], ["dense", "mine"])

@@ -302,3 +302,9 @@ def test_auc_interval_figure_draws_each_column_and_method_with_its_interval():
     plt.close(fig)
     with pytest.raises(ValueError, match="no row"):
         plotting.auc_interval_figure(table, columns=["dense", "SPADE"], methods=["lrp"])
+    with pytest.raises(ValueError, match="more than one row"):
+        plotting.auc_interval_figure(pd.concat([table, table.iloc[:1]]), columns=["dense"], methods=["lrp"])
+    with pytest.raises(ValueError, match="within"):
+        plotting.auc_interval_figure(table.assign(insertion_lo=0.99), columns=["dense"], methods=["lrp"])
+    with pytest.raises(TypeError, match="columns"):
+        plotting.auc_interval_figure(table, columns="dense", methods=["lrp"])

@@ -83,3 +83,54 @@ def test_round_robin_takes_one_sample_per_photo_in_turn():
     assert round_robin(sources, 0) == []
     with pytest.raises(ValueError, match="n"):
         round_robin(sources, -1)
+
+
+def test_interval_helpers_refuse_what_they_would_misread():
+    assert not excludes_zero(math.nan, -1.0) and not excludes_zero(1.0, math.nan)  # NaN: not resolved
+    with pytest.raises(ValueError, match="above"):
+        excludes_zero(5.0, -5.0)
+    with pytest.raises(TypeError, match="low"):
+        excludes_zero(None, 1.0)
+    with pytest.raises(ValueError, match="above"):
+        interval_text(0.5, 0.7, 0.3)
+    with pytest.raises(ValueError, match="estimate"):
+        interval_text(math.nan, 0.1, 0.3)
+    with pytest.raises(TypeError, match="digits"):
+        interval_text(0.5, 0.1, 0.9, digits=1.9)
+    with pytest.raises(TypeError, match="signed"):
+        interval_text(0.5, 0.1, 0.9, signed="no")
+
+
+def test_interval_cells_refuse_duplicates_gaps_and_bad_orders():
+    table = summarize_scores(_scores(), cluster="source")
+    with pytest.raises(ValueError, match="more than one row"):
+        interval_cells(pd.concat([table, table.iloc[:1]]), index="variant", columns="method")
+    with pytest.raises(ValueError, match="lacks some"):
+        interval_cells(table.iloc[1:], index="variant", columns="method")
+    with pytest.raises(TypeError, match="order"):
+        interval_cells(table, index="variant", columns="method", order=["SPADE", "SPADE"])
+    with pytest.raises(ValueError, match="order: the table has no"):
+        interval_cells(table, index="variant", columns="method", order=["SPADE", "zz"])
+    with pytest.raises(TypeError, match="table"):
+        interval_cells(table.to_dict(), index="variant", columns="method")
+
+
+@pytest.mark.parametrize(
+    "patterns, n, error",
+    [
+        ((p for p in ["a", "b", "c"]), 2, TypeError),  # a generator would be used up by the check
+        (["a", "a", "fc"], 2, ValueError),
+        (["a", "b", "c", "fc"], 7.5, TypeError),
+        (["a", "b", "fc"], True, TypeError),
+    ],
+)
+def test_block_groups_refuse_inputs_they_would_misread(patterns, n, error):
+    with pytest.raises(error):
+        block_groups(patterns, n)
+
+
+def test_round_robin_refuses_sources_without_a_reliable_identity():
+    assert round_robin(["1", 1, "1"], 3) == [0, 1, 2]  # a name and an id are different sources
+    for bad in ([1.0, 1.0], [math.nan, math.nan], "xyz", [True, 1]):
+        with pytest.raises(TypeError, match="sources"):
+            round_robin(bad, 2)

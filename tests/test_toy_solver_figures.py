@@ -58,6 +58,9 @@ def test_training_points_draw_each_class_in_its_colour_with_the_discs():
     plt.close(fig)
     with pytest.raises(ValueError, match="labels"):
         training_points(pts, labels[:3], box=BOX, regions=REGIONS)
+    for bad in (np.array(["0", "1", "1", "0"]), np.array([0, 2, 1, -1]), np.array([0.3, 1, 1, np.nan])):
+        with pytest.raises(ValueError, match="labels"):  # astype(bool) would call them all positive
+            training_points(pts, bad, box=BOX, regions=REGIONS)
 
 
 def test_unit_lines_draw_every_unit_and_grey_out_the_pruned_ones():
@@ -138,8 +141,9 @@ def test_stage_times_figure_stacks_the_stages_in_order():
         "solve (2.5 s)",
     ]
     plt.close(fig)
-    with pytest.raises(ValueError, match="timings"):
-        stage_times_figure(timings.assign(seconds=[1.0, -1.0, 2.0]))
+    for bad in ([1.0, -1.0, 2.0], [1.0, np.nan, 2.0], [1.0, np.inf, 2.0]):
+        with pytest.raises(ValueError, match="timings"):
+            stage_times_figure(timings.assign(seconds=bad))
 
 
 def test_sensitivity_figure_draws_each_solver_sorted_and_the_dense_logit():
@@ -161,3 +165,9 @@ def test_sensitivity_figure_draws_each_solver_sorted_and_the_dense_logit():
     plt.close(fig)
     with pytest.raises(ValueError, match="summary"):
         sensitivity_figure(summary.drop(columns="logit"), dense_logit=1.0, n_views=1, class_name="x")
+    with pytest.raises(TypeError, match="dense_logit"):
+        sensitivity_figure(summary, dense_logit="x", n_views=16, class_name="tabby")
+    with pytest.raises(ValueError, match="n_views"):
+        sensitivity_figure(summary, dense_logit=1.0, n_views=-2, class_name="tabby")
+    with pytest.raises(ValueError, match="summary"):
+        sensitivity_figure(summary.assign(agreement=80.0), dense_logit=1.0, n_views=16, class_name="tabby")

@@ -38,7 +38,7 @@ from torch import nn
 from ..layer_select import choose_layers, shared_weight_groups, unwrap_model
 from ..runtime import resolve_device
 from ..trace_steps import LayerStatistics, record_statistics, resolve_augment, solve_layers, swapped_weights
-from ..validation import check_sparsity
+from ..validation import check_int, check_sparsity
 from ..widgets import progress_bar as tqdm
 from .evaluate import TriggeredSample, normalize, trojan_saliency_scores
 
@@ -530,15 +530,18 @@ class _Search:
 def block_groups(patterns: Sequence[str], n: int | None) -> list[list[str]]:
     """Layer patterns grouped into ``n`` calibration blocks of consecutive patterns, the last pattern (the
     classifier) alone in the last block; ``None`` or ``n >= len(patterns)``: one block per pattern. The other
-    ``n - 1`` blocks split the rest as evenly as rounding allows. Raises TypeError/ValueError naming the argument
-    for a pattern list that is empty or not strings, or ``n < 2`` with more than one pattern."""
-    if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"patterns must be a non-empty list of layer patterns, got {patterns!r}")
+    ``n - 1`` blocks split the rest as evenly as rounding allows. Raises TypeError naming the argument for
+    ``patterns`` that is not a list/tuple of strings or an ``n`` that is not an int, ValueError for no patterns, a
+    pattern given twice or ``n < 2``."""
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"patterns must be a list of layer patterns, got {patterns!r}")
+    if not patterns or len(set(patterns)) != len(patterns):
+        raise ValueError(f"patterns must be non-empty and each pattern given once, got {list(patterns)}")
     patterns = list(patterns)
+    if n is not None:
+        n = check_int(n, "n", minimum=2)
     if n is None or n >= len(patterns):
         return [[p] for p in patterns]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be None or an int >= 2 (the classifier gets a block of its own), got {n!r}")
     body = patterns[:-1]
     cuts = [round(k * len(body) / (n - 1)) for k in range(n)]
     return [body[a:b] for a, b in zip(cuts, cuts[1:])] + [patterns[-1:]]

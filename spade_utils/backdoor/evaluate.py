@@ -540,20 +540,42 @@ def interval_cells(table, *, index: str, columns: str, order=None, column_order=
     """A readable pivot of :func:`summarize_scores` or :func:`paired_differences`: one cell per (``index``,
     ``columns``) pair reading ``"mean [low, high]"`` in percent (``"+diff [low, high]"`` points for a table with a
     ``diff`` column, as :func:`paired_differences` returns), rows in ``order`` and columns in ``column_order``
-    when given. Raises ValueError naming the argument for a table without the needed columns."""
+    (lists) when given. Raises TypeError/ValueError naming the argument for a table without the needed columns,
+    a pair given twice, a pair missing from the grid, or an ``order``/``column_order`` naming what the table lacks
+    or naming something twice."""
+    import pandas as pd
+
     from ..intervals import interval_text
 
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"table must be a DataFrame, got {type(table).__name__}")
+    if not isinstance(index, str) or not isinstance(columns, str) or index == columns:
+        raise ValueError(
+            f"index and columns must be two different column names, got {index!r} and {columns!r}"
+        )
     value = "diff" if "diff" in table.columns else "mean"
     need = {index, columns, value, "low", "high"}
     if need - set(table.columns):
         raise ValueError(f"table lacks the columns {sorted(need - set(table.columns))}")
+    if table.duplicated([index, columns]).any():
+        raise ValueError(f"table has more than one row for some ({index}, {columns}) pair")
     cells = table.assign(
         cell=[
             interval_text(m, lo, hi, signed=value == "diff")
             for m, lo, hi in zip(table[value], table["low"], table["high"])
         ]
     ).pivot(index=index, columns=columns, values="cell")
-    return cells.loc[
+    for name, chosen, have in (("order", order, cells.index), ("column_order", column_order, cells.columns)):
+        if chosen is None:
+            continue
+        if not isinstance(chosen, (list, tuple)) or len(set(chosen)) != len(chosen):
+            raise TypeError(f"{name} must be a list naming each entry once, got {chosen!r}")
+        if set(chosen) - set(have):
+            raise ValueError(f"{name}: the table has no {sorted(set(chosen) - set(have), key=str)}")
+    cells = cells.loc[
         list(order) if order is not None else cells.index,
         list(column_order) if column_order is not None else cells.columns,
     ]
+    if cells.isna().any().any():
+        raise ValueError(f"table lacks some ({index}, {columns}) pairs of the grid asked for")
+    return cells
