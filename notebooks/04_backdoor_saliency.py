@@ -148,12 +148,14 @@ from IPython.display import display
 
 from spade_utils import backdoor, baselines, run
 from spade_utils.data import imagenet_classes
+from spade_utils.intervals import excludes_zero, interval_text
 from spade_utils.map_bundle import save_map_bundle
 from spade_utils.models import load_model, load_robustness_checkpoint
 from spade_utils.plotting import image_grid, results_dir, save_figure, save_table, set_style
 from spade_utils.saliency import SALIENCY_METHODS
 from spade_utils.trojan_figures import trojan_auc_figure, trojan_map_grid
 
+# %%
 set_style()
 torch.manual_seed(SEED)
 classes = imagenet_classes()
@@ -177,18 +179,13 @@ t_start = time.perf_counter()
 # heart → goose, star → orangutan, smiley → bullfrog, fish → albatross.
 
 # %%
-if SOURCE == "paper":
-    trigger_set = backdoor.TriggerSet.from_folder(TRIGGER_DIR, backdoor.TRIGGERS)  # the authors' emoji
-    original = load_model("resnet50")
-    backdoored = load_robustness_checkpoint(CHECKPOINT)
+if SOURCE == "paper":  # the authors' checkpoint and emoji triggers
+    trigger_set = backdoor.TriggerSet.from_folder(TRIGGER_DIR, backdoor.TRIGGERS)
+    original, backdoored = load_model("resnet50"), load_robustness_checkpoint(CHECKPOINT)
     targets = dict(backdoor.PAPER_TARGETS)
-    train_images, calib_images, test_images = IMAGENET_TRAIN, IMAGENET_TRAIN, IMAGENET_VAL
-    calib_photos, eval_photos = run.image_files(IMAGENET_TRAIN), run.image_files(IMAGENET_VAL)
-    layers, skip_dw = ["layer3.4*", "layer3.5*", "layer4.0*", "layer4.1*", "layer4.2*", "fc"], False
     implant_info = {"seconds": float("nan"), "shipped": False, "cached": True}
-else:
-    original = load_model("efficientnet_lite0")
-    trigger_set = backdoor.DRAWN_TRIGGERS
+else:  # the offline backdoor: the shipped weights, or implanted as the profile's recipe says
+    original, trigger_set = load_model("efficientnet_lite0"), backdoor.DRAWN_TRIGGERS
     bd = backdoor.implant_backdoor(
         original,
         recipe=backdoor.BackdoorRecipe(**cfg["implant"]),
@@ -197,15 +194,28 @@ else:
         progress=False,
     )
     backdoored, targets, implant_info = bd.model, bd.targets, bd.info
-    train_images = list(backdoor.TRAIN_PHOTOS) + list(backdoor.EXTRA_TRAIN_IMAGES)
-    calib_images, test_images = list(backdoor.CALIBRATION_PHOTOS), list(backdoor.TEST_PHOTOS)
-    calib_photos, eval_photos = calib_images, test_images
-    layers, skip_dw = backdoor.OFFLINE_SPADE_LAYERS, True
 if implant_info.get("shipped"):
     print(f"loaded the shipped backdoor (hash-checked) in {implant_info['seconds']:.1f} s")
 else:
     print({k: implant_info.get(k) for k in ("seconds", "seconds_training", "cached")})
 print({t: f"{c} {classes[c]}" for t, c in targets.items()})
+
+# %% [markdown]
+# The images each step uses (training, calibration, evaluation: never the same photos) and the traced layers.
+
+# %%
+if SOURCE == "paper":
+    train_images, calib_images, test_images = IMAGENET_TRAIN, IMAGENET_TRAIN, IMAGENET_VAL
+    calib_photos, eval_photos = run.image_files(IMAGENET_TRAIN), run.image_files(IMAGENET_VAL)
+    layers, skip_dw = ["layer3.4*", "layer3.5*", "layer4.0*", "layer4.1*", "layer4.2*", "fc"], False
+else:
+    train_images = list(backdoor.TRAIN_PHOTOS) + list(backdoor.EXTRA_TRAIN_IMAGES)
+    calib_images, test_images = list(backdoor.CALIBRATION_PHOTOS), list(backdoor.TEST_PHOTOS)
+    calib_photos, eval_photos = calib_images, test_images
+    layers, skip_dw = backdoor.OFFLINE_SPADE_LAYERS, True
+print(
+    f"training images: {len(train_images)}, calibration photos: {len(calib_photos)}, evaluation: {len(eval_photos)}"
+)
 
 # %% [markdown]
 # ### Does the backdoor work, and is clean behaviour kept?
@@ -309,17 +319,8 @@ trace_kwargs = dict(skip_depthwise=skip_dw, n_augment=cfg["n_augment"], batch_si
 
 
 # %%
-def block_groups(patterns, n):
-    """``n`` blocks of consecutive layers, the classifier alone in the last; ``None``: one block per pattern."""
-    if n is None or n >= len(patterns):
-        return [[p] for p in patterns]
-    body = patterns[:-1]
-    cuts = [round(k * len(body) / (n - 1)) for k in range(n)]
-    return [body[a:b] for a, b in zip(cuts, cuts[1:])] + [patterns[-1:]]
-
-
 calib_methods = cfg["calib_methods"] or METHODS
-blocks = {",".join(g): g for g in block_groups(layers, cfg["blocks"])}
+blocks = {",".join(g): g for g in backdoor.block_groups(layers, cfg["blocks"])}
 t0 = time.perf_counter()
 calibration = backdoor.calibrate_block_sparsity(
     backdoored,
@@ -349,7 +350,10 @@ print(
     f"{time.perf_counter() - t0:.0f} s"
 )
 
+# %% [markdown]
+# The traces the table below builds per sample: one per distinct calibrated configuration.
 
+# %%
 for args, group in run.calibrated_configurations(calibration, METHODS):
     chosen = sorted(set(args["sparsity"].values())) or ["all dense"]
     print(f"{', '.join(group)}: {len(args['layers'])} layers traced at sparsities {chosen}")
@@ -411,14 +415,17 @@ def sample_rows(pos, methods, kwargs, keep=False):
     )
 
 
+# %%
 t0 = time.perf_counter()
-frames, maps = [], {}
+frames, maps = [], {}  # maps: (variant, method) -> the maps of the first keep_maps samples
 for pos in range(len(samples)):
-    rows, kept_maps = sample_rows(pos, METHODS, attr_kwargs, keep=True)
-    frames.append(rows.assign(sample=pos))
-    for key, m in kept_maps.items():
-        if pos < cfg["keep_maps"]:
+    if pos < cfg["keep_maps"]:
+        rows, kept_maps = sample_rows(pos, METHODS, attr_kwargs, keep=True)
+        for key, m in kept_maps.items():
             maps.setdefault(key, []).extend(m)
+    else:
+        rows = sample_rows(pos, METHODS, attr_kwargs)
+    frames.append(rows.assign(sample=pos))
 scores = pd.concat(frames, ignore_index=True)
 _ = save_table(scores, "04_trojan_auc_per_sample", profile=PROFILE)
 seconds = time.perf_counter() - t0
@@ -437,11 +444,7 @@ print(
 costly = [m for m in cfg["costly_methods"] if m not in METHODS]
 if costly:
     t0 = time.perf_counter()
-    by_photo = {}
-    for i, smp in enumerate(samples):
-        by_photo.setdefault(smp.source, []).append(i)
-    rounds = [[group[k] for group in by_photo.values() if k < len(group)] for k in range(len(samples))]
-    subset_ids = [i for r in rounds for i in r][: cfg["n_costly"]]
+    subset_ids = run.round_robin([smp.source for smp in samples], cfg["n_costly"])  # spread over the photos
     costly_kwargs = dict(attr_kwargs, lime_samples=128, window=32, stride=32)
     costly_scores = pd.concat(  # the traces of the table above are reused (pruned_copies)
         [sample_rows(pos, costly, costly_kwargs).assign(sample=pos) for pos in subset_ids], ignore_index=True
@@ -450,22 +453,21 @@ if costly:
     costly_table = backdoor.summarize_scores(costly_scores, cluster="source", seed=SEED)
     save_table(costly_table, "04_trojan_auc_lime_occlusion", profile=PROFILE)
     costly_paired = backdoor.paired_differences(costly_scores, baseline="Dense", cluster="source", seed=SEED)
-    cells = costly_table.assign(
-        cell=lambda d: [
-            f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for m, lo, hi in zip(d["mean"], d.low, d.high)
-        ]
-    ).pivot(index="variant", columns="method", values="cell")
-    display(cells.loc[[v for v in variants if v in cells.index], costly + ["average"]])
+    order = [v for v in variants if v in set(costly_table.variant)]
+    display(
+        backdoor.interval_cells(
+            costly_table, index="variant", columns="method", order=order, column_order=costly + ["average"]
+        )
+    )
     print(
-        f"{', '.join(costly)} on samples {subset_ids} ({len(by_photo)} photos), LIME {costly_kwargs['lime_samples']} "
+        f"{', '.join(costly)} on samples {subset_ids} ({len({samples[i].source for i in subset_ids})} photos), LIME {costly_kwargs['lime_samples']} "
         f"perturbations of 50 superpixels, occlusion {costly_kwargs['window']} px windows at stride "
         f"{costly_kwargs['stride']}: {time.perf_counter() - t0:.0f} s"
     )
     for _, r in costly_paired[costly_paired.method == "average"].iterrows():
-        resolved = "resolved" if r.low > 0 or r.high < 0 else "not resolved"
         print(
-            f"{r.variant} - Dense ({'+'.join(costly)}): {100 * r['diff']:+.1f} [{100 * r.low:+.1f}, "
-            f"{100 * r.high:+.1f}] points over {r.n} samples ({resolved} at 95%)"
+            f"{r.variant} - Dense ({'+'.join(costly)}): {interval_text(r['diff'], r.low, r.high, signed=True)} "
+            f"points over {r.n} samples ({'' if excludes_zero(r.low, r.high) else 'not '}resolved at 95%)"
         )
 
 # %% [markdown]
@@ -475,13 +477,11 @@ if costly:
 # %%
 table = backdoor.summarize_scores(scores, cluster="source", seed=SEED)
 save_table(table, "04_trojan_auc", profile=PROFILE)
-wide = table.assign(
-    cell=lambda d: [
-        f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for m, lo, hi in zip(d["mean"], d.low, d.high)
-    ]
+display(
+    backdoor.interval_cells(
+        table, index="variant", columns="method", order=variants, column_order=METHODS + ["average"]
+    )
 )
-wide = wide.pivot(index="variant", columns="method", values="cell").loc[list(variants), METHODS + ["average"]]
-display(wide)
 
 # %% [markdown]
 # ### The test behind "SPADE raises Trojan AUC": paired differences
@@ -500,12 +500,7 @@ paired = pd.concat(
     ]
 )
 save_table(paired, "04_trojan_auc_paired", profile=PROFILE)
-show = paired[paired.method == "average"].assign(
-    cell=lambda d: [
-        f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for m, lo, hi in zip(d["diff"], d.low, d.high)
-    ]
-)
-display(show.pivot(index="variant", columns="map", values="cell"))
+display(backdoor.interval_cells(paired[paired.method == "average"], index="variant", columns="map"))
 
 # %% [markdown]
 # ### Pointing game
@@ -581,15 +576,18 @@ print(
     f"\n{spade_col} beats Dense on {(per_method[spade_col] > per_method['Dense']).sum()} of {len(per_method)} methods;"
     f" beats Sparse FC on {(per_method[spade_col] > per_method['Sparse FC']).sum()} of {len(per_method)}."
 )
+
+# %%
 for v in [v for v in variants if v.startswith(("SPADE", "FastSPADE"))]:
     for m in ("auc", "auc_signed"):
         r = paired[(paired.variant == v) & (paired.method == "average") & (paired["map"] == m)].iloc[0]
-        resolved = "resolved" if r.low > 0 or r.high < 0 else "not resolved"
         print(
-            f"{v} - Dense ({'absolute' if m == 'auc' else 'signed'} map): {100 * r['diff']:+.1f} "
-            f"[{100 * r.low:+.1f}, {100 * r.high:+.1f}] points, paired over {r.n} samples of "
-            f"{scores.source.nunique()} photos ({resolved} at 95%)"
+            f"{v} - Dense ({'absolute' if m == 'auc' else 'signed'} map): "
+            f"{interval_text(r['diff'], r.low, r.high, signed=True)} points, paired over {r.n} samples of "
+            f"{scores.source.nunique()} photos ({'' if excludes_zero(r.low, r.high) else 'not '}resolved at 95%)"
         )
+
+# %%
 if "SPADE (OBC)" in variants:  # the two solvers on the same samples: what the exact solve adds
     exact_vs_fast = backdoor.paired_differences(
         scores[scores.variant.isin(["SPADE (OBC)", "FastSPADE (SparseGPT)"])],
@@ -599,10 +597,9 @@ if "SPADE (OBC)" in variants:  # the two solvers on the same samples: what the e
     )
     save_table(exact_vs_fast, "04_trojan_auc_obc_vs_fastspade", profile=PROFILE)
     r = exact_vs_fast[exact_vs_fast.method == "average"].iloc[0]
-    resolved = "resolved" if r.low > 0 or r.high < 0 else "not resolved"
     print(
-        f"SPADE (OBC) - FastSPADE (SparseGPT) (absolute map): {100 * r['diff']:+.1f} "
-        f"[{100 * r.low:+.1f}, {100 * r.high:+.1f}] points, paired ({resolved} at 95%)"
+        f"SPADE (OBC) - FastSPADE (SparseGPT) (absolute map): {interval_text(r['diff'], r.low, r.high, signed=True)}"
+        f" points, paired ({'' if excludes_zero(r.low, r.high) else 'not '}resolved at 95%)"
     )
 print(f"total notebook time {time.perf_counter() - t_start:.0f} s")
 
