@@ -133,6 +133,7 @@ from spade_utils.null_distribution import best_of_p_value, null_summary
 from spade_utils.plotting import image_grid, save_figure, save_table, set_style
 from spade_utils.spade import spade_pruned_copy
 
+# %%
 set_style()
 classes = imagenet_classes()
 t_start = time.perf_counter()
@@ -141,26 +142,29 @@ t_start = time.perf_counter()
 # ## The backdoored model (the same one as notebook 04; offline: the weights shipped with the package)
 
 # %%
-if SOURCE == "paper":
-    trigger_set = backdoor.TriggerSet.from_folder(TRIGGER_DIR, backdoor.TRIGGERS)  # the authors' emoji
-    backdoored = load_robustness_checkpoint(CHECKPOINT)
-    targets = dict(backdoor.PAPER_TARGETS)
-    test_images = IMAGENET_VAL
-    layers, skip_dw = ["layer3.4*", "layer3.5*", "layer4*", "fc"], False
-    channel_layer, diversity_layer = "layer4.2", "layer3.5"  # inside the traced blocks
+if SOURCE == "paper":  # the authors' checkpoint and emoji triggers
+    trigger_set = backdoor.TriggerSet.from_folder(TRIGGER_DIR, backdoor.TRIGGERS)
+    backdoored, targets = load_robustness_checkpoint(CHECKPOINT), dict(backdoor.PAPER_TARGETS)
 else:
-    original = load_model("efficientnet_lite0")
     trigger_set = backdoor.DRAWN_TRIGGERS
     bd = backdoor.implant_backdoor(
-        original,
+        load_model("efficientnet_lite0"),
         recipe=backdoor.BackdoorRecipe(**cfg["implant"]),
         seed=SEED,
         cache=PROFILE != "smoke",
         progress=False,
     )
     backdoored, targets = bd.model, bd.targets
-    test_images = list(backdoor.TEST_PHOTOS)
-    layers, skip_dw = backdoor.OFFLINE_SPADE_LAYERS, True
+
+# %% [markdown]
+# The held-out images, the traced layers, and the layers of recipes (b) and (d) (inside the traced blocks).
+
+# %%
+if SOURCE == "paper":
+    test_images, layers, skip_dw = IMAGENET_VAL, ["layer3.4*", "layer3.5*", "layer4*", "fc"], False
+    channel_layer, diversity_layer = "layer4.2", "layer3.5"
+else:
+    test_images, layers, skip_dw = list(backdoor.TEST_PHOTOS), backdoor.OFFLINE_SPADE_LAYERS, True
     channel_layer, diversity_layer = "_blocks.15", "_blocks.12"  # the implant trains blocks 8-15
 triggers = list(targets)[: cfg["n_triggers"]]
 print({t: f"{targets[t]} {classes[targets[t]]}" for t in triggers})
@@ -214,57 +218,52 @@ def render(model, objective, recipe, sample=None):
 # The channel for recipe (d) is the one of the last implanted block whose mean activation the trigger raises most on
 # other triggered crops (`contrast_channels`, triggered minus clean), so it is chosen without the crop it is traced on.
 
+
+# %%
+def triggered_crops(t, n, seed, require_flip):
+    """``n`` held-out crops with trigger ``t`` pasted (those it flips to its target, with ``require_flip``)."""
+    return backdoor.flipped_samples(
+        backdoored,
+        {t: targets[t]},
+        test_images,
+        n,
+        seed=seed,
+        require_flip=require_flip,
+        trigger_set=trigger_set,
+    )
+
+
+def one_triggered_crop(k, t):
+    """The crop a trace is built on, and whether the trigger flips it (if it flips none, a triggered crop anyway)."""
+    found = triggered_crops(t, 1, SEED + 10 * k, cfg["require_flip"])
+    if found:
+        return found[0], cfg["require_flip"]
+    return triggered_crops(t, 1, SEED + 10 * k, False)[0], False
+
+
+def trigger_channel(k, t):
+    """The channel of ``channel_layer`` the trigger raises most on other crops (triggered minus clean)."""
+    others = triggered_crops(t, cfg["contrast_crops"], SEED + 1000 + k, False)
+    triggered, clean = torch.stack([o.image for o in others]), torch.stack([o.clean for o in others])
+    contrast = contrast_channels(backdoored, channel_layer, triggered, clean)
+    return int(contrast.argmax()), contrast
+
+
 # %%
 results = []
 for k, t in enumerate(triggers):
-    found = backdoor.flipped_samples(
-        backdoored,
-        {t: targets[t]},
-        test_images,
-        1,
-        seed=SEED + 10 * k,
-        require_flip=cfg["require_flip"],
-        trigger_set=trigger_set,
-    )
-    flipped = bool(found) and cfg["require_flip"]
-    if not found:  # this trigger flips no held-out crop here: use a triggered crop anyway, and say so
-        found = backdoor.flipped_samples(
-            backdoored,
-            {t: targets[t]},
-            test_images,
-            1,
-            seed=SEED + 10 * k,
-            require_flip=False,
-            trigger_set=trigger_set,
-        )
-    sample = found[0]
+    sample, flipped = one_triggered_crop(k, t)
     print(
-        f"{t}: {'a crop the trigger flips' if flipped else 'NO held-out crop flipped by this trigger; using a non-flipped one'}"
+        f"{t}: {'a crop the trigger flips' if flipped else 'NO held-out crop flipped by this trigger; using another'}"
     )
-    others = backdoor.flipped_samples(
-        backdoored,
-        {t: targets[t]},
-        test_images,
-        cfg["contrast_crops"],
-        seed=SEED + 1000 + k,
-        require_flip=False,
-        trigger_set=trigger_set,
-    )
-    contrast = contrast_channels(
-        backdoored,
-        channel_layer,
-        torch.stack([o.image for o in others]),
-        torch.stack([o.clean for o in others]),
-    )
-    channel = int(contrast.argmax())
-    target = targets[t]
-    trace = spade_pruned_copy(backdoored, sample.image, **trace_kwargs)
-    clean_trace = spade_pruned_copy(backdoored, sample.clean, **trace_kwargs)
+    channel, contrast = trigger_channel(k, t)
+    target, trace = targets[t], spade_pruned_copy(backdoored, sample.image, **trace_kwargs)
     vis = {
         "dense": visualize(backdoored, target, **base),
-        "SPADE on clean crop": visualize(clean_trace, target, **base),
+        "SPADE on clean crop": visualize(
+            spade_pruned_copy(backdoored, sample.clean, **trace_kwargs), target, **base
+        ),
     }
-    del clean_trace
     for recipe in RECIPES:
         objective = f"{channel_layer}:{channel}" if recipe == CHANNEL else target
         vis[recipe] = render(trace, objective, recipe, sample)
@@ -301,6 +300,8 @@ null_images = {}  # (trigger or "dense", recipe) -> (N, 3, size, size): pictures
 null_images["dense"] = torch.cat(
     [visualize(backdoored, int(c), **base) for c in rng.choice(unrelated, cfg["null_neurons"], replace=False)]
 )
+
+# %%
 for r in results:
     t, trace, sample = r["trigger"], r["trace"], r["sample"]
     picked = rng.choice(unrelated, cfg["null_neurons"], replace=False)
@@ -376,39 +377,45 @@ def null_scores(t, recipe):
     return [similarity(x, t) for x in pool]
 
 
-table = []
-for r in results:
-    t, target = r["trigger"], r["target"]
-    patch, _ = backdoor.trigger_patch(t, cfg["size"], trigger_set=trigger_set)
-    pictures = {label: images for label, images in r["vis"].items()}
+# %%
+def pictures_of(r):
+    """Trigger ``r``'s pictures: every recipe's, then the reference rows (seed crop, trigger drawing, noise)."""
+    patch, _ = backdoor.trigger_patch(r["trigger"], cfg["size"], trigger_set=trigger_set)
     seed_crop = torch.nn.functional.interpolate(
         r["sample"].image[None], size=(cfg["size"], cfg["size"]), mode="bilinear", antialias=True
     ).clamp(0, 1)
-    pictures.update(
-        {
-            "reference: the triggered crop": seed_crop,  # the seed of recipe (a)
-            "reference: the trigger": patch[None],
-            "reference: noise": noise[None],
-        }
+    return {
+        **r["vis"],
+        "reference: the triggered crop": seed_crop,  # the seed of recipe (a)
+        "reference: the trigger": patch[None],
+        "reference: noise": noise[None],
+    }
+
+
+# %%
+def score_row(r, label, images):
+    """The table's row of one picture (the best of a diversity batch; the only picture otherwise)."""
+    t, target = r["trigger"], r["target"]
+    scores = [similarity(x, t) for x in images]
+    best = int(np.argmax(scores))
+    image, row = images[best], dict(trigger=t, target=classes[target], image=label)
+    if not label.startswith("reference"):
+        row.update(null_summary(scores[best], null_scores(t, label), best_of=len(images)))
+        row.update(best_of=len(images), p_floor=best_of_p_value(1 / (row["n_null"] + 1), len(images)))
+    row.update(
+        similarity_to_trigger=scores[best],
+        similarity_to_other_triggers=float(
+            np.mean([similarity(image, o) for o in backdoor.TRIGGERS if o != t])
+        ),
+        patch_attack_rate=backdoor.patch_attack_rate(backdoored, image, target, crops, seed=SEED),
+        distance_to_dense=float(image_distance(image[None], r["vis"]["dense"][:1]).item()),
     )
-    for label, images in pictures.items():
-        scores = [similarity(x, t) for x in images]
-        best = int(np.argmax(scores))
-        image = images[best]  # the best of a diversity batch; the only picture otherwise
-        row = dict(trigger=t, target=classes[target], image=label)
-        if not label.startswith("reference"):
-            row.update(null_summary(scores[best], null_scores(t, label), best_of=len(images)))
-            row.update(best_of=len(images), p_floor=best_of_p_value(1 / (row["n_null"] + 1), len(images)))
-        row.update(
-            similarity_to_trigger=scores[best],
-            similarity_to_other_triggers=float(
-                np.mean([similarity(image, o) for o in backdoor.TRIGGERS if o != t])
-            ),
-            patch_attack_rate=backdoor.patch_attack_rate(backdoored, image, target, crops, seed=SEED),
-            distance_to_dense=float(image_distance(image[None], r["vis"]["dense"][:1]).item()),
-        )
-        r.setdefault("shown", {})[label] = image
-        table.append(row)
+    r.setdefault("shown", {})[label] = image
+    return row
+
+
+# %%
+table = [score_row(r, label, images) for r in results for label, images in pictures_of(r).items()]
 table = pd.DataFrame(table).drop(columns="score")
 save_table(table, "05_trigger_in_visualizations", profile=PROFILE)
 display(table.round(3))
@@ -459,6 +466,8 @@ for _, q in at_floor.iterrows():
         f"  above its whole null: {q.trigger} / {q.image}: score {q.similarity_to_trigger:.2f}, "
         f"null mean {q.null_mean:.2f}, null p95 {q.null_p95:.2f}, p {q.p_value:.3f}"
     )
+
+# %%
 own = table.pivot(index="trigger", columns="image", values="similarity_to_trigger")
 gap = own["SPADE on triggered crop"] - own["SPADE on clean crop"]
 attack = table.pivot(index="trigger", columns="image", values="patch_attack_rate")

@@ -129,6 +129,22 @@ if not SERVING:
     from spade_utils.spade import spade_pruned_copy
 
     model = load_model("efficientnet_lite0")
+    TRACE = dict(
+        layers=cfg["layers"],
+        sparsity=0.9,
+        n_augment=cfg["n_augment"],
+        solver=cfg["solver"],
+        skip_depthwise=True,
+        batch_size=32,
+        seed=SEED,
+        progress=False,
+    )
+
+# %% [markdown]
+# Per photo: the dense class, the Score-CAM reference, the photo's trace, and the neuron visualized on both networks.
+
+# %%
+if not SERVING:
     photos, references, targets, visualizations, seconds = {}, {}, {}, {}, {}
     for name in cfg["photos"]:
         t = time.perf_counter()
@@ -137,23 +153,15 @@ if not SERVING:
             targets[name] = int(model(x).argmax())
         photos[name] = denormalize(x)[0].clamp(0, 1)
         references[name] = hs.score_cam(model, x, targets[name], channels=cfg["cam_channels"])
-        pruned = spade_pruned_copy(
-            model,
-            sample_image(name),
-            layers=cfg["layers"],
-            sparsity=0.9,
-            n_augment=cfg["n_augment"],
-            solver=cfg["solver"],
-            skip_depthwise=True,
-            batch_size=32,
-            seed=SEED,
-            progress=False,
-        )
+        pruned = spade_pruned_copy(model, sample_image(name), **TRACE)
         for condition, net in (("dense", model), ("SPADE", pruned)):
             visualizations[name, condition] = visualize(
                 net, targets[name], steps=cfg["vis_steps"], size=cfg["vis_size"], seed=SEED, progress=False
             )[0]
         seconds[name] = time.perf_counter() - t
+
+# %%
+if not SERVING:
     trials = hs.make_trials(photos, references, visualizations, targets, seed=SEED)
     hs.save_trials(TRIALS, trials)
     print(
@@ -167,26 +175,9 @@ if not SERVING:
 # %%
 if not SERVING:
     from spade_utils.data import imagenet_classes
+    from spade_utils.study_figures import trials_figure
 
-    CLASSES = imagenet_classes()
-    fig, axes = plt.subplots(len(trials), 4, figsize=(8, 2.1 * len(trials)), squeeze=False)
-    for row, t in zip(axes, trials, strict=True):
-        row[0].imshow(t.visualization)
-        row[0].set_title(f"{t.condition}: {CLASSES[t.target][:18]}", fontsize=8)
-        row[1].imshow(t.left)
-        row[1].set_title(f"left (Score-CAM {t.reference_left:.2f})", fontsize=8)
-        row[2].imshow(t.right)
-        row[2].set_title(f"right (Score-CAM {t.reference_right:.2f})", fontsize=8)
-        (top, left, h, w), _ = hs.patch_pair(references[t.photo])
-        row[3].imshow(photos[t.photo].permute(1, 2, 0).numpy())
-        row[3].imshow(references[t.photo].numpy(), cmap="magma", alpha=0.5)
-        row[3].add_patch(plt.Rectangle((left, top), w, h, fill=False, color="lime", lw=1.5))
-        row[3].set_title(f"{t.photo}: favoured = {t.correct}", fontsize=8)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
-    fig.tight_layout()
+    fig = trials_figure(trials, photos, references, imagenet_classes())
     with plt.rc_context({"savefig.dpi": 60}):  # photos and visualizations compress badly: keep the file small
         save_figure(fig, "07_trials", profile=PROFILE)
     fig.set_dpi(60)
@@ -217,6 +208,12 @@ if not SERVING:
     for name in hs.OUTCOMES:
         shown[f"{name} expected"] = [f"{100 * expected.loc[c, name]:.0f}%" for c in simulated.condition]
     display(shown)
+
+# %% [markdown]
+# How far the simulated shares land from their expectation, and the paired difference (expected 0).
+
+# %%
+if not SERVING:
     worst = max(
         abs(simulated.set_index("condition").loc[c, n] - expected.loc[c, n])
         for c in simulated.condition

@@ -84,6 +84,13 @@ def test_backdoor_feature_visualization_numbers(readme):
     rates = m.loc[["dense", "SPADE on clean crop", "SPADE on triggered crop"], "patch_attack_rate"]
     assert f"mean patch attack rate {pct(rates.max())}% or less" in readme
     assert f"the trigger itself: {pct(m.loc['reference: the trigger', 'patch_attack_rate'])}%" in readme
+    t = pd.read_csv(TABLES / "05_trigger_in_visualizations.csv")
+    own = t.pivot(index="trigger", columns="image", values="similarity_to_trigger")
+    gap = (own["SPADE on triggered crop"] - own["SPADE on clean crop"]).sort_values(ascending=False)
+    assert (
+        f"more trigger-like than the clean one by {gap.iloc[0]:+.2f} for the {gap.index[0]} and by at most "
+        f"{gap.iloc[1]:+.2f} for the other three"
+    ) in readme
 
 
 def test_reproduce_numbers():
