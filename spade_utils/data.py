@@ -498,11 +498,15 @@ def imagenet_scored_and_calibration(
         twice = sorted({s for s in stems if stems.count(s) > 1})
         raise ValueError(f"root: drawn images of {root} share the file names {twice}; keys would collide")
     order = torch.randperm(len(drawn), generator=torch.Generator().manual_seed(seed)).tolist()
-    parts = (sorted(drawn[i] for i in order[:n_scored]), sorted(drawn[i] for i in order[n_scored:]))
-    return tuple(
-        ({path.stem: load_rgb(path) for path, _ in part}, {path.stem: label for path, label in part})
-        for part in parts
+    scored, calibration = (
+        sorted(drawn[i] for i in order[:n_scored]),
+        sorted(drawn[i] for i in order[n_scored:]),
     )
+
+    def images_and_labels(part: list[tuple[Path, int]]) -> tuple[dict, dict]:
+        return {path.stem: load_rgb(path) for path, _ in part}, {path.stem: label for path, label in part}
+
+    return images_and_labels(scored), images_and_labels(calibration)
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:

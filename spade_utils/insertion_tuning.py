@@ -224,7 +224,7 @@ def beside_paper_table2(
     rows = []
     for col in columns:
         paper = PAPER_TABLE2.get(names.get(col, col), {})
-        row = {"column": col}
+        row: dict[str, Any] = {"column": col}
         for metric in ("insertion", "deletion"):
             row[f"{metric} (ours)"] = 100 * per[metric][col].mean()
             row[f"{metric} (paper)"] = paper.get(metric, float("nan"))
