@@ -33,7 +33,7 @@ from torch import nn
 
 from .augment import augment_image
 from .data import preprocess
-from .intervals import paired_bootstrap_diff
+from .intervals import interval_text, paired_bootstrap_diff
 from .layer_select import choose_layers
 from .metrics import (
     MIN_CLEAN_PROB,
@@ -233,7 +233,7 @@ def beside_paper_table2(
                 d, lo, hi = paired_bootstrap_diff(
                     per[metric][col].to_numpy(), per[metric][baseline].to_numpy(), photos, seed=seed
                 )
-                row[f"{metric} − dense (ours)"] = f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                row[f"{metric} − dense (ours)"] = interval_text(d, lo, hi, signed=True)
             dense = PAPER_TABLE2["Dense"][metric]
             row[f"{metric} − dense (paper)"] = (
                 f"{paper[metric] - dense:+.2f}" if paper and col != baseline else ""

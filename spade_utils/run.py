@@ -728,6 +728,7 @@ def _check_layers(model, layers, skip_depthwise: bool) -> None:
 
 
 def _model_hash(model) -> str:
+    """:func:`spade_utils.runtime.state_hash`, imported on first use: ``spade-run --help`` never loads torch."""
     from .runtime import state_hash
 
     return state_hash(model)
@@ -1458,6 +1459,7 @@ def run_merge(a: argparse.Namespace) -> int:
         _say(f"[merge] wrote {folder / 'merged.csv'} and {folder / 'summary.csv'}")
         return 0
     from .backdoor import summarize_scores
+    from .intervals import interval_text
 
     scores = table.assign(variant=_labelled_variants(table)).rename(columns={"sample_id": "sample"})
     summary = summarize_scores(scores, cluster="source", seed=seed)
@@ -1465,7 +1467,7 @@ def run_merge(a: argparse.Namespace) -> int:
     _say(f"[merge] wrote {folder / 'merged.csv'} and {folder / 'summary.csv'}")
     for _, r in summary[summary.method == "average"].iterrows():
         _say(
-            f"[merge] {r['variant']:28s} average Trojan AUC {100 * r['mean']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}] (n={r['n']})"
+            f"[merge] {r['variant']:28s} average Trojan AUC {interval_text(r['mean'], r['low'], r['high'])} (n={r['n']})"
         )
     return 0
 
